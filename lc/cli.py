@@ -36,13 +36,125 @@ def _add_config_commands(sub: argparse._SubParsersAction) -> None:
 
 
 # --- data (issue: data) ----------------------------------------------------------------------
+def _cmd_synth(args: argparse.Namespace) -> None:
+    from lc.data.synthetic import make_synthetic_mirror
+
+    cfg = _cfg(args)
+    for name, md5 in make_synthetic_mirror(cfg).items():
+        print(f"{md5}  {cfg['data']['mirror']}/{name}")
+
+
+def _cmd_download(args: argparse.Namespace) -> None:
+    from lc.data.download import DownloadError, fetch_archive
+
+    try:
+        fetch_archive(_cfg(args), args.key, args.out)
+    except DownloadError as exc:
+        raise SystemExit(f"lc download: error: {exc}") from exc
+
+
+def _cmd_prepare(args: argparse.Namespace) -> None:
+    cfg = _cfg(args)
+    if args.dataset == "voc":
+        from lc.data.voc import prepare_voc as prepare
+    else:
+        from lc.data.cityscapes import prepare_cityscapes as prepare
+    for split, path in prepare(cfg).items():
+        print(f"{split}: {path}")
+
+
 def _add_data_commands(sub: argparse._SubParsersAction) -> None:
-    pass
+    p = sub.add_parser("synth", help="demo/test presets: write synthetic archives + MD5SUMS into data.mirror")
+    _common(p)
+    p.set_defaults(func=_cmd_synth)
+    p = sub.add_parser("download", help="fetch one archive of data.archives, MD5-verified (resumes, retries)")
+    _common(p)
+    p.add_argument("key", help="archive key under data.archives (e.g. voc2012_trainval, sbd)")
+    p.add_argument("--out", default=None, help="target file (default: <data.root>/archives/<filename>)")
+    p.set_defaults(func=_cmd_download)
+    p = sub.add_parser("prepare", help="extract the archives and write the prepared labels and split lists")
+    _common(p)
+    p.add_argument("dataset", choices=["voc", "cityscapes"])
+    p.set_defaults(func=_cmd_prepare)
 
 
 # --- models and ops (issue: foundation) ------------------------------------------------------
+def _cmd_model_info(args: argparse.Namespace) -> None:
+    import os
+
+    import pandas as pd
+
+    from lc.data import NUM_CLASSES
+    from lc.models.complexity import FULL_SIZE_BLOCK_COUNTS, model_info_rows, predicted_cost
+    from lc.paper import load_paper_table
+
+    cfg = _cfg(args)
+    paper_cfg = load_config(args.config, preset="paper")  # full size = the paper preset's model
+    table = pd.DataFrame(model_info_rows(cfg["model"], paper_cfg["model"], NUM_CLASSES["voc"],
+                                         cfg["bench"]["image_size"], paper_cfg["bench"]["image_size"]))
+    table.insert(0, "preset", cfg["preset"])
+    published = load_paper_table(6).drop_duplicates("method").set_index("method")["params_m"]
+    table["paper_params_m"] = [published.get(net) if stage == "total" and net in published else None
+                               for net, stage in zip(table["network"], table["stage"], strict=True)]
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(table.drop(columns=["preset"]).to_string(index=False, float_format="{:.4g}".format))
+
+    # What region convolution could save at the paper's own routing (Table 1 shares)
+    sweep = load_paper_table(1)
+    for counts in FULL_SIZE_BLOCK_COUNTS:
+        rows = table[(table["network"] == "IRNet-LC") & (table["block_counts"] == "/".join(map(str, counts)))]
+        flops = rows[rows["stage"] != "total"]["gflops"].tolist()
+        for rho in (cfg["evaluate"]["rho"], cfg["evaluate"]["fast_rho"]):
+            matches = sweep[(sweep["rho"] - rho).abs() < 1e-9]
+            if matches.empty:
+                continue  # the paper reports shares for its Table 1 thresholds only
+            share = matches.iloc[0]
+            passed2 = 1 - share["stage1_pct"] / 100
+            passed3 = passed2 - share["stage2_pct"] / 100
+            cost = predicted_cost(flops, [1.0, passed2, passed3])
+            print(f"IRNet-LC {'/'.join(map(str, counts))} at the paper's rho={rho} shares "
+                  f"(stage 2 {passed2:.0%}, stage 3 {passed3:.0%}): {cost['flops']:.1f} of "
+                  f"{cost['dense_flops']:.1f} GFLOPs, predicted speedup x{cost['speedup']:.2f}")
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        tmp = f"{args.out}.tmp"
+        table.to_csv(tmp, index=False)
+        os.replace(tmp, args.out)
+        print(f"wrote {args.out}")
+
+
+def _cmd_bench_op(args: argparse.Namespace) -> None:
+    from lc.bench_op import run_op_bench, save_op_bench
+
+    devices = None if args.device == "all" else [args.device]
+    df = run_op_bench(_cfg(args), devices=devices, warmup=args.warmup, runs=args.runs, threads=args.threads)
+    save_op_bench(df, args.out, args.png)
+    print(df.to_string(index=False, float_format="{:.3f}".format))
+    print(f"wrote {args.out}")
+
+
+def _add_bench_op_parser(sub: argparse._SubParsersAction, name: str) -> None:
+    """`lc bench-op` (and, registered by the bench area, `lc bench op`)."""
+    p = sub.add_parser(name, help="region conv speed: full-width IRNet stage 2 and single convs, "
+                                  "dense vs masked vs compressed, over active fractions")
+    _common(p)
+    p.add_argument("--out", required=True, help="CSV to write (a PNG plot goes beside it)")
+    p.add_argument("--png", default=None, help="plot path (default: the CSV path with .png)")
+    p.add_argument("--device", default="all", choices=["all", "cpu", "cuda"],
+                   help="all: the CPU, plus CUDA when present")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up runs (default: bench.warmup)")
+    p.add_argument("--runs", type=int, default=None, help="timed runs (default: bench.runs)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2, the issue's target)")
+    p.set_defaults(func=_cmd_bench_op)
+
+
 def _add_model_commands(sub: argparse._SubParsersAction) -> None:
-    pass
+    _add_bench_op_parser(sub, "bench-op")
+    p = sub.add_parser("model-info", help="parameters and GFLOPs per stage (configured and full-size "
+                                          "IRNet-LC, DeepLab-v2, SegNet) beside the paper's")
+    _common(p)
+    p.add_argument("--out", default=None, help="also write the table to this CSV")
+    p.set_defaults(func=_cmd_model_info)
 
 
 # --- training and evaluation (issue: engine) -------------------------------------------------
@@ -56,8 +168,60 @@ def _add_bench_commands(sub: argparse._SubParsersAction) -> None:
 
 
 # --- tables, figures, provenance (issue: DAG) ------------------------------------------------
+def _cmd_tables(args: argparse.Namespace) -> None:
+    from lc.config import results_dir
+    from lc.tables import render_markdown, write_tables
+
+    cfg = _cfg(args)
+    numbers = args.table or ([] if args.markdown else list(range(1, 7)))
+    for path in write_tables(cfg, args.out_dir, results_dir(cfg), numbers):
+        print(f"wrote {path}")
+    if args.markdown or not args.table:
+        print(f"wrote {render_markdown(args.out_dir, cfg['preset'])}")
+
+
+def _cmd_figures(args: argparse.Namespace) -> None:
+    from lc.config import results_dir
+    from lc.figures import FIGURES, make_figure, missing_inputs
+
+    cfg = _cfg(args)
+    for name in args.figure or list(FIGURES):
+        missing = missing_inputs(name, results_dir(cfg))
+        if missing and not args.figure:  # "all figures": draw those whose inputs exist
+            print(f"skipped {name}: missing {', '.join(map(str, missing))}")
+            continue
+        for path in make_figure(name, cfg, results_dir(cfg), args.out_dir):
+            print(f"wrote {path}")
+
+
+def _cmd_provenance(args: argparse.Namespace) -> None:
+    from lc.provenance import write_provenance
+
+    print(f"wrote {write_provenance(_cfg(args), args.out)}")
+
+
 def _add_report_commands(sub: argparse._SubParsersAction) -> None:
-    pass
+    from lc.figures import FIGURES
+
+    p = sub.add_parser("tables", help="Tables 1-6 (ours beside the paper's) as CSV, and tables.md")
+    _common(p)
+    p.add_argument("--out-dir", required=True, help="folder for table<n>_*.csv and tables.md")
+    p.add_argument("--table", type=int, action="append", choices=range(1, 7),
+                   help="build only this table (repeatable); default: all six and tables.md")
+    p.add_argument("--markdown", action="store_true", help="(re)write tables.md from the CSVs in --out-dir")
+    p.set_defaults(func=_cmd_tables)
+
+    p = sub.add_parser("figures", help="the paper's figures from this run's outputs (PNG and PDF)")
+    _common(p)
+    p.add_argument("--out-dir", required=True, help="folder for <figure>.png and <figure>.pdf")
+    p.add_argument("--figure", action="append", choices=list(FIGURES),
+                   help="make only this figure (repeatable); default: all")
+    p.set_defaults(func=_cmd_figures)
+
+    p = sub.add_parser("provenance", help="git commit, config hash, package versions, device, time")
+    _common(p)
+    p.add_argument("--out", required=True, help="JSON file to write")
+    p.set_defaults(func=_cmd_provenance)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,193 @@
+"""Region-convolution speed: one full-width IRNet stage 2, and single convs, dense vs region paths.
+
+Levels: `stage2` (mixed_6a + the Block17 repeats at width 1, the config's stage-2 block count),
+`conv3x3` (mixed_6a.branch1[1], 256 -> 256) and `conv1x7` (a Block17's 1x7 conv, 128 -> 160,
+dilation 2). Implementations:
+- dense_nchw / dense_channels_last: the plain dense layer (eval, no_grad) in either memory format;
+  the faster of the two is the baseline `speedup` refers to;
+- masked_dense: the dense reference, every output multiplied by the mask;
+- gather (convs): `region_conv2d(impl="gather")`, dense input to dense output;
+- compressed: stage: `ActiveSet` + `run_stage_compressed`, dense stage input to the (N, C) output
+  (what the cascade passes on); convs: `compressed_conv` on (N, C) features, tables prebuilt.
+Masks hold exactly round(f * H * W) random pixels per image. Times are medians after warm-up.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from lc.models.irnet import IRNet
+from lc.models.region_irnet import run_stage_compressed, run_stage_masked_dense
+from lc.ops.active_set import ActiveSet
+from lc.ops.region_conv import compressed_conv, region_conv2d
+
+COLUMNS = ["level", "impl", "active_fraction", "ms_median", "speedup", "speedup_x_fraction", "device"]
+ALWAYS_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
+
+__all__ = ["COLUMNS", "random_mask", "run_op_bench", "save_op_bench", "time_ms"]
+
+
+def random_mask(batch: int, height: int, width: int, fraction: float, generator: torch.Generator,
+                device: str = "cpu") -> torch.Tensor:
+    """(B, H, W) bool with exactly round(fraction * H * W) active pixels per image."""
+    count = int(round(fraction * height * width))
+    scores = torch.rand(batch, height * width, generator=generator)
+    ranks = scores.argsort(dim=1).argsort(dim=1)
+    return (ranks < count).view(batch, height, width).to(device)
+
+
+def time_ms(fn: Callable[[], object], device: str, warmup: int, runs: int) -> float:
+    """Median wall time of fn in ms: perf_counter on CPU, CUDA events on GPU."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return float(pd.Series(times).median())
+
+
+def _dense_variants(module_fn: Callable[[str], Callable[[], object]]) -> dict[str, Callable[[], object]]:
+    return {"dense_nchw": module_fn("nchw"), "dense_channels_last": module_fn("channels_last")}
+
+
+def _as_format(t: torch.Tensor, fmt: str) -> torch.Tensor:
+    layout = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
+    return t.contiguous(memory_format=layout)
+
+
+def _stage_cases(net: IRNet, x: torch.Tensor, fractions: Sequence[float], gen: torch.Generator,
+                 device: str):
+    """(impl, fraction, fn) for the stage-2 level; dense first."""
+    inputs = {fmt: _as_format(x, fmt) for fmt in ("nchw", "channels_last")}
+    nets = {"nchw": net, "channels_last": copy.deepcopy(net).to(memory_format=torch.channels_last)}
+
+    def dense(fmt: str):
+        return lambda: nets[fmt].forward_stage(1, inputs[fmt])
+
+    cases = [(impl, 1.0, fn) for impl, fn in _dense_variants(dense).items()]
+    for f in fractions:
+        mask = random_mask(x.shape[0], x.shape[2], x.shape[3], f, gen, device)
+        cases.append(("masked_dense", f, lambda m=mask: run_stage_masked_dense(net, 1, x, m)))
+        cases.append(("compressed", f, lambda m=mask: run_stage_compressed(net, 1, x, ActiveSet(m))))
+    return cases
+
+
+def _conv_cases(weight: torch.Tensor, bias: torch.Tensor, padding, dilation, x: torch.Tensor,
+                fractions: Sequence[float], gen: torch.Generator, device: str):
+    inputs = {fmt: _as_format(x, fmt) for fmt in ("nchw", "channels_last")}
+    weights = {fmt: _as_format(weight, fmt) for fmt in ("nchw", "channels_last")}
+
+    def dense(fmt: str):
+        return lambda: F.conv2d(inputs[fmt], weights[fmt], bias, 1, padding, dilation)
+
+    cases = [(impl, 1.0, fn) for impl, fn in _dense_variants(dense).items()]
+    for f in fractions:
+        mask = random_mask(x.shape[0], x.shape[2], x.shape[3], f, gen, device)
+        active = ActiveSet(mask)
+        feat = active.gather(x)
+        compressed_conv(feat, active, weight, bias, padding, dilation)  # build the table once
+        for impl, path in (("masked_dense", "reference"), ("gather", "gather")):
+            cases.append((impl, f, lambda m=mask, p=path: region_conv2d(x, weight, bias, m, 1, padding,
+                                                                         dilation, impl=p)))
+        cases.append(("compressed", f, lambda a=active, ft=feat: compressed_conv(ft, a, weight, bias,
+                                                                                 padding, dilation)))
+    return cases
+
+
+def run_op_bench(cfg: dict, devices: Sequence[str] | None = None, warmup: int | None = None,
+                 runs: int | None = None, threads: int | None = 2, seed: int = 0) -> pd.DataFrame:
+    """Time the op benchmark on each device (default: cpu, plus cuda when present)."""
+    bench = cfg["bench"]
+    size = int(bench["op_image_size"])
+    blocks = int(cfg["model"]["block_counts"][1])
+    warmup = int(bench["warmup"] if warmup is None else warmup)
+    runs = int(bench["runs"] if runs is None else runs)
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    fractions = sorted({float(f) for f in bench["fractions"]} | set(ALWAYS_FRACTIONS))
+    if devices is None:
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if threads:
+        torch.set_num_threads(int(threads))
+    rows = []
+    for device in devices:
+        gen = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)
+        net = IRNet(width_mult=1.0, block_counts=(1, blocks, 1), output_stride=8).eval().to(device)
+        stage_in = torch.randn(1, net.stage_channels[0], size, size, generator=gen).relu().to(device)
+        levels = {"stage2": _stage_cases(net, stage_in, fractions, gen, device)}
+        convs = (("conv3x3", net.mixed_6a.branch1[1].conv), ("conv1x7", net.repeat_1[0].branch1[1].conv))
+        for level, conv in convs:
+            x = torch.randn(1, conv.in_channels, size, size, generator=gen).to(device)
+            bias = torch.randn(conv.out_channels, generator=gen).to(device)
+            levels[level] = _conv_cases(conv.weight.detach(), bias, conv.padding, conv.dilation, x,
+                                        fractions, gen, device)
+        total = sum(len(c) for c in levels.values())
+        with torch.no_grad(), tqdm(total=total, desc=f"bench op ({device})", unit="case") as bar:
+            for level, cases in levels.items():
+                for impl, fraction, fn in cases:
+                    rows.append({"level": level, "impl": impl, "active_fraction": fraction,
+                                 "ms_median": time_ms(fn, device, warmup, runs), "device": device})
+                    bar.update()
+    df = pd.DataFrame(rows)
+    dense = df[df.impl.str.startswith("dense")].groupby(["device", "level"]).ms_median.min()
+    df["speedup"] = [dense[(d, lv)] / ms for d, lv, ms in zip(df.device, df.level, df.ms_median, strict=True)]
+    df["speedup_x_fraction"] = df.speedup * df.active_fraction
+    return df[COLUMNS]
+
+
+def _atomic_target(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
+
+
+def save_op_bench(df: pd.DataFrame, out_csv: str | Path, out_png: str | Path | None = None) -> None:
+    """Write the CSV and a speedup-vs-fraction plot (with the ideal 1/f line), each atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_csv = Path(out_csv)
+    tmp = _atomic_target(out_csv)
+    df.to_csv(tmp, index=False, float_format="%.6g")
+    os.replace(tmp, out_csv)
+
+    out_png = Path(out_png) if out_png is not None else out_csv.with_suffix(".png")
+    region = df[df.impl.isin(["compressed", "gather"])]
+    levels = list(dict.fromkeys(df.level))
+    fig, axes = plt.subplots(1, len(levels), figsize=(4.2 * len(levels), 3.6), squeeze=False)
+    fractions = sorted(df.active_fraction.unique())
+    for ax, level in zip(axes[0], levels, strict=True):
+        ax.plot(fractions, [1 / f for f in fractions], "k--", lw=1, label="ideal 1/f")
+        for (device, impl), part in region[region.level == level].groupby(["device", "impl"]):
+            part = part.sort_values("active_fraction")
+            ax.plot(part.active_fraction, part.speedup, "o-", ms=3, label=f"{impl} ({device})")
+        ax.axhline(1.0, color="grey", lw=0.5)
+        ax.set(xscale="log", yscale="log", title=level, xlabel="active fraction",
+               ylabel="speedup over best dense")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = _atomic_target(out_png)
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, out_png)

@@ -1,0 +1,232 @@
+"""IRNet stages 2 and 3 executed on the active pixels only (Layer Cascade's region execution).
+
+Semantics: a stage run densely with every conv and block output multiplied by the active mask.
+The stage's first layers (those consuming the stage input) read the dense input, inactive
+neighbours included; every later layer reads zero at inactive pixels; outputs are zero outside.
+
+`run_stage_masked_dense` is that definition written with the modules' own forward (the reference);
+`run_stage_compressed` keeps the features as an (N_active, C) matrix through the whole stage: 1x1
+convs (merged when they read the same input) are plain GEMMs, kxk convs gather through neighbour
+tables that the `ActiveSet` builds once per stage, BatchNorm is folded into the conv weights.
+Stages are numbered as in `IRNet.forward_stage`: k = 1 is the paper's stage 2, k = 2 its stage 3.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lc.models.irnet import STAGE_LAYERS, Block8, Block17, ConvBN, IRNet, Mixed_6a, Mixed_7a
+from lc.ops.active_set import ActiveSet
+from lc.ops.region_conv import compressed_conv, dense_input_conv, linear_rows, region_max_pool
+
+__all__ = ["check_region_ready", "run_stage_compressed", "run_stage_masked_dense"]
+
+# Folded conv+BN weights, reused while no parameter changes (inference only: under autograd the
+# fold must be part of the graph). Keyed weakly so a deleted model frees its entries.
+_fold_cache: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
+
+
+def check_region_ready(irnet: IRNet, k: int) -> None:
+    """Raise unless stage k can run on a region: k in (1, 2), eval-mode BN, stride-1 layers."""
+    if k not in (1, 2):
+        raise ValueError(f"region execution covers IRNet stages k=1 and k=2 (the paper's stages 2 "
+                         f"and 3), got k={k}; stage 1 always sees every pixel")
+    for name, module in irnet.stage_modules(k):
+        for sub_name, sub in module.named_modules():
+            if isinstance(sub, nn.modules.batchnorm._BatchNorm) and sub.training:
+                raise RuntimeError(f"region execution needs eval-mode (frozen) BatchNorm, but "
+                                   f"{name}.{sub_name} is in training mode; call "
+                                   f"lc.models.irnet.freeze_batchnorm(model) after .train()")
+            if isinstance(sub, (nn.Conv2d, nn.MaxPool2d)) and sub.stride not in (1, (1, 1)):
+                raise ValueError(f"{name}.{sub_name} has stride {sub.stride}: region execution "
+                                 f"needs output_stride 8 (stride-1 reductions)")
+
+
+# --- parameters ---------------------------------------------------------------------------------
+def _params_version(modules: Sequence[nn.Module]) -> tuple:
+    return tuple((t._version, t.data_ptr(), t.dtype, t.device)
+                 for m in modules for t in (*m.parameters(), *m.buffers()))
+
+
+def _cached(owner: nn.Module, tag: str, modules: Sequence[nn.Module], build: Callable):
+    if torch.is_grad_enabled():
+        return build()
+    entries = _fold_cache.setdefault(owner, {})
+    version = _params_version(modules)
+    hit = entries.get(tag)
+    if hit is None or hit[0] != version:
+        hit = (version, build())
+        entries[tag] = hit
+    return hit[1]
+
+
+def _folded(cbr: ConvBN) -> tuple[torch.Tensor, torch.Tensor]:
+    return _cached(cbr, "fold", [cbr], cbr.fused_weight_bias)
+
+
+def _merged_pointwise(owner: nn.Module, tag: str,
+                      cbrs: Sequence[ConvBN]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The folded 1x1 convs reading one input, stacked into one (sum Cout, Cin) GEMM."""
+    def build():
+        pairs = [cbr.fused_weight_bias() for cbr in cbrs]
+        return torch.cat([w.flatten(1) for w, _ in pairs]), torch.cat([b for _, b in pairs])
+    return _cached(owner, tag, list(cbrs), build)
+
+
+def _scaled_residual(block: Block17 | Block8) -> tuple[torch.Tensor, torch.Tensor]:
+    """The block's closing 1x1 conv with its residual scale folded in."""
+    def build():
+        return block.conv2d.weight.flatten(1) * block.scale, block.conv2d.bias * block.scale
+    return _cached(block.conv2d, "scaled", [block.conv2d], build)
+
+
+def _geometry(conv: nn.Conv2d) -> tuple[tuple[int, int], tuple[int, int]]:
+    return conv.padding, conv.dilation
+
+
+# --- compressed execution -----------------------------------------------------------------------
+class _StageInput:
+    """The stage input, dense (B, C, H, W) or the (M, C) matrix of a larger ActiveSet `source`."""
+
+    def __init__(self, x: torch.Tensor, active: ActiveSet, source: ActiveSet | None):
+        if source is None:  # NHWC once: every gather below then reads it through a view
+            x = x.contiguous(memory_format=torch.channels_last)
+        self.x, self.active, self.source = x, active, source
+        self._rows: torch.Tensor | None = None
+
+    def rows(self) -> torch.Tensor:
+        if self._rows is None:
+            self._rows = (self.active.gather(self.x) if self.source is None
+                          else self.x.index_select(0, self.active.rows_in(self.source)))
+        return self._rows
+
+    def conv(self, cbr: ConvBN) -> torch.Tensor:
+        weight, bias = _folded(cbr)
+        padding, dilation = _geometry(cbr.conv)
+        return F.relu(dense_input_conv(self.x, self.active, weight, bias, padding, dilation, self.source),
+                      inplace=True)
+
+    def max_pool(self, pool: nn.MaxPool2d) -> torch.Tensor:
+        if pool.dilation not in (1, (1, 1)) or pool.ceil_mode:
+            raise ValueError("region max pool supports dilation 1 and ceil_mode=False only")
+        return region_max_pool(self.x, self.active, pool.kernel_size, pool.padding, self.source)
+
+
+def _pointwise_group(owner: nn.Module, tag: str, rows: torch.Tensor,
+                     cbrs: Sequence[ConvBN]) -> list[torch.Tensor]:
+    weight, bias = _merged_pointwise(owner, tag, cbrs)
+    out = F.relu(linear_rows(rows, weight, bias), inplace=True)
+    return list(out.split([cbr.conv.out_channels for cbr in cbrs], dim=1))
+
+
+def _chain(feat: torch.Tensor, active: ActiveSet, cbrs: Sequence[ConvBN]) -> torch.Tensor:
+    for cbr in cbrs:
+        weight, bias = _folded(cbr)
+        padding, dilation = _geometry(cbr.conv)
+        feat = F.relu(compressed_conv(feat, active, weight, bias, padding, dilation), inplace=True)
+    return feat
+
+
+def _mixed_6a(m: Mixed_6a, inp: _StageInput) -> torch.Tensor:
+    b0 = inp.conv(m.branch0)
+    (b1,) = _pointwise_group(m, "pw", inp.rows(), [m.branch1[0]])
+    b1 = _chain(b1, inp.active, m.branch1[1:])
+    return torch.cat((b0, b1, inp.max_pool(m.branch2)), 1)
+
+
+def _mixed_7a(m: Mixed_7a, inp: _StageInput) -> torch.Tensor:
+    heads = _pointwise_group(m, "pw", inp.rows(), [m.branch0[0], m.branch1[0], m.branch2[0]])
+    sequences = (m.branch0, m.branch1, m.branch2)
+    branches = [_chain(h, inp.active, seq[1:]) for h, seq in zip(heads, sequences, strict=True)]
+    return torch.cat((*branches, inp.max_pool(m.branch3)), 1)
+
+
+def _residual_block(m: Block17 | Block8, feat: torch.Tensor, active: ActiveSet) -> torch.Tensor:
+    b0, b1 = _pointwise_group(m, "pw", feat, [m.branch0, m.branch1[0]])
+    b1 = _chain(b1, active, m.branch1[1:])
+    weight, bias = _scaled_residual(m)
+    out = linear_rows(torch.cat((b0, b1), 1), weight, bias).add_(feat)
+    relu = m.act if isinstance(m, Block17) else m.relu
+    return out if relu is None else F.relu(out, inplace=True)
+
+
+def _module_compressed(name: str, module: nn.Module, state: torch.Tensor | _StageInput,
+                       active: ActiveSet) -> torch.Tensor:
+    if isinstance(module, nn.Sequential):
+        for i, sub in enumerate(module):
+            state = _module_compressed(f"{name}.{i}", sub, state, active)
+        return state  # type: ignore[return-value]
+    if isinstance(module, (Mixed_6a, Mixed_7a)):
+        if not isinstance(state, _StageInput):
+            raise ValueError(f"{name}: a reduction block must be the first layer of its stage")
+        return _mixed_6a(module, state) if isinstance(module, Mixed_6a) else _mixed_7a(module, state)
+    feat = state.rows() if isinstance(state, _StageInput) else state
+    if isinstance(module, (Block17, Block8)):
+        return _residual_block(module, feat, active)
+    if isinstance(module, ConvBN):
+        return _chain(feat, active, [module])
+    raise TypeError(f"no compressed execution for {name} ({type(module).__name__})")
+
+
+def run_stage_compressed(irnet: IRNet, k: int, x: torch.Tensor, active: ActiveSet,
+                         source: ActiveSet | None = None) -> torch.Tensor:
+    """Stage k of `irnet` at the pixels of `active` -> (N_active, C_out).
+
+    x: the dense stage input (B, C, H, W), or with `source` the (M, C) compressed output of the
+    previous stage on the pixels of `source` (a superset of `active`; zero elsewhere).
+    """
+    check_region_ready(irnet, k)
+    if source is None:
+        active._check_dense(x)
+    elif x.dim() != 2 or x.shape[0] != source.num_active:
+        raise ValueError(f"with a source ActiveSet x must be its ({source.num_active}, C) matrix, "
+                         f"got {tuple(x.shape)}")
+    state: torch.Tensor | _StageInput = _StageInput(x, active, source)
+    for name, module in irnet.stage_modules(k):
+        state = _module_compressed(name, module, state, active)
+    if isinstance(state, _StageInput):  # an empty stage
+        return state.rows()
+    return state
+
+
+# --- the dense reference ------------------------------------------------------------------------
+def _masked_seq(seq: Sequence[nn.Module], x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    for layer in seq:
+        x = m * layer(x)
+    return x
+
+
+def _module_masked(module: nn.Module, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    if isinstance(module, nn.Sequential):
+        for sub in module:
+            x = _module_masked(sub, x, m)
+        return x
+    if isinstance(module, Mixed_6a):
+        return torch.cat((m * module.branch0(x), _masked_seq(module.branch1, x, m),
+                          m * module.branch2(x)), 1)
+    if isinstance(module, Mixed_7a):
+        return torch.cat((_masked_seq(module.branch0, x, m), _masked_seq(module.branch1, x, m),
+                          _masked_seq(module.branch2, x, m), m * module.branch3(x)), 1)
+    if isinstance(module, (Block17, Block8)):
+        branches = torch.cat((m * module.branch0(x), _masked_seq(module.branch1, x, m)), 1)
+        out = m * module.conv2d(branches) * module.scale + x
+        relu = module.act if isinstance(module, Block17) else module.relu
+        return m * (out if relu is None else relu(out))
+    if isinstance(module, ConvBN):
+        return m * module(x)
+    raise TypeError(f"no masked execution for {type(module).__name__}")
+
+
+def run_stage_masked_dense(irnet: IRNet, k: int, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Stage k run densely with every conv and block output multiplied by `mask` (B, H, W)."""
+    if k not in (1, 2):
+        raise ValueError(f"masked execution covers IRNet stages k=1 and k=2, got k={k}")
+    m = mask.detach().reshape(mask.shape[0], 1, *mask.shape[-2:]).to(x.dtype)
+    for name in STAGE_LAYERS[k]:
+        x = _module_masked(getattr(irnet, name), x, m)
+    return x

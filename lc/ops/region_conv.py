@@ -1,0 +1,222 @@
+"""Region convolution: a conv computed only at the active pixels of a mask.
+
+Semantics (the one definition everything is tested against):
+
+    region_conv2d(x, w, b, mask) == mask * F.conv2d(x, w, b)        (forward and backward)
+
+Execution paths:
+- reference: dense conv, then multiply by the mask (tests only);
+- gather: im2col of the active pixels through a neighbour table, one GEMM, scatter back;
+- compressed: inside a stage the features stay an (N_active, C) matrix; 1x1 convs are plain GEMMs
+  and kxk convs gather through the `ActiveSet`'s cached neighbour tables (`compressed_conv`,
+  `dense_input_conv`, `region_max_pool`).
+Every kxk path goes through `gather_conv`, which runs the Triton kernel (`lc.ops.triton`) on CUDA
+tensors when it is importable and a gather + GEMM in torch otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from lc.ops.active_set import ActiveSet, as_pair, normalise_mask
+
+__all__ = [
+    "ActiveSet",
+    "compressed_conv",
+    "dense_input_conv",
+    "gather_conv",
+    "get_region_backend",
+    "linear_rows",
+    "region_conv2d",
+    "region_max_pool",
+    "set_region_backend",
+]
+
+_BACKENDS = ("auto", "torch", "triton")
+_backend = "auto"
+# im2col buffers above this many elements are built in row chunks: the GEMM stays large enough
+# to run at full speed while the buffer stays near the CPU's cache sizes.
+IM2COL_CHUNK_ELEMS = 1 << 22
+
+
+def set_region_backend(name: str) -> None:
+    """Pick the `gather_conv` backend: "auto" (Triton on CUDA when importable), "torch", "triton"."""
+    global _backend
+    if name not in _BACKENDS:
+        raise ValueError(f"region backend must be one of {_BACKENDS}, got {name!r}")
+    _backend = name
+
+
+def get_region_backend() -> str:
+    return _backend
+
+
+def _triton_gather_conv():
+    try:
+        from lc.ops.triton import gather_conv as triton_gather_conv
+    except ImportError:
+        return None
+    return triton_gather_conv
+
+
+def gather_conv(src: torch.Tensor, table: torch.Tensor, weight: torch.Tensor,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+    """out[i] = sum_t src[table[i, t]] @ weight[:, :, t].T + bias: (M, Cin) x (N, K) -> (N, Cout).
+
+    `table` entries equal to M read a zero row (the source is not padded by the caller); taps are
+    the kernel's (i, j) positions in row-major order.
+    """
+    if src.dim() != 2 or table.dim() != 2 or weight.dim() != 4:
+        raise ValueError(f"gather_conv needs src (M, Cin), table (N, K), weight (Cout, Cin, kh, kw); "
+                         f"got {tuple(src.shape)}, {tuple(table.shape)}, {tuple(weight.shape)}")
+    cout, cin, kh, kw = weight.shape
+    if table.shape[1] != kh * kw or src.shape[1] != cin:
+        raise ValueError(f"gather_conv: table has {table.shape[1]} taps and src {src.shape[1]} "
+                         f"channels, weight {tuple(weight.shape)} needs {kh * kw} and {cin}")
+    if _backend == "triton" or (_backend == "auto" and src.is_cuda):
+        kernel = _triton_gather_conv()
+        if kernel is not None and src.is_cuda:
+            return kernel(src, table, weight, bias)
+        if _backend == "triton":
+            raise RuntimeError("region backend 'triton' needs CUDA tensors and an importable "
+                               "lc.ops.triton (pip install triton); use set_region_backend('auto')")
+    return _gather_conv_torch(src, table, weight, bias)
+
+
+def linear_rows(rows: torch.Tensor, weight_2d: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """rows (N, Cin) @ weight_2d (Cout, Cin).T + bias: the GEMM of every compressed conv.
+
+    On CPU float32 it runs as a 1x1 convolution over an (N, 1) channels-last image, which sends
+    it to oneDNN, 10-15% faster than torch's sgemm on these shapes; both views are free.
+    """
+    if (rows.device.type != "cpu" or rows.dtype != torch.float32 or rows.shape[0] == 0
+            or not torch.backends.mkldnn.is_available()):
+        return F.linear(rows, weight_2d, bias)
+    num_rows, cin = rows.shape
+    image = rows.view(1, num_rows, 1, cin).permute(0, 3, 1, 2)
+    out = F.conv2d(image, weight_2d.reshape(weight_2d.shape[0], cin, 1, 1), bias)
+    return out.permute(0, 2, 3, 1).reshape(num_rows, -1)
+
+
+def _gather_conv_torch(src: torch.Tensor, table: torch.Tensor, weight: torch.Tensor,
+                       bias: torch.Tensor | None) -> torch.Tensor:
+    num_out, taps = table.shape
+    cout, cin = weight.shape[:2]
+    src_padded = torch.cat((src, src.new_zeros(1, cin)))
+    # tap-major columns match a (Cout, kh, kw, Cin) weight: one GEMM over K*Cin
+    weight_2d = weight.permute(0, 2, 3, 1).reshape(cout, taps * cin)
+    row_width = taps * cin
+    chunk_rows = max(1, IM2COL_CHUNK_ELEMS // row_width)
+    # F.embedding is torch's fastest row gather on CPU (index_select is several times slower)
+    if num_out <= chunk_rows:
+        return linear_rows(F.embedding(table, src_padded).view(num_out, row_width), weight_2d, bias)
+    outs = []
+    for start in range(0, num_out, chunk_rows):
+        part = table[start:start + chunk_rows]
+        cols = F.embedding(part, src_padded).view(part.shape[0], row_width)
+        outs.append(linear_rows(cols, weight_2d, bias))
+    return torch.cat(outs)
+
+
+def _is_pointwise(weight: torch.Tensor) -> bool:
+    return weight.shape[2] == 1 and weight.shape[3] == 1
+
+
+def _check_same_size(weight: torch.Tensor, padding, dilation) -> tuple[tuple, tuple]:
+    pad, dil = as_pair(padding, "padding"), as_pair(dilation, "dilation")
+    kh, kw = weight.shape[2:]
+    if 2 * pad[0] != dil[0] * (kh - 1) or 2 * pad[1] != dil[1] * (kw - 1):
+        raise ValueError(f"compressed execution needs size-preserving convs (2*padding == "
+                         f"dilation*(kernel-1)); got kernel {(kh, kw)}, padding {pad}, dilation {dil}")
+    return pad, dil
+
+
+def _as_rows(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B*H*W, C), NHWC order (a view for channels-last input)."""
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
+def compressed_conv(feat: torch.Tensor, active: ActiveSet, weight: torch.Tensor,
+                    bias: torch.Tensor | None, padding=0, dilation=1) -> torch.Tensor:
+    """A size-preserving conv on the (N, Cin) features of `active`; inactive neighbours read zero."""
+    if _is_pointwise(weight):
+        return linear_rows(feat, weight.flatten(1), bias)
+    pad, dil = _check_same_size(weight, padding, dilation)
+    table = active.neighbour_table(tuple(weight.shape[2:]), dil, pad, source="active")
+    return gather_conv(feat, table, weight, bias)
+
+
+def _input_rows(x: torch.Tensor, active: ActiveSet, source: ActiveSet | None) -> torch.Tensor:
+    if source is None:
+        return active.gather(x)
+    return x.index_select(0, active.rows_in(source))
+
+
+def dense_input_conv(x_dense: torch.Tensor, active: ActiveSet, weight: torch.Tensor,
+                     bias: torch.Tensor | None, padding=0, dilation=1,
+                     source: ActiveSet | None = None) -> torch.Tensor:
+    """A stage's first conv: (N, Cout) at the active pixels, reading every neighbour of the input.
+
+    The input is dense (B, C, H, W), or with `source` the (M, C) matrix of that set's pixels
+    (zero elsewhere), e.g. stage 2's compressed output read by stage 3 without densifying it.
+    """
+    if _is_pointwise(weight):
+        return linear_rows(_input_rows(x_dense, active, source), weight.flatten(1), bias)
+    pad, dil = _check_same_size(weight, padding, dilation)
+    kernel = tuple(weight.shape[2:])
+    if source is None:
+        table = active.neighbour_table(kernel, dil, pad, source="dense")
+        return gather_conv(_as_rows(x_dense), table, weight, bias)
+    table = active.neighbour_table(kernel, dil, pad, source=source)
+    return gather_conv(x_dense, table, weight, bias)
+
+
+def region_max_pool(x_dense: torch.Tensor, active: ActiveSet, kernel_size: int | Sequence[int],
+                    padding: int | Sequence[int] = 0, source: ActiveSet | None = None) -> torch.Tensor:
+    """Stride-1 max pool at the active pixels -> (N, C), with torch's -inf padding at the border.
+
+    With `source`, `x_dense` is that set's (M, C) matrix and its inactive pixels read zero (they
+    are zeros of the dense tensor it stands for). Gradients go to the first maximum of a window,
+    as in `F.max_pool2d`.
+    """
+    rows = x_dense if source is not None else _as_rows(x_dense)
+    table = active.pool_table(kernel_size, padding, source=source if source is not None else "dense")
+    channels = rows.shape[1]
+    padded = torch.cat((rows, rows.new_zeros(1, channels), rows.new_full((1, channels), float("-inf"))))
+    return F.embedding(table, padded).max(dim=1).values
+
+
+def region_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor,
+                  stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0,
+                  dilation: int | Sequence[int] = 1, impl: str = "auto") -> torch.Tensor:
+    """`mask * F.conv2d(x, weight, bias, stride, padding, dilation)`, computed at masked pixels only.
+
+    mask: (B, H_out, W_out) or (B, 1, H_out, W_out), bool or 0/1, broadcast over channels.
+    impl: "reference" (dense then mask), "gather" (im2col of the active pixels, one GEMM, scatter),
+    "auto" (a dense conv when every pixel is active, which is the same result; gather otherwise).
+    """
+    if as_pair(stride, "stride") != (1, 1):
+        raise ValueError(f"region_conv2d supports stride 1 only (got {stride}); "
+                         "run strided layers densely before the region starts")
+    if impl not in ("auto", "reference", "gather"):
+        raise ValueError(f"impl must be 'auto', 'reference' or 'gather', got {impl!r}")
+    if x.dim() != 4 or weight.dim() != 4 or weight.shape[1] != x.shape[1]:
+        raise ValueError(f"region_conv2d needs x (B, C, H, W) and weight (Cout, C, kh, kw) "
+                         f"(groups=1); got {tuple(x.shape)} and {tuple(weight.shape)}")
+    pad, dil = as_pair(padding, "padding"), as_pair(dilation, "dilation")
+    kh, kw = weight.shape[2:]
+    out_h = x.shape[2] + 2 * pad[0] - dil[0] * (kh - 1)
+    out_w = x.shape[3] + 2 * pad[1] - dil[1] * (kw - 1)
+    mask = normalise_mask(mask.detach())
+    if tuple(mask.shape) != (x.shape[0], out_h, out_w):
+        raise ValueError(f"mask {tuple(mask.shape)} does not match the conv output "
+                         f"(B, H_out, W_out) = {(x.shape[0], out_h, out_w)}")
+    if impl == "reference" or (impl == "auto" and bool(mask.all())):
+        out = F.conv2d(x, weight, bias, 1, pad, dil)
+        return out if impl == "auto" else out * mask.unsqueeze(1).to(out.dtype)
+    active = ActiveSet(mask)
+    table = active.neighbour_table((kh, kw), dil, pad, source="dense", input_size=x.shape[2:])
+    return active.scatter(gather_conv(_as_rows(x), table, weight, bias))

@@ -1,0 +1,200 @@
+"""lc.tables on small hand-made run outputs (the README's file contracts) in tmp_path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lc.config import load_config
+from lc.data.labels import CITYSCAPES_CLASS_NAMES, VOC_CLASS_NAMES
+from lc.paper import load_paper_table
+from lc.tables import CITED, TABLE_FILES, build_table, render_markdown, write_tables
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _eval_json(dataset: str, variant: str, miou: float, scales=(1.0,), flip=False, crf=False) -> dict:
+    names = list(VOC_CLASS_NAMES if dataset == "voc" else CITYSCAPES_CLASS_NAMES)
+    k = len(names)
+    per_class = [round(miou + (i % 5) - 2.0, 2) for i in range(k)]
+    return {
+        "dataset": dataset, "split": "val", "variant": variant, "preset": "test", "device": "cpu",
+        "checkpoint": f"runs/{dataset}/{variant}/checkpoint.pt", "num_images": 4, "rho": 0.985,
+        "protocol": {"scales": list(scales), "flip": flip, "crf": crf}, "class_names": names,
+        "miou": miou, "pixel_accuracy": 90.0, "per_class_iou": per_class,
+        "confusion": np.eye(k, dtype=int).tolist(), "stage_share": [0.25, 0.35, 0.40],
+        "routed_label_hist": {"all": [100 + 10 * i for i in range(k)], "stage2": [50 + i for i in range(k)],
+                              "stage3": [20 + 2 * i for i in range(k)]},
+        "ms_per_image": 12.5, "stage_time_ms": [4.0, 5.0, 3.5],
+    }
+
+
+def make_fake_run(root: Path, with_cityscapes: bool = True, with_bench: bool = True) -> Path:
+    """results/<preset>/ with every file the tables and figures read, tiny and hand-made."""
+    runs = root / "runs"
+    for variant, miou in {"irnet": 60.0, "dsn": 61.0, "dsn_dropout": 60.5, "mc": 40.0, "lc": 62.5}.items():
+        (runs / "voc" / variant).mkdir(parents=True)
+        (runs / "voc" / variant / "eval_val.json").write_text(json.dumps(_eval_json("voc", variant, miou)))
+    lc_dir = runs / "voc" / "lc"
+    (lc_dir / "eval_val_ms.json").write_text(json.dumps(_eval_json("voc", "lc", 63.0, (0.75, 1.0), True)))
+    (lc_dir / "eval_val_ms_crf.json").write_text(
+        json.dumps(_eval_json("voc", "lc", 64.0, (0.75, 1.0), True, True)))
+    pd.DataFrame({
+        "rho": [1.0, 0.9, 0.8], "stage1_pct": [0.0, 40.0, 55.0], "stage2_pct": [0.0, 30.0, 28.0],
+        "stage3_pct": [100.0, 30.0, 17.0], "miou": [61.0, 62.0, 58.0], "ms_per_image": [20.0, 14.0, 11.0],
+        "device": "cpu", "preset": "test",
+    }).to_csv(lc_dir / "sweep_val.csv", index=False)
+    if with_cityscapes:
+        (runs / "cityscapes" / "lc").mkdir(parents=True)
+        (runs / "cityscapes" / "lc" / "eval_val.json").write_text(
+            json.dumps(_eval_json("cityscapes", "lc", 50.0)))
+        (root / "export").mkdir()
+        (root / "export" / "cityscapes_test.zip").write_bytes(b"PK")
+        (root / "export" / "cityscapes_test.json").write_text(json.dumps({"num_images": 2}))
+    if with_bench:
+        bench = root / "bench"
+        bench.mkdir()
+        methods = ["deeplab_v2", "segnet", "irnet", "lc", "lc_fast"]
+        pd.DataFrame({
+            "method": methods, "rho": [None, None, None, 0.985, 0.8], "image_size": 64, "batch_size": 1,
+            "ms_median": [30.0, 20.0, 18.0, 12.0, 9.0], "ms_p25": [29.0, 19.0, 17.0, 11.0, 8.0],
+            "ms_p75": [31.0, 21.0, 19.0, 13.0, 10.0], "fps": [33.3, 50.0, 55.6, 83.3, 111.1],
+            "params_m": [1.0, 0.5, 0.3, 0.35, 0.35], "stage1_pct": [None, None, None, 25.0, 55.0],
+            "stage2_pct": [None, None, None, 35.0, 28.0], "mask_source": "model", "device": "cpu",
+            "full_size": False, "runs": 2,
+        }).to_csv(bench / "table3_speed.csv", index=False)
+        pd.DataFrame({
+            "setting": ["single", "ms", "ms_crf"], "scales": ["1", "0.75 1", "0.75 1"],
+            "crf": [False, False, True], "ms_median": [12.0, 30.0, 300.0], "fps": [83.3, 33.3, 3.3],
+            "device": "cpu",
+        }).to_csv(bench / "table6_fps.csv", index=False)
+        pd.DataFrame({
+            "rho": [1.0, 0.9, 0.8], "ms_median": [18.0, 12.0, 9.0], "fps": [55.6, 83.3, 111.1],
+            "stage1_pct": [0.0, 40.0, 55.0], "stage2_pct": [0.0, 30.0, 28.0], "mask_source": "model",
+            "device": "cpu",
+        }).to_csv(bench / "rho_speed.csv", index=False)
+        pd.DataFrame({
+            "method": ["irnet"] * 3 + ["lc"] * 3, "rho": [None] * 3 + [0.985] * 3, "stage": [1, 2, 3] * 2,
+            "ms_median": [5.0, 7.0, 6.0, 5.0, 4.0, 2.0], "active_pct": [100, 100, 100, 100, 75, 40],
+            "device": "cpu",
+        }).to_csv(bench / "stage_time.csv", index=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cfg() -> dict:
+    return load_config(REPO / "config.yaml", preset="test")
+
+
+def test_table1_columns_paper_and_differences(tmp_path, cfg):
+    table = build_table(1, make_fake_run(tmp_path), cfg)
+    for column in ("rho", "stage1_pct", "stage2_pct", "miou", "paper_stage1_pct", "paper_miou", "diff_miou",
+                   "preset", "split", "device", "scales", "crf", "mask_source", "note"):
+        assert column in table.columns
+    paper = load_paper_table(1)
+    # every published rho is a row, with the published numbers unchanged
+    assert set(paper["rho"].round(3)) <= set(table["rho"].round(3))
+    merged = table.merge(paper, on="rho", suffixes=("", "_pub"))
+    assert np.allclose(merged["paper_miou"], merged["miou_pub"])
+    row = table[table["rho"] == 0.9].iloc[0]
+    assert row["miou"] == 62.0 and row["diff_miou"] == pytest.approx(62.0 - 71.20)
+    assert row["diff_stage1_pct"] == pytest.approx(40.0 - 44)
+    # a published rho the test preset did not sweep: our columns empty, a reason given
+    missing = table[table["rho"] == 0.985].iloc[0]
+    assert pd.isna(missing["miou"]) and "rho_sweep" in missing["note"]
+
+
+def test_table2_rows_and_missing_run(tmp_path, cfg):
+    results = make_fake_run(tmp_path)
+    (results / "runs/voc/mc/eval_val.json").unlink()
+    table = build_table(2, results, cfg)
+    assert list(table["method"]) == list(load_paper_table(2)["method"])
+    lc = table.set_index("variant").loc["lc"]
+    assert lc["miou"] == 62.5 and lc["paper_miou"] == 73.91
+    assert lc["diff_miou"] == pytest.approx(62.5 - 73.91)
+    assert lc["stage1_pct"] == pytest.approx(25.0)
+    mc = table.set_index("variant").loc["mc"]
+    assert pd.isna(mc["miou"]) and pd.isna(mc["diff_miou"]) and "eval_val.json missing" in mc["note"]
+    assert mc["paper_miou"] == 44.20  # the paper's number is shown even when ours is missing
+
+
+def test_table3_cites_baseline_miou_and_times_everything(tmp_path, cfg):
+    table = build_table(3, make_fake_run(tmp_path), cfg).set_index("method")
+    paper = load_paper_table(3).set_index("method")
+    assert table.loc["DeepLab-v2", "miou_source"] == CITED
+    assert table.loc["DeepLab-v2", "miou"] == paper.loc["DeepLab-v2", "miou"]
+    assert pd.isna(table.loc["DeepLab-v2", "diff_miou"])
+    assert table.loc["LC", "ms"] == 12.0 and table.loc["LC", "paper_ms"] == 65.1
+    assert table.loc["LC", "diff_ms"] == pytest.approx(12.0 - 65.1)
+    assert table.loc["LC (fast)", "miou"] == 58.0  # from the sweep at evaluate.fast_rho = 0.8
+    assert table.loc["IRNet (dense)", "ms"] == 18.0 and pd.isna(table.loc["IRNet (dense)", "paper_ms"])
+    assert "reduced network size" in table.loc["LC", "note"]
+
+
+def test_table3_without_benchmarks_stays_empty_with_reason(tmp_path, cfg):
+    table = build_table(3, make_fake_run(tmp_path, with_bench=False), cfg).set_index("method")
+    assert table["ms"].isna().all() and table["fps"].isna().all()
+    assert all("bench/table3_speed.csv missing" in note for note in table["note"])
+
+
+def test_table4_per_class_val_beside_paper_test(tmp_path, cfg):
+    table = build_table(4, make_fake_run(tmp_path), cfg)
+    paper = load_paper_table(4)
+    classes = [c for c in paper.columns if c not in ("method", "miou")]
+    assert set(classes) <= set(table.columns) and "submission_archive" in table.columns
+    ours = table[table["method"] == "LC (ours) multi-scale + CRF"].iloc[0]
+    assert ours["miou"] == 64.0 and ours["evaluated_split"] == "val"
+    cited = table[table["method"] == "FCN (paper)"].iloc[0]
+    assert cited["source"] == CITED and cited["aeroplane"] == 76.8
+    diff = table[table["method"].str.startswith("diff")].iloc[0]
+    assert diff["miou"] == pytest.approx(64.0 - 80.3)
+    assert diff["aeroplane"] == pytest.approx(ours["aeroplane"] - 94.1)
+    # no VOC test export in the fake run: empty path, reason given
+    assert ours["submission_archive"] == "" and "voc_test_comp6.tar.gz missing" in ours["note"]
+
+
+def test_table5_cityscapes_and_archive(tmp_path, cfg):
+    table = build_table(5, make_fake_run(tmp_path), cfg)
+    ours = table[table["source"] == "reproduced"].iloc[0]
+    assert ours["miou"] == 50.0 and ours["submission_archive"].endswith("export/cityscapes_test.zip")
+    assert "2 test predictions" in ours["note"]
+    assert len(table) == 1 + len(load_paper_table(5)) + 1
+
+
+def test_table5_missing_dataset(tmp_path, cfg):
+    table = build_table(5, make_fake_run(tmp_path, with_cityscapes=False), cfg)
+    ours = table[table["source"] == "reproduced"].iloc[0]
+    assert pd.isna(ours["miou"]) and pd.isna(ours["road"])
+    assert "runs/cityscapes/lc/eval_val.json missing" in ours["note"]
+
+
+def test_table6_settings(tmp_path, cfg):
+    table = build_table(6, make_fake_run(tmp_path), cfg)
+    ours = table[table["source"] == "reproduced"].reset_index(drop=True)
+    assert list(zip(ours["multi_scale"], ours["crf"], strict=True)) == [("no", "no"), ("yes", "no"),
+                                                                        ("yes", "yes")]
+    assert list(ours["miou"]) == [62.5, 63.0, 64.0]
+    assert list(ours["fps"]) == [83.3, 33.3, 3.3]
+    assert list(ours["paper_fps"]) == [14.3, 7.7, 1.0]
+    assert ours.loc[2, "diff_miou"] == pytest.approx(64.0 - 80.3)
+    assert ours.loc[0, "params_m"] == 0.35 and ours.loc[0, "paper_params_m"] == 35.5
+    assert (table[table["source"] == CITED]["method"].str.endswith("(paper)")).all()
+
+
+def test_write_tables_and_markdown(tmp_path, cfg):
+    results = make_fake_run(tmp_path / "run")
+    out = tmp_path / "tables"
+    written = write_tables(cfg, out, results)
+    assert [p.name for p in written] == list(TABLE_FILES.values())
+    md = render_markdown(out, "test").read_text()
+    assert md.count("\n## Table ") == 6 and "paper_miou" in md
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))
+
+
+def test_markdown_needs_every_table(tmp_path):
+    with pytest.raises(FileNotFoundError, match="table1_rho_sweep.csv"):
+        render_markdown(tmp_path, "test")
