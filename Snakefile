@@ -29,6 +29,37 @@ config.update(CFG)
 
 
 include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    dataset="voc|cityscapes",
+    variant="|".join(VOC_VARIANTS),
+    split="train|val",
+    rho=r"[0-9.]+",
+
+
+onstart:
+    # config.yaml with the command line's overrides applied to the base and to every preset (they
+    # win over presets, as in lc.config.resolve_config; commands that read another preset, such as
+    # model-info's full-size comparison, still find it). Written only when it changed, so its
+    # timestamp never makes anything look outdated.
+    import yaml
+
+    from lc.config import deep_merge
+
+    raw = yaml.safe_load(Path("config.yaml").read_text())
+    resolved = deep_merge(raw, _overrides)
+    resolved["preset"] = PRESET
+    resolved["presets"] = {name: deep_merge(block or {}, _overrides) for name, block in raw["presets"].items()}
+    text = yaml.safe_dump(resolved, sort_keys=False)
+    path = Path(RESOLVED_CONFIG)
+    if not path.exists() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+
+
 include: "workflow/rules/data.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/train.smk"
@@ -51,6 +82,7 @@ localrules:
     table6,
     figures,
     download,
+    report,
 
 
 rule reproduce_tables:

@@ -9,7 +9,8 @@ dilation 2). Implementations:
 - gather (convs): `region_conv2d(impl="gather")`, dense input to dense output;
 - compressed: stage: `ActiveSet` + `run_stage_compressed`, dense stage input to the (N, C) output
   (what the cascade passes on); convs: `compressed_conv` on (N, C) features, tables prebuilt.
-Masks hold exactly round(f * H * W) random pixels per image. Times are medians after warm-up.
+Masks hold exactly round(f * H * W) random pixels per image. Times are medians after warm-up, the
+runs of all cases of a level interleaved round by round.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from lc.ops.region_conv import compressed_conv, region_conv2d
 COLUMNS = ["level", "impl", "active_fraction", "ms_median", "speedup", "speedup_x_fraction", "device"]
 ALWAYS_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 
-__all__ = ["COLUMNS", "random_mask", "run_op_bench", "save_op_bench", "time_ms"]
+__all__ = ["COLUMNS", "median_times", "random_mask", "run_op_bench", "save_op_bench", "time_ms"]
 
 
 def random_mask(batch: int, height: int, width: int, fraction: float, generator: torch.Generator,
@@ -45,24 +46,34 @@ def random_mask(batch: int, height: int, width: int, fraction: float, generator:
     return (ranks < count).view(batch, height, width).to(device)
 
 
-def time_ms(fn: Callable[[], object], device: str, warmup: int, runs: int) -> float:
-    """Median wall time of fn in ms: perf_counter on CPU, CUDA events on GPU."""
-    for _ in range(warmup):
+def time_ms(fn: Callable[[], object], device: str) -> float:
+    """Wall time of one call in ms: perf_counter on CPU, CUDA events on GPU."""
+    if device == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
         fn()
-    times = []
+        end.record()
+        torch.cuda.synchronize()
+        return float(start.elapsed_time(end))
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def median_times(fns: Sequence[Callable[[], object]], device: str, warmup: int, runs: int,
+                 progress: tqdm | None = None) -> list[float]:
+    """Median ms of each fn; the runs are interleaved (one call of each fn per round), so that a
+    load change on a shared machine affects every case alike instead of a few of them."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(runs):
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return float(pd.Series(times).median())
+        for fn, ts in zip(fns, times, strict=True):
+            ts.append(time_ms(fn, device))
+        if progress is not None:
+            progress.update()
+    return [float(pd.Series(ts).median()) for ts in times]
 
 
 def _dense_variants(module_fn: Callable[[str], Callable[[], object]]) -> dict[str, Callable[[], object]]:
@@ -141,13 +152,13 @@ def run_op_bench(cfg: dict, devices: Sequence[str] | None = None, warmup: int | 
             bias = torch.randn(conv.out_channels, generator=gen).to(device)
             levels[level] = _conv_cases(conv.weight.detach(), bias, conv.padding, conv.dilation, x,
                                         fractions, gen, device)
-        total = sum(len(c) for c in levels.values())
-        with torch.no_grad(), tqdm(total=total, desc=f"bench op ({device})", unit="case") as bar:
+        with torch.no_grad(), tqdm(total=runs * len(levels), desc=f"bench op ({device})",
+                                   unit="round") as bar:
             for level, cases in levels.items():
-                for impl, fraction, fn in cases:
+                medians = median_times([fn for _, _, fn in cases], device, warmup, runs, bar)
+                for (impl, fraction, _), ms in zip(cases, medians, strict=True):
                     rows.append({"level": level, "impl": impl, "active_fraction": fraction,
-                                 "ms_median": time_ms(fn, device, warmup, runs), "device": device})
-                    bar.update()
+                                 "ms_median": ms, "device": device})
     df = pd.DataFrame(rows)
     dense = df[df.impl.str.startswith("dense")].groupby(["device", "level"]).ms_median.min()
     df["speedup"] = [dense[(d, lv)] / ms for d, lv, ms in zip(df.device, df.level, df.ms_median, strict=True)]

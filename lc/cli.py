@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-
 from lc.config import ConfigError, load_config
 
 
@@ -158,13 +157,86 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
 
 
 # --- training and evaluation (issue: engine) -------------------------------------------------
+def _cmd_train(args: argparse.Namespace) -> None:
+    from lc.train import train
+
+    result = train(_cfg(args), args.dataset, args.variant, args.out, init=args.init,
+                   resume=not args.no_resume, device=args.device, rho=args.rho, stop_after=args.stop_after)
+    if result.rank == 0:
+        print(f"{args.dataset}/{args.variant}: {result.iterations} iterations, final loss "
+              f"{result.final_loss}, {result.checkpoint}")
+
+
 def _add_engine_commands(sub: argparse._SubParsersAction) -> None:
-    pass
+    p = sub.add_parser("train", help="train one variant (torchrun for several processes); resumes by default")
+    _common(p)
+    p.add_argument("--dataset", required=True, choices=["voc", "cityscapes"])
+    p.add_argument("--variant", required=True, choices=["irnet", "dsn", "dsn_dropout", "lc", "mc"])
+    p.add_argument("--out", required=True, help="run folder: checkpoint.pt, train_log.csv, train_done.json")
+    p.add_argument("--init", default=None, help="pretrained irnet checkpoint the cascade variants start from")
+    p.add_argument("--no-resume", action="store_true", help="start afresh even if RUN/checkpoint.pt exists")
+    p.add_argument("--rho", type=float, default=None, help="rho while training (default: train.rho)")
+    p.add_argument("--device", default=None, help="cpu | cuda | auto (default: the config's device)")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="checkpoint and exit after this many iterations (a later call resumes)")
+    p.set_defaults(func=_cmd_train)
 
 
 # --- benchmarks (issue: CUDA kernel and speed) -----------------------------------------------
+def _print_speedups(df) -> None:
+    """Measured vs FLOP-predicted speedup of each network over dense IRNet (Table 3's claim)."""
+    for row in df.to_dict("records"):
+        if row["method"] not in ("lc", "lc_fast"):
+            continue
+        print(f"{row['method']:>10} rho={row['rho']:<6g} speedup over dense IRNet: measured "
+              f"x{row['speedup_vs_irnet']:.2f}, FLOP-predicted x{row['predicted_speedup_vs_irnet']:.2f} "
+              f"(ratio {row['speedup_vs_irnet'] / row['predicted_speedup_vs_irnet']:.2f}; "
+              f"target on GPU >= 0.9)")
+
+
+def _cmd_bench(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from lc.bench import write_csv
+    from lc.bench_models import BenchSetup, run_models_bench, run_rho_bench, run_stages_bench
+    from lc.bench_table6 import run_table6_bench
+
+    cfg = _cfg(args)
+    full_model_cfg = load_config(args.config, preset="paper")["model"]  # full size = the paper's model
+    setup = BenchSetup.from_config(cfg, full_model_cfg, checkpoint=args.checkpoint, device=args.device,
+                                   warmup=args.warmup, runs=args.runs)
+    run = {"models": run_models_bench, "stages": run_stages_bench, "rho": run_rho_bench,
+           "table6": run_table6_bench}[args.kind]
+    df = run(setup)
+    write_csv(df, args.out)
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        print(df.to_string(index=False, float_format="{:.4g}".format))
+    if args.kind == "models":
+        _print_speedups(df)
+    print(f"wrote {args.out}")
+
+
 def _add_bench_commands(sub: argparse._SubParsersAction) -> None:
-    pass
+    p = sub.add_parser("bench", help="speed benchmarks: op (region conv), models (Table 3), stages "
+                                     "(Fig. 7b), rho (Fig. 7a), table6 (Table 6 FPS)")
+    kinds = p.add_subparsers(dest="kind", required=True)
+    _add_bench_op_parser(kinds, "op")
+    helps = {"models": "ms and FPS of bench.models (DeepLab-v2, SegNet, dense IRNet, LC, LC fast)",
+             "stages": "ms per stage of LC at evaluate.rho and fast_rho, and of dense IRNet",
+             "rho": "LC's ms per image at every rho of evaluate.rho_sweep",
+             "table6": "LC's FPS single scale, multi-scale + flip, and multi-scale + dense CRF"}
+    for kind, text in helps.items():
+        q = kinds.add_parser(kind, help=text)
+        _common(q)
+        q.add_argument("--out", required=True, help="CSV to write")
+        q.add_argument("--checkpoint", default=None,
+                       help="trained LC checkpoint: route with its masks on VOC val images (default, or "
+                            "when the file is missing: masks with the paper's Table 1 stage shares)")
+        q.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
+                       help="default: the config's `device:`")
+        q.add_argument("--warmup", type=int, default=None, help="warm-up runs (default: bench.warmup)")
+        q.add_argument("--runs", type=int, default=None, help="timed runs (default: bench.runs)")
+        q.set_defaults(func=_cmd_bench, kind=kind)
 
 
 # --- tables, figures, provenance (issue: DAG) ------------------------------------------------

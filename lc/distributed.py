@@ -76,9 +76,11 @@ def setup_distributed(device: str | torch.device | None = None) -> DistContext:
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=base, owns_group=owns)
 
 
-def teardown_distributed(ctx: DistContext) -> None:
+def teardown_distributed(ctx: DistContext, wait: bool = True) -> None:
+    """Leave the process group if `setup_distributed` created it; wait: barrier first (clean exit)."""
     if ctx.owns_group and dist.is_initialized():
-        dist.barrier()
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -60,12 +60,13 @@ class StageLosses:
     stage_fraction: list[torch.Tensor | None]
 
 
-def cascade_loss(stage_logits: Sequence[torch.Tensor | None], stage_masks: Sequence[torch.Tensor],
+def cascade_loss(stage_logits: Sequence[torch.Tensor | None], stage_masks: Sequence[torch.Tensor | None],
                  labels: torch.Tensor, weights: Sequence[float],
                  loss_stages: Sequence[int] | None = None) -> StageLosses:
     """Weighted sum of the per-stage losses of one cascade forward.
 
-    stage_logits/stage_masks: a CascadeOutput's lists (stage k's loss uses stage_masks[k]);
+    stage_logits/stage_masks: a CascadeOutput's lists (stage k's loss uses stage_masks[k]; every
+    stage with a mask gets its routed fraction reported, masks of None are skipped);
     labels: (B, H, W) full-resolution labels; weights: train.stage_loss_weights;
     loss_stages: 0-based stages that carry a loss (default: every stage with logits). The irnet
     variant has logits only after stage 3, so it gets the single loss at the end.
@@ -87,9 +88,11 @@ def cascade_loss(stage_logits: Sequence[torch.Tensor | None], stage_masks: Seque
         mask = stage_masks[k]
         loss, _ = masked_cross_entropy(logits, small_labels, mask)
         stage_loss[k] = loss.detach()
-        fraction[k] = mask.float().mean()
         term = float(weights[k]) * loss
         total = term if total is None else total + term
     if total is None:
         raise ValueError("no stage carries a loss")
+    for k, mask in enumerate(stage_masks):
+        if mask is not None:
+            fraction[k] = mask.float().mean()
     return StageLosses(total=total, stage_loss=stage_loss, stage_fraction=fraction)

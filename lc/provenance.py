@@ -18,13 +18,13 @@ PACKAGES = ("lc", "torch", "torchvision", "timm", "triton", "numpy", "pandas", "
             "jsonschema")
 
 
-def _git(*args: str, cwd: Path) -> str | None:
+def _git(*args: str, cwd: Path, strip: bool = True) -> str | None:
     try:
         result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30,
                                 check=True)
     except (OSError, subprocess.SubprocessError):
         return None
-    return result.stdout.strip()
+    return result.stdout.strip() if strip else result.stdout
 
 
 def git_state(repo: str | Path = ".") -> dict:
@@ -33,7 +33,8 @@ def git_state(repo: str | Path = ".") -> dict:
     commit = _git("rev-parse", "HEAD", cwd=repo)
     if commit is None:
         return {"commit": None, "branch": None, "dirty": None, "dirty_files": None}
-    status = _git("status", "--porcelain", "--untracked-files=no", cwd=repo) or ""
+    # porcelain lines are "XY path"; the leading status column may be a space, so keep it
+    status = _git("status", "--porcelain", "--untracked-files=no", cwd=repo, strip=False) or ""
     changed = [line[3:] for line in status.splitlines() if line.strip()]
     return {
         "commit": commit,

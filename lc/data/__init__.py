@@ -1,38 +1,39 @@
 """Data: download and verification, preparation of VOC-aug and Cityscapes, synthetic stand-ins, loaders.
 
-Public API (the README's data contract):
-`build_dataset(cfg, dataset, split, train=False)`, `CLASS_NAMES`, `NUM_CLASSES`, `denormalize`,
-`worker_init_fn`, `seeded_generator`, `prepared_list_files(cfg, dataset)`, `trainid_to_labelid`.
-Preparation and download (`prepare_voc`, `prepare_cityscapes`, `fetch_archive`,
-`make_synthetic_mirror`) import lazily from their modules: `lc.data.voc`, `lc.data.cityscapes`,
-`lc.data.download`, `lc.data.synthetic`.
+Public API (the README's data contract): `build_dataset(cfg, dataset, split, train=False)`,
+`CLASS_NAMES`, `NUM_CLASSES`, `denormalize`, `worker_init_fn`, `seeded_generator`,
+`prepared_list_files(cfg, dataset)`, `trainid_to_labelid`. Download, preparation and synthesis live
+in `lc.data.download`, `lc.data.voc`, `lc.data.cityscapes`, `lc.data.synthetic`.
+
+Names are imported lazily (PEP 562) so that `lc download` / `lc synth` / `lc prepare` start without
+importing torch.
 """
 
-from lc.data.datasets import SegmentationDataset, build_dataset
-from lc.data.labels import (
-    CITYSCAPES_CLASS_NAMES,
-    CLASS_NAMES,
-    IGNORE_INDEX,
-    NUM_CLASSES,
-    VOC_CLASS_NAMES,
-    VOC_PALETTE,
-    labelid_to_trainid,
-    trainid_to_labelid,
-)
-from lc.data.paths import archive_path, data_root, prepared_dir, prepared_list_files
-from lc.data.transforms import (
-    IMAGE_MEAN,
-    IMAGE_STD,
-    TrainTransform,
-    denormalize,
-    normalize,
-    seeded_generator,
-    worker_init_fn,
-)
+from __future__ import annotations
 
-__all__ = [
-    "CITYSCAPES_CLASS_NAMES", "CLASS_NAMES", "IGNORE_INDEX", "IMAGE_MEAN", "IMAGE_STD", "NUM_CLASSES",
-    "VOC_CLASS_NAMES", "VOC_PALETTE", "SegmentationDataset", "TrainTransform", "archive_path",
-    "build_dataset", "data_root", "denormalize", "labelid_to_trainid", "normalize", "prepared_dir",
-    "prepared_list_files", "seeded_generator", "trainid_to_labelid", "worker_init_fn",
-]
+import importlib
+
+_EXPORTS = {
+    "SegmentationDataset": "datasets", "build_dataset": "datasets",
+    "CITYSCAPES_CLASS_NAMES": "labels", "CLASS_NAMES": "labels", "IGNORE_INDEX": "labels",
+    "NUM_CLASSES": "labels", "VOC_CLASS_NAMES": "labels", "VOC_PALETTE": "labels",
+    "labelid_to_trainid": "labels", "trainid_to_labelid": "labels",
+    "archive_path": "paths", "data_root": "paths", "prepared_dir": "paths", "prepared_list_files": "paths",
+    "IMAGE_MEAN": "transforms", "IMAGE_STD": "transforms", "TrainTransform": "transforms",
+    "denormalize": "transforms", "normalize": "transforms", "seeded_generator": "transforms",
+    "worker_init_fn": "transforms",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'lc.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"lc.data.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

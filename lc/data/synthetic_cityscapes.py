@@ -30,8 +30,11 @@ _APPEARANCE: dict[str, tuple[tuple[int, int, int], tuple[int, int, int], str]] =
     "truck": ((220, 220, 210), (60, 60, 60), "noise"),
     "bus": ((230, 200, 40), (40, 50, 60), "windows"),
     "bicycle": ((30, 30, 30), (120, 20, 30), "noise"),
+    "motorcycle": ((20, 20, 25), (160, 160, 170), "noise"),
+    "train": ((200, 205, 210), (50, 90, 120), "windows"),
 }
-_INSTANCE_COLOURS = {"car": 0.9, "person": 0.6, "rider": 0.4, "truck": 0.3, "bus": 0.2, "bicycle": 0.4}
+_INSTANCE_COLOURS = {"car": 0.9, "person": 0.6, "rider": 0.4, "truck": 0.3, "bus": 0.2, "bicycle": 0.4,
+                     "motorcycle": 0.3, "train": 0.1}
 
 
 class _Canvas:
@@ -78,11 +81,11 @@ def _layout(rng: np.random.Generator, canvas: _Canvas) -> None:
         top = horizon - rng.uniform(0.12, 0.4) * h
         canvas.box("wall" if rng.random() < 0.1 else "building", x, top, x + bw, horizon + 0.04 * h)
         x += bw
-    for _ in range(int(rng.integers(1, 4))):
-        canvas.ellipse("vegetation", rng.uniform(0, w), horizon - rng.uniform(0, 0.1) * h,
-                       rng.uniform(0.05, 0.15) * w, rng.uniform(0.06, 0.16) * h, n=16)
+    for _ in range(int(rng.integers(2, 6))):
+        canvas.ellipse("vegetation", rng.uniform(0, w), horizon - rng.uniform(0, 0.15) * h,
+                       rng.uniform(0.06, 0.18) * w, rng.uniform(0.08, 0.2) * h, n=16)
     canvas.box("sidewalk", 0, horizon, w, h)
-    road_half = rng.uniform(0.3, 0.42) * w
+    road_half = rng.uniform(0.5, 0.75) * w  # the road's half width at the bottom edge
     canvas.polygon("road", [(vanish_x - 0.01 * w, horizon), (vanish_x + 0.01 * w, horizon),
                             (vanish_x + road_half, h), (vanish_x - road_half, h)])
     if rng.random() < 0.6:
@@ -112,10 +115,10 @@ def _layout(rng: np.random.Generator, canvas: _Canvas) -> None:
 
     vehicles = sorted(rng.uniform(0.15, 1.0, size=int(rng.integers(1, 5))))
     for depth in vehicles:  # far to near, so nearer ones occlude
-        name = str(rng.choice(["car"] * 6 + ["truck", "bus"]))
+        name = str(rng.choice(["car"] * 8 + ["truck", "bus", "train"]))
         foot = horizon + depth * (h - horizon)
         cx = ground_x(depth, rng.uniform(-0.7, 0.7))
-        half = (0.09 if name == "car" else 0.13) * w * depth
+        half = {"car": 0.09, "train": 0.2}.get(name, 0.13) * w * depth
         body_h = (0.09 if name == "car" else 0.2) * h * depth
         ident = canvas.new_instance(name)
         canvas.polygon(name, [(cx - half, foot), (cx + half, foot), (cx + half, foot - body_h),
@@ -130,10 +133,13 @@ def _layout(rng: np.random.Generator, canvas: _Canvas) -> None:
                       else rng.uniform(-0.8, 0.8))
         height = 0.3 * h * depth
         if riding:
-            ident = canvas.new_instance("bicycle")
+            ride = str(rng.choice(["bicycle", "bicycle", "motorcycle"]))
+            ident = canvas.new_instance(ride)
             r = 0.2 * height
-            canvas.ellipse("bicycle", px - 1.2 * r, foot - r, r, r, ident)
-            canvas.ellipse("bicycle", px + 1.2 * r, foot - r, r, r, ident)
+            canvas.ellipse(ride, px - 1.2 * r, foot - r, r, r, ident)
+            canvas.ellipse(ride, px + 1.2 * r, foot - r, r, r, ident)
+            if ride == "motorcycle":
+                canvas.box(ride, px - 1.2 * r, foot - 1.6 * r, px + 1.2 * r, foot - 0.8 * r, ident)
             foot -= r
         name = "rider" if riding else "person"
         ident = canvas.new_instance(name)

@@ -66,7 +66,11 @@ def _cached(owner: nn.Module, tag: str, modules: Sequence[nn.Module], build: Cal
 
 
 def _folded(cbr: ConvBN) -> tuple[torch.Tensor, torch.Tensor]:
-    return _cached(cbr, "fold", [cbr], cbr.fused_weight_bias)
+    def build():
+        weight, bias = cbr.fused_weight_bias()
+        # (Cout, kh, kw, Cin) memory: gather_conv's tap-major GEMM view of it needs no copy
+        return weight.contiguous(memory_format=torch.channels_last), bias
+    return _cached(cbr, "fold", [cbr], build)
 
 
 def _merged_pointwise(owner: nn.Module, tag: str,

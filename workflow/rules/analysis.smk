@@ -10,6 +10,7 @@ rule analyze_difficulty:
         table=f"{R}/analysis/difficulty_voc.csv",
         summary=f"{R}/analysis/difficulty_voc.json",
     params:
+        lc_args=LC_ARGS,
         settings=section("evaluate"),
     log:
         f"{LOGS}/analysis/difficulty_voc.log",
@@ -19,7 +20,7 @@ rule analyze_difficulty:
     conda:
         ENV_EVAL
     shell:
-        "OMP_NUM_THREADS={threads} lc analyze difficulty {LC_ARGS} --checkpoint {input.checkpoint}"
+        "OMP_NUM_THREADS={threads} lc analyze difficulty {params.lc_args} --checkpoint {input.checkpoint}"
         " --dataset voc --split val --out {output.table} > {log} 2>&1"
 
 
@@ -31,6 +32,7 @@ rule analyze_stages:
     output:
         f"{R}/analysis/stage_examples_{{dataset}}.npz",
     params:
+        lc_args=LC_ARGS,
         settings=section("evaluate"),
     log:
         f"{LOGS}/analysis/stage_examples_{{dataset}}.log",
@@ -40,5 +42,5 @@ rule analyze_stages:
     conda:
         ENV_EVAL
     shell:
-        "OMP_NUM_THREADS={threads} lc analyze stages {LC_ARGS} --checkpoint {input.checkpoint}"
+        "OMP_NUM_THREADS={threads} lc analyze stages {params.lc_args} --checkpoint {input.checkpoint}"
         " --dataset {wildcards.dataset} --split val --out {output} > {log} 2>&1"

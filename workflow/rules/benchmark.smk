@@ -8,6 +8,9 @@ BENCH_OUTPUTS = {
     "rho": f"{R}/bench/rho_speed.csv",
     "table6": f"{R}/bench/table6_fps.csv",
 }
+# `lc bench-op` times region convolution alone; the others are `lc bench <kind>`.
+BENCH_COMMANDS = {"op": "bench-op", "models": "bench models", "stages": "bench stages", "rho": "bench rho",
+                  "table6": "bench table6"}
 # The trained LC supplies real routing masks (mask_source) for the model-level timings.
 BENCH_NEEDS_MODEL = {"models", "stages", "rho", "table6"}
 
@@ -22,7 +25,8 @@ for _kind, _csv in BENCH_OUTPUTS.items():
         output:
             _csv,
         params:
-            kind=_kind,
+            lc_args=LC_ARGS,
+            command=BENCH_COMMANDS[_kind],
             checkpoint=(lambda wc, input: f"--checkpoint {input.checkpoint}" if input.checkpoint else ""),
             settings=section("bench"),
         log:
@@ -33,5 +37,5 @@ for _kind, _csv in BENCH_OUTPUTS.items():
         conda:
             ENV_BENCH
         shell:
-            "OMP_NUM_THREADS={threads} lc bench {params.kind} {LC_ARGS} {params.checkpoint}"
+            "OMP_NUM_THREADS={threads} lc {params.command} {params.lc_args} {params.checkpoint}"
             " --out {output} > {log} 2>&1"

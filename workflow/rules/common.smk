@@ -1,4 +1,4 @@
-# Shared by every rule file: the resolved configuration, paths, and the `lc` command line.
+# Shared by all the workflow files: the resolved configuration, paths, the `lc` command line.
 import json
 
 from lc.config import config_hash, results_dir
@@ -8,8 +8,8 @@ PRESET = CFG["preset"]
 R = str(results_dir(CFG))  # results/<preset>
 DATA = CFG["data"]["root"]
 LOGS = f"{R}/logs"
-# Every `lc` call reads the configuration Snakemake resolved (base + preset + --config overrides),
-# written by `onstart` below, so `snakemake --config evaluate='{max_images: 10}'` reaches the jobs.
+# Every `lc` call reads config.yaml with the command line's --config overrides applied (written
+# by `onstart` in the Snakefile), so `snakemake --config evaluate='{max_images: 10}'` reaches the jobs.
 RESOLVED_CONFIG = f"{R}/config.resolved.yaml"
 LC_ARGS = f"--config {RESOLVED_CONFIG} --preset {PRESET}"
 
@@ -28,13 +28,6 @@ ENV_CPU = "../../envs/lc-cpu.yaml"
 ENV_TRAIN = "../../envs/lc-gpu.yaml" if GPUS["train"] else ENV_CPU
 ENV_EVAL = "../../envs/lc-gpu.yaml" if GPUS["evaluate"] else ENV_CPU
 ENV_BENCH = "../../envs/lc-gpu.yaml" if GPUS["bench"] else ENV_CPU
-
-wildcard_constraints:
-    dataset="voc|cityscapes",
-    variant="|".join(VOC_VARIANTS),
-    split="train|val",
-    rho=r"[0-9.]+",
-
 
 def resources_for(kind):
     """Scheduler resources of one kind of job (see config.yaml `resources:`)."""
@@ -76,15 +69,39 @@ def train_launcher(gpus):
     return "lc"
 
 
-onstart:
-    # Written only when it changed, so its timestamp never makes anything look outdated.
-    import yaml
+def export_summary(archive):
+    """export/<name>.json beside export/<name>.<ext>: image counts of the submission."""
+    return archive.split(".")[0] + ".json"
 
-    resolved = dict(CFG, presets={PRESET: {}})
-    text = yaml.safe_dump(resolved, sort_keys=False)
-    path = Path(RESOLVED_CONFIG)
-    if not path.exists() or path.read_text() != text:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+
+def sweep_checkpoints(wildcards):
+    if SWEEP_RETRAIN:
+        return [f"{R}/runs/voc/lc_rho{rho_tag(rho)}/checkpoint.pt" for rho in RHO_SWEEP]
+    return [checkpoint_of("voc", "lc")]
+
+
+def eval_json(dataset, variant, protocol=""):
+    return f"{R}/runs/{dataset}/{variant}/eval_val{protocol}.json"
+
+
+def table_inputs(number):
+    """The run outputs table `number` reads (lc.tables); only what this preset produces."""
+    voc = "voc" in DATASETS
+    if number == 1:
+        return [SWEEP_CSV] if voc else []
+    if number == 2:
+        return [eval_json("voc", v) for v in VOC_VARIANTS] if voc else []
+    if number == 3:
+        return [BENCH_OUTPUTS["models"]] + (
+            [eval_json("voc", "lc"), eval_json("voc", "irnet"), SWEEP_CSV] if voc else [])
+    if number == 4:
+        if not voc:
+            return []
+        exports = [f"{R}/export/voc_test_comp6.tar.gz"] if VOC_TEST else []
+        return [eval_json("voc", "lc", p) for p in ("", "_ms", "_ms_crf")] + exports
+    if number == 5:
+        if "cityscapes" not in DATASETS:
+            return []
+        return [eval_json("cityscapes", "lc"), f"{R}/export/cityscapes_test.zip"]
+    return [BENCH_OUTPUTS["table6"], BENCH_OUTPUTS["models"]] + (
+        [eval_json("voc", "lc", p) for p in ("", "_ms", "_ms_crf")] if voc else [])

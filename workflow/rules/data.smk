@@ -18,6 +18,7 @@ if SYNTHETIC:
             archives=[f"{MIRROR}/{name}" for name in FILENAME_TO_KEY],
             md5sums=f"{MIRROR}/MD5SUMS",
         params:
+            lc_args=LC_ARGS,
             settings=section("seed", "data"),
         log:
             f"{LOGS}/data/synth.log",
@@ -27,7 +28,7 @@ if SYNTHETIC:
         conda:
             ENV_CPU
         shell:
-            "lc synth {LC_ARGS} > {log} 2>&1"
+            "lc synth {params.lc_args} > {log} 2>&1"
 
 
 rule download:
@@ -37,6 +38,7 @@ rule download:
     output:
         f"{DATA}/archives/{{filename}}",
     params:
+        lc_args=LC_ARGS,
         key=lambda wc: FILENAME_TO_KEY[wc.filename],
     log:
         f"{LOGS}/data/download_{{filename}}.log",
@@ -46,7 +48,7 @@ rule download:
     conda:
         ENV_CPU
     shell:
-        "lc download {params.key} {LC_ARGS} --out {output} > {log} 2>&1"
+        "lc download {params.key} {params.lc_args} --out {output} > {log} 2>&1"
 
 
 rule prepare_voc:
@@ -55,6 +57,8 @@ rule prepare_voc:
         [archive("voc2012_trainval"), archive("sbd")] + ([archive("voc2012_test")] if VOC_TEST else []),
     output:
         prepared("voc"),
+    params:
+        lc_args=LC_ARGS,
     log:
         f"{LOGS}/data/prepare_voc.log",
     threads: threads_for("prepare")
@@ -63,7 +67,7 @@ rule prepare_voc:
     conda:
         ENV_CPU
     shell:
-        "lc prepare voc {LC_ARGS} > {log} 2>&1"
+        "lc prepare voc {params.lc_args} > {log} 2>&1"
 
 
 rule prepare_cityscapes:
@@ -73,6 +77,8 @@ rule prepare_cityscapes:
         archive("cityscapes_leftimg8bit"),
     output:
         prepared("cityscapes"),
+    params:
+        lc_args=LC_ARGS,
     log:
         f"{LOGS}/data/prepare_cityscapes.log",
     threads: threads_for("prepare")
@@ -81,4 +87,4 @@ rule prepare_cityscapes:
     conda:
         ENV_CPU
     shell:
-        "lc prepare cityscapes {LC_ARGS} > {log} 2>&1"
+        "lc prepare cityscapes {params.lc_args} > {log} 2>&1"

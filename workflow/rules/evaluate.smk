@@ -11,6 +11,7 @@ rule evaluate:
     output:
         f"{R}/runs/{{dataset}}/{{variant}}/eval_{{split}}.json",
     params:
+        lc_args=LC_ARGS,
         settings=section("evaluate"),
     log:
         f"{LOGS}/evaluate/{{dataset}}_{{variant}}_{{split}}.log",
@@ -20,7 +21,7 @@ rule evaluate:
     conda:
         ENV_EVAL
     shell:
-        "OMP_NUM_THREADS={threads} lc evaluate {LC_ARGS} --checkpoint {input.checkpoint}"
+        "OMP_NUM_THREADS={threads} lc evaluate {params.lc_args} --checkpoint {input.checkpoint}"
         " --dataset {wildcards.dataset} --split {wildcards.split} --out {output} > {log} 2>&1"
 
 
@@ -34,6 +35,7 @@ rule evaluate_multi_scale:
     wildcard_constraints:
         protocol="ms|ms_crf",
     params:
+        lc_args=LC_ARGS,
         flags=lambda wc: EVAL_FLAGS[wc.protocol],
         settings=section("evaluate"),
     log:
@@ -44,16 +46,11 @@ rule evaluate_multi_scale:
     conda:
         ENV_EVAL
     shell:
-        "OMP_NUM_THREADS={threads} lc evaluate {LC_ARGS} --checkpoint {input.checkpoint}"
+        "OMP_NUM_THREADS={threads} lc evaluate {params.lc_args} --checkpoint {input.checkpoint}"
         " --dataset {wildcards.dataset} --split {wildcards.split} {params.flags} --out {output} > {log} 2>&1"
 
 
 EXPORTS = {"voc": "voc_test_comp6.tar.gz", "cityscapes": "cityscapes_test.zip"}
-
-
-def export_summary(archive):
-    """export/<name>.json beside export/<name>.<ext>: image counts of the submission."""
-    return archive.split(".")[0] + ".json"
 
 
 for _dataset, _archive in EXPORTS.items():
@@ -69,6 +66,7 @@ for _dataset, _archive in EXPORTS.items():
             archive=f"{R}/export/{_archive}",
             summary=f"{R}/export/{export_summary(_archive)}",
         params:
+            lc_args=LC_ARGS,
             dataset=_dataset,
             settings=section("evaluate"),
         log:
@@ -79,5 +77,5 @@ for _dataset, _archive in EXPORTS.items():
         conda:
             ENV_EVAL
         shell:
-            "OMP_NUM_THREADS={threads} lc export {LC_ARGS} --checkpoint {input.checkpoint}"
+            "OMP_NUM_THREADS={threads} lc export {params.lc_args} --checkpoint {input.checkpoint}"
             " --dataset {params.dataset} --out {output.archive} > {log} 2>&1"

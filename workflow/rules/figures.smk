@@ -33,8 +33,9 @@ for _figure, _inputs in FIGURE_INPUTS.items():
             ),
             pdf=f"{R}/figures/{_figure}.pdf",
         params:
+            lc_args=LC_ARGS,
             figure=_figure,
-            out_dir=f"{R}/figures",
+            out_dir=lambda wc, output: str(Path(output[0]).parent),
         log:
             f"{LOGS}/figures/{_figure}.log",
         threads: threads_for("report")
@@ -43,7 +44,7 @@ for _figure, _inputs in FIGURE_INPUTS.items():
         conda:
             ENV_CPU
         shell:
-            "lc figures {LC_ARGS} --out-dir {params.out_dir} --figure {params.figure} > {log} 2>&1"
+            "lc figures {params.lc_args} --out-dir {params.out_dir} --figure {params.figure} > {log} 2>&1"
 
 
 rule figures:

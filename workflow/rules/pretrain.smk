@@ -7,8 +7,9 @@ rule pretrain:
         lambda wc: prepared(wc.dataset),
     output:
         checkpoint=f"{R}/runs/{{dataset}}/irnet/checkpoint.pt",
-        log_csv=f"{R}/runs/{{dataset}}/irnet/train_log.csv",
+        done=f"{R}/runs/{{dataset}}/irnet/train_done.json",
     params:
+        lc_args=LC_ARGS,
         launcher=train_launcher(GPUS["train"]),
         settings=section("seed", "model", "train"),
         out_dir=lambda wc, output: str(Path(output.checkpoint).parent),
@@ -20,5 +21,5 @@ rule pretrain:
     conda:
         ENV_TRAIN
     shell:
-        "OMP_NUM_THREADS={threads} {params.launcher} train {LC_ARGS}"
+        "OMP_NUM_THREADS={threads} {params.launcher} train {params.lc_args}"
         " --dataset {wildcards.dataset} --variant irnet --out {params.out_dir} > {log} 2>&1"

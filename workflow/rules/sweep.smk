@@ -2,12 +2,6 @@
 # evaluate.sweep_retrain one LC model per rho (rule train_rho), each evaluated at its own rho.
 
 
-def sweep_checkpoints(wildcards):
-    if SWEEP_RETRAIN:
-        return [f"{R}/runs/voc/lc_rho{rho_tag(rho)}/checkpoint.pt" for rho in RHO_SWEEP]
-    return [checkpoint_of("voc", "lc")]
-
-
 rule sweep:
     """% of pixels decided at each stage and mIoU for every rho of evaluate.rho_sweep."""
     input:
@@ -16,6 +10,7 @@ rule sweep:
     output:
         f"{R}/runs/voc/lc/sweep_val.csv",
     params:
+        lc_args=LC_ARGS,
         settings=section("evaluate"),
     log:
         f"{LOGS}/evaluate/sweep_voc_val.log",
@@ -25,5 +20,5 @@ rule sweep:
     conda:
         ENV_EVAL
     shell:
-        "OMP_NUM_THREADS={threads} lc sweep {LC_ARGS} --checkpoint {input.checkpoints}"
+        "OMP_NUM_THREADS={threads} lc sweep {params.lc_args} --checkpoint {input.checkpoints}"
         " --dataset voc --split val --out {output} > {log} 2>&1"

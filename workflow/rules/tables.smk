@@ -12,33 +12,6 @@ TABLE_OUTPUTS = [f"{R}/tables/{name}" for name in TABLE_FILES.values()]
 SWEEP_CSV = f"{R}/runs/voc/lc/sweep_val.csv"
 
 
-def eval_json(dataset, variant, protocol=""):
-    return f"{R}/runs/{dataset}/{variant}/eval_val{protocol}.json"
-
-
-def table_inputs(number):
-    """The run outputs table `number` reads (lc.tables); only what this preset produces."""
-    voc = "voc" in DATASETS
-    if number == 1:
-        return [SWEEP_CSV] if voc else []
-    if number == 2:
-        return [eval_json("voc", v) for v in VOC_VARIANTS] if voc else []
-    if number == 3:
-        return [BENCH_OUTPUTS["models"]] + (
-            [eval_json("voc", "lc"), eval_json("voc", "irnet"), SWEEP_CSV] if voc else [])
-    if number == 4:
-        if not voc:
-            return []
-        exports = [f"{R}/export/voc_test_comp6.tar.gz"] if VOC_TEST else []
-        return [eval_json("voc", "lc", p) for p in ("", "_ms", "_ms_crf")] + exports
-    if number == 5:
-        if "cityscapes" not in DATASETS:
-            return []
-        return [eval_json("cityscapes", "lc"), f"{R}/export/cityscapes_test.zip"]
-    return [BENCH_OUTPUTS["table6"], BENCH_OUTPUTS["models"]] + (
-        [eval_json("voc", "lc", p) for p in ("", "_ms", "_ms_crf")] if voc else [])
-
-
 for _number, _name in TABLE_FILES.items():
 
     rule:
@@ -54,8 +27,9 @@ for _number, _name in TABLE_FILES.items():
                 labels={"table": f"Table {_number}"},
             ),
         params:
+            lc_args=LC_ARGS,
             number=_number,
-            out_dir=f"{R}/tables",
+            out_dir=lambda wc, output: str(Path(output[0]).parent),
         log:
             f"{LOGS}/tables/table{_number}.log",
         threads: threads_for("report")
@@ -64,7 +38,7 @@ for _number, _name in TABLE_FILES.items():
         conda:
             ENV_CPU
         shell:
-            "lc tables {LC_ARGS} --out-dir {params.out_dir} --table {params.number} > {log} 2>&1"
+            "lc tables {params.lc_args} --out-dir {params.out_dir} --table {params.number} > {log} 2>&1"
 
     rule:
         """Target: Table n and everything it needs."""
@@ -82,7 +56,8 @@ rule tables_markdown:
         report(f"{R}/tables/tables.md", caption="../report/tables_md.rst", category="Tables",
                labels={"table": "all six (Markdown)"}),
     params:
-        out_dir=f"{R}/tables",
+        lc_args=LC_ARGS,
+        out_dir=lambda wc, output: str(Path(output[0]).parent),
     log:
         f"{LOGS}/tables/tables_md.log",
     threads: threads_for("report")
@@ -91,4 +66,4 @@ rule tables_markdown:
     conda:
         ENV_CPU
     shell:
-        "lc tables {LC_ARGS} --out-dir {params.out_dir} --markdown > {log} 2>&1"
+        "lc tables {params.lc_args} --out-dir {params.out_dir} --markdown > {log} 2>&1"

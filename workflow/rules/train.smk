@@ -8,10 +8,11 @@ rule train:
         init=f"{R}/runs/{{dataset}}/irnet/checkpoint.pt",
     output:
         checkpoint=f"{R}/runs/{{dataset}}/{{variant}}/checkpoint.pt",
-        log_csv=f"{R}/runs/{{dataset}}/{{variant}}/train_log.csv",
+        done=f"{R}/runs/{{dataset}}/{{variant}}/train_done.json",
     wildcard_constraints:
         variant="|".join(CASCADE_VARIANTS),
     params:
+        lc_args=LC_ARGS,
         launcher=train_launcher(GPUS["train"]),
         settings=section("seed", "model", "train"),
         out_dir=lambda wc, output: str(Path(output.checkpoint).parent),
@@ -23,7 +24,7 @@ rule train:
     conda:
         ENV_TRAIN
     shell:
-        "OMP_NUM_THREADS={threads} {params.launcher} train {LC_ARGS}"
+        "OMP_NUM_THREADS={threads} {params.launcher} train {params.lc_args}"
         " --dataset {wildcards.dataset} --variant {wildcards.variant} --init {input.init}"
         " --out {params.out_dir} > {log} 2>&1"
 
@@ -35,8 +36,9 @@ rule train_rho:
         init=f"{R}/runs/voc/irnet/checkpoint.pt",
     output:
         checkpoint=f"{R}/runs/voc/lc_rho{{rho}}/checkpoint.pt",
-        log_csv=f"{R}/runs/voc/lc_rho{{rho}}/train_log.csv",
+        done=f"{R}/runs/voc/lc_rho{{rho}}/train_done.json",
     params:
+        lc_args=LC_ARGS,
         launcher=train_launcher(GPUS["train"]),
         settings=section("seed", "model", "train"),
         out_dir=lambda wc, output: str(Path(output.checkpoint).parent),
@@ -48,6 +50,6 @@ rule train_rho:
     conda:
         ENV_TRAIN
     shell:
-        "OMP_NUM_THREADS={threads} {params.launcher} train {LC_ARGS}"
+        "OMP_NUM_THREADS={threads} {params.launcher} train {params.lc_args}"
         " --dataset voc --variant lc --rho {wildcards.rho} --init {input.init}"
         " --out {params.out_dir} > {log} 2>&1"

@@ -1,0 +1,319 @@
+"""Model-level speed: Table 3 (whole networks), Fig. 7(b) (time per stage), Fig. 7(a) (time per rho).
+
+Networks get random weights (timing needs none): DeepLab-v2 and SegNet always at full size; dense
+IRNet (the `irnet` variant, output stride 8) and IRNet-LC at the paper's `model:` settings when
+`bench.full_size_models`, else at the preset's own. LC runs its real forward (`LayerCascade.forward`,
+execution "auto": region convolution on the stages with inactive pixels) with the routing
+decision computed as usual and then replaced by prescribed masks, from a trained LC model on real
+images or with the paper's Table 1 shares (see `lc.bench`). Next to every measured speedup over
+dense IRNet the CSV gives the one predicted by FLOPs (`lc.models.complexity`).
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from lc.bench import (
+    MASK_SOURCE_PAPER,
+    RoutingMasks,
+    TrainedMasks,
+    device_name,
+    mask_shares,
+    measure,
+    resolve_device,
+    routing_mask_sets,
+)
+from lc.models.cascade import LayerCascade, undecided_mask
+from lc.models.complexity import count_parameters, network_costs, predicted_cost, stage_costs
+from lc.models.region_irnet import run_stage_compressed
+from lc.ops.active_set import ActiveSet
+
+__all__ = ["MODEL_COLUMNS", "RHO_COLUMNS", "STAGE_COLUMNS", "BenchSetup", "build_network",
+           "prescribed_routing", "run_models_bench", "run_rho_bench", "run_stages_bench"]
+
+MODEL_COLUMNS = ["method", "rho", "image_size", "batch_size", "ms_median", "ms_p25", "ms_p75", "fps",
+                 "params_m", "stage1_pct", "stage2_pct", "mask_source", "device", "full_size", "runs",
+                 "gflops", "speedup_vs_irnet", "predicted_speedup_vs_irnet"]
+STAGE_COLUMNS = ["method", "rho", "stage", "ms_median", "active_pct", "device", "mask_source"]
+RHO_COLUMNS = ["rho", "ms_median", "ms_p25", "ms_p75", "fps", "stage1_pct", "stage2_pct", "mask_source",
+               "device"]
+NUM_CLASSES = 21  # the VOC networks of Tables 3 and 6
+
+
+@dataclass
+class BenchSetup:
+    """Everything the model benchmarks share, resolved once from the config and the CLI."""
+
+    cfg: dict
+    model_cfg: dict
+    full_size: bool
+    device: torch.device
+    device_name: str
+    image_size: int
+    batch_size: int
+    warmup: int
+    runs: int
+    mask_sets: int
+    masks: TrainedMasks | None
+
+    @classmethod
+    def from_config(cls, cfg: dict, full_model_cfg: dict | None = None, checkpoint: str | Path | None = None,
+                    device: str | None = None, warmup: int | None = None,
+                    runs: int | None = None) -> BenchSetup:
+        """`full_model_cfg`: the paper preset's `model:` (default: this config's base = its own)."""
+        bench = cfg["bench"]
+        full_size = bool(bench.get("full_size_models", True))
+        model_cfg = dict(full_model_cfg or cfg["model"]) if full_size else dict(cfg["model"])
+        dev = resolve_device(device or cfg.get("device", "auto"))
+        masks = None
+        if checkpoint and Path(checkpoint).exists():
+            masks = TrainedMasks(checkpoint, cfg, int(bench.get("mask_sets", 8)) * int(bench["batch_size"]),
+                                 dev)
+        elif checkpoint:
+            print(f"lc bench: {checkpoint} does not exist; timing LC with the paper's stage shares instead")
+        return cls(cfg=cfg, model_cfg=model_cfg, full_size=full_size, device=dev,
+                   device_name=device_name(dev), image_size=int(bench["image_size"]),
+                   batch_size=int(bench["batch_size"]),
+                   warmup=int(bench["warmup"] if warmup is None else warmup),
+                   runs=int(bench["runs"] if runs is None else runs),
+                   mask_sets=int(bench.get("mask_sets", 8)), masks=masks)
+
+    def warmup_for(self, mask_sets: Sequence[RoutingMasks]) -> int:
+        """Warm-up runs for LC: at least one per mask set, since every set brings new GEMM shapes
+        (CPU libraries and the Triton launcher prepare each shape on first use)."""
+        return max(self.warmup, len(mask_sets))
+
+    @property
+    def mask_source(self) -> str:
+        return self.masks.name if self.masks is not None else MASK_SOURCE_PAPER
+
+    def images(self, size: tuple[int, int] | None = None) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(int(self.cfg.get("seed", 0)))
+        height, width = size or (self.image_size, self.image_size)
+        return torch.randn(self.batch_size, 3, height, width, generator=gen).to(self.device)
+
+    def mask_sets_for(self, rho: float, model: LayerCascade, image_hw: tuple[int, int] | None = None,
+                      flip: bool = False) -> list[RoutingMasks]:
+        image_hw = image_hw or (self.image_size, self.image_size)
+        grid = model.output_size(*image_hw)
+        seed = int(self.cfg.get("seed", 0)) + int(round(rho * 1e4)) + (1 if flip else 0)
+        return routing_mask_sets(self.masks, rho, self.batch_size, image_hw, grid, self.mask_sets, seed,
+                                 self.device, flip)
+
+
+def build_network(method: str, model_cfg: dict, device: torch.device, rho: float = 1.0) -> nn.Module:
+    """A Table 3 network in eval mode with random weights: deeplab_v2, segnet, irnet, lc, lc_fast."""
+    if method == "deeplab_v2":
+        from lc.models.deeplab_v2 import deeplab_v2
+        model = deeplab_v2(NUM_CLASSES)
+    elif method == "segnet":
+        from lc.models.segnet import segnet
+        model = segnet(NUM_CLASSES)
+    elif method in ("irnet", "lc", "lc_fast"):
+        model = LayerCascade(NUM_CLASSES, "irnet" if method == "irnet" else "lc", model_cfg, rho=rho)
+    else:
+        raise ValueError(f"unknown benchmark method {method!r}; bench.models takes deeplab_v2, segnet, "
+                         "irnet, lc, lc_fast")
+    return model.eval().to(device)
+
+
+class prescribed_routing:  # noqa: N801 (used as a context manager, like torch.no_grad)
+    """Within the block, `model`'s routing decides as usual (its cost is timed) but passes on the
+    prescribed masks: `select(i)` picks mask set i for the next forward.
+
+    Hooks `LayerCascade._next_mask(logits, mask, rho)`, which the forward calls once per later stage.
+    """
+
+    def __init__(self, model: LayerCascade, mask_sets: Sequence[RoutingMasks]):
+        if not hasattr(model, "_next_mask"):
+            raise TypeError("prescribed_routing needs LayerCascade._next_mask(logits, mask, rho)")
+        self.model, self.mask_sets = model, list(mask_sets)
+        self.current: RoutingMasks = self.mask_sets[0]
+        self.calls = 0
+
+    def select(self, index: int, mask_sets: Sequence[RoutingMasks] | None = None) -> None:
+        """Use mask set `index` (cycling) of `mask_sets` (default: those given at construction)."""
+        sets = self.mask_sets if mask_sets is None else mask_sets
+        self.current, self.calls = sets[index % len(sets)], 0
+
+    def _next_mask(self, logits, mask, rho):
+        type(self.model)._next_mask(self.model, logits, mask, rho)
+        chosen = self.current[min(self.calls, 1)]
+        self.calls += 1
+        return chosen
+
+    def __enter__(self) -> prescribed_routing:
+        self.model._next_mask = self._next_mask
+        return self
+
+    def __exit__(self, *exc) -> None:
+        del self.model._next_mask
+
+
+def _lc_step(model: LayerCascade, images: torch.Tensor, routing: prescribed_routing,
+             rho: float) -> Callable[[int], object]:
+    def step(i: int):
+        routing.select(i)
+        return model(images, rho=rho)
+    return step
+
+
+def _time_lc(setup: BenchSetup, model: LayerCascade, rho: float) -> tuple[dict, list[RoutingMasks]]:
+    mask_sets = setup.mask_sets_for(rho, model)
+    images = setup.images()
+    with prescribed_routing(model, mask_sets) as routing:
+        timing = measure(_lc_step(model, images, routing, rho), setup.device,
+                         setup.warmup_for(mask_sets), setup.runs)
+    return timing.row(setup.batch_size), mask_sets
+
+
+def _flops(method: str, model_cfg: dict, image_size: int) -> list[float]:
+    """Per-stage FLOPs of a cascade (three entries), or one total for a baseline, on one image."""
+    with torch.device("meta"):
+        model = build_network(method, model_cfg, torch.device("meta"))
+    if isinstance(model, LayerCascade):
+        return [float(r["flops"]) for r in stage_costs(model, image_size)]
+    return [float(network_costs(model, image_size)[-1]["flops"])]
+
+
+def run_models_bench(setup: BenchSetup) -> pd.DataFrame:
+    """Table 3: ms, FPS, params and GFLOPs of each of bench.models, plus LC's speedups."""
+    ev = setup.cfg["evaluate"]
+    rhos = {"lc": float(ev["rho"]), "lc_fast": float(ev["fast_rho"])}
+    rows = []
+    for method in tqdm(list(setup.cfg["bench"]["models"]), desc="bench models", unit="net"):
+        rho = rhos.get(method, 1.0)
+        model = build_network(method, setup.model_cfg, setup.device, rho)
+        row = {"method": method, "rho": rho if method in rhos else math.nan,
+               "params_m": count_parameters(model) / 1e6, "stage1_pct": math.nan, "stage2_pct": math.nan,
+               "mask_source": "none", "full_size": setup.full_size or method in ("deeplab_v2", "segnet")}
+        flops = _flops(method, setup.model_cfg, setup.image_size)
+        if method in rhos:
+            timing, mask_sets = _time_lc(setup, model, rho)
+            row["stage1_pct"], row["stage2_pct"] = mask_shares(mask_sets)
+            passed2 = 1 - row["stage1_pct"] / 100
+            passed3 = passed2 - row["stage2_pct"] / 100
+            row["gflops"] = predicted_cost(flops, [1.0, passed2, max(0.0, passed3)])["flops"] / 1e9
+            row["mask_source"] = setup.mask_source
+        else:
+            images = setup.images()
+            timing = measure(lambda _i, m=model, x=images: m(x), setup.device, setup.warmup,
+                             setup.runs).row(setup.batch_size)
+            row["gflops"] = sum(flops) / 1e9
+        rows.append({**row, **timing, "image_size": setup.image_size, "batch_size": setup.batch_size,
+                     "device": setup.device_name})
+        del model
+        gc.collect()
+    df = pd.DataFrame(rows)
+    dense = df[df["method"] == "irnet"]
+    if dense.empty:  # the speedup columns need dense IRNet: measure its GFLOPs at least
+        irnet_ms, irnet_gflops = math.nan, sum(_flops("irnet", setup.model_cfg, setup.image_size)) / 1e9
+    else:
+        irnet_ms, irnet_gflops = float(dense["ms_median"].iloc[0]), float(dense["gflops"].iloc[0])
+    df["speedup_vs_irnet"] = irnet_ms / df["ms_median"]
+    df["predicted_speedup_vs_irnet"] = irnet_gflops / df["gflops"]
+    return df[MODEL_COLUMNS]
+
+
+# --- time per stage (Fig. 7b) -----------------------------------------------------------------
+def _lc_stage_steps(model: LayerCascade, images: torch.Tensor, mask_sets: Sequence[RoutingMasks],
+                    rho: float) -> list[Callable[[int], object]]:
+    """One step per stage of LC's forward, each fed the previous stage's precomputed output.
+
+    Stage k: the stage's layers on its active pixels (dense when all are active), its head and the
+    routing decision; fresh ActiveSets per call, so building neighbour tables is counted.
+    """
+    backbone = model.backbone
+    with torch.inference_mode():
+        f1 = backbone.forward_stage(0, images)
+        stage2_out = []
+        for mask2, _ in mask_sets:
+            active2 = ActiveSet(mask2)
+            feat2 = (run_stage_compressed(backbone, 1, f1, active2) if active2.num_active
+                     else f1.new_zeros(0, backbone.stage_channels[1]))
+            stage2_out.append((active2, feat2))
+
+    def route(head_logits: torch.Tensor):
+        return undecided_mask(head_logits, rho)
+
+    def stage1(i: int):
+        return route(model.head(1)(backbone.forward_stage(0, images)))
+
+    def region_stage(k: int, mask: torch.Tensor, x: torch.Tensor, source: ActiveSet | None):
+        if bool(mask.all()) and source is None:
+            return route(model.head(k + 1)(backbone.forward_stage(k, x)))
+        active = ActiveSet(mask)
+        if active.num_active == 0:
+            return None
+        feat = run_stage_compressed(backbone, k, x, active, source=source)
+        return route(active.scatter(model.head(k + 1).forward_compressed(feat, active)))
+
+    def stage2(i: int):
+        return region_stage(1, mask_sets[i % len(mask_sets)][0], f1, None)
+
+    def stage3(i: int):
+        active2, feat2 = stage2_out[i % len(mask_sets)]
+        return region_stage(2, mask_sets[i % len(mask_sets)][1], feat2, active2)
+
+    return [stage1, stage2, stage3]
+
+
+def _irnet_stage_steps(model: LayerCascade, images: torch.Tensor) -> list[Callable[[int], object]]:
+    backbone = model.backbone
+    with torch.inference_mode():
+        inputs = [images]
+        for k in range(2):
+            inputs.append(backbone.forward_stage(k, inputs[-1]))
+    steps: list[Callable[[int], object]] = [lambda _i, k=k: backbone.forward_stage(k, inputs[k])
+                                            for k in range(2)]
+    steps.append(lambda _i: model.head(3)(backbone.forward_stage(2, inputs[2])))
+    return steps
+
+
+def run_stages_bench(setup: BenchSetup) -> pd.DataFrame:
+    """Fig. 7(b): ms per stage of LC at evaluate.rho and fast_rho, and of dense IRNet."""
+    ev = setup.cfg["evaluate"]
+    images = setup.images()
+    rows = []
+    cases = [("lc", float(ev["rho"])), ("lc_fast", float(ev["fast_rho"])), ("irnet", math.nan)]
+    for method, rho in tqdm(cases, desc="bench stages", unit="net"):
+        model = build_network(method, setup.model_cfg, setup.device, 1.0 if math.isnan(rho) else rho)
+        if method == "irnet":
+            steps, active = _irnet_stage_steps(model, images), [100.0, 100.0, 100.0]
+            source = "none"
+        else:
+            mask_sets = setup.mask_sets_for(rho, model)
+            steps = _lc_stage_steps(model, images, mask_sets, rho)
+            stage1_pct, stage2_pct = mask_shares(mask_sets)
+            active = [100.0, 100.0 - stage1_pct, 100.0 - stage1_pct - stage2_pct]
+            source = setup.mask_source
+        warmup = setup.warmup if method == "irnet" else setup.warmup_for(mask_sets)
+        for stage, step in enumerate(steps, start=1):
+            timing = measure(step, setup.device, warmup, setup.runs)
+            rows.append({"method": method, "rho": rho, "stage": stage, "ms_median": timing.median,
+                         "active_pct": active[stage - 1], "device": setup.device_name, "mask_source": source})
+        del model
+        gc.collect()
+    return pd.DataFrame(rows)[STAGE_COLUMNS]
+
+
+# --- time per rho (Fig. 7a) -------------------------------------------------------------------
+def run_rho_bench(setup: BenchSetup) -> pd.DataFrame:
+    """Fig. 7(a): LC's ms per image at every rho of evaluate.rho_sweep."""
+    model = build_network("lc", setup.model_cfg, setup.device)
+    rows = []
+    for rho in tqdm([float(r) for r in setup.cfg["evaluate"]["rho_sweep"]], desc="bench rho", unit="rho"):
+        timing, mask_sets = _time_lc(setup, model, rho)
+        stage1_pct, stage2_pct = mask_shares(mask_sets)
+        rows.append({"rho": rho, **timing, "stage1_pct": stage1_pct, "stage2_pct": stage2_pct,
+                     "mask_source": setup.mask_source, "device": setup.device_name})
+    return pd.DataFrame(rows)[RHO_COLUMNS]

@@ -1,0 +1,213 @@
+"""Model-level benchmarks (lc.bench, lc.bench_models, lc.bench_table6, `lc bench ...`) on tiny sizes.
+
+No timing assertions: only that every benchmark writes its columns with positive finite times,
+and that the routing masks it times with are the ones it claims.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lc.bench import (
+    MASK_SOURCE_PAPER,
+    mask_shares,
+    measure,
+    paper_share_masks,
+    paper_stage_shares,
+    write_csv,
+)
+from lc.bench_models import (
+    MODEL_COLUMNS,
+    RHO_COLUMNS,
+    STAGE_COLUMNS,
+    BenchSetup,
+    build_network,
+    prescribed_routing,
+    run_models_bench,
+    run_stages_bench,
+)
+from lc.bench_table6 import TABLE6_COLUMNS, run_table6_bench
+from lc.config import load_config
+from lc.paper import load_paper_table
+
+REPO = Path(__file__).resolve().parents[1]
+# smaller than the test preset: 32 px images (a 4 x 4 LC grid), no extra warm-up, two runs
+FAST = {"bench": {"image_size": 32, "warmup": 0, "runs": 2, "mask_sets": 2}}
+
+
+def _cfg(**bench) -> dict:
+    overrides = copy.deepcopy(FAST)
+    overrides["bench"].update(bench)
+    return load_config(REPO / "config.yaml", preset="test", overrides=overrides)
+
+
+def _setup(cfg: dict, checkpoint=None) -> BenchSetup:
+    return BenchSetup.from_config(cfg, checkpoint=checkpoint, device="cpu")
+
+
+def _check_times(df: pd.DataFrame, columns: list[str], *time_columns: str) -> None:
+    assert list(df.columns) == columns
+    for column in time_columns:
+        values = df[column].to_numpy(float)
+        assert np.isfinite(values).all() and (values > 0).all(), f"{column}: {values}"
+    assert df["device"].str.startswith("cpu").all()
+
+
+# --- masks --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("rho", [0.985, 0.95, 0.8])
+@pytest.mark.parametrize("grid", [(64, 64), (13, 17)])
+def test_paper_share_masks_hold_the_published_shares(rho: float, grid: tuple[int, int]) -> None:
+    row = load_paper_table(1).set_index("rho").loc[rho]
+    mask2, mask3 = paper_share_masks(rho, 3, *grid, torch.Generator().manual_seed(0))
+    pixels = grid[0] * grid[1]
+    passed2 = (1 - row["stage1_pct"] / 100) * pixels
+    passed3 = (1 - (row["stage1_pct"] + row["stage2_pct"]) / 100) * pixels
+    for b in range(3):
+        assert abs(int(mask2[b].sum()) - passed2) <= 1  # exact counts up to rounding
+        assert abs(int(mask3[b].sum()) - passed3) <= 1
+    assert not (mask3 & ~mask2).any()  # stage 3 sees a subset of stage 2's pixels
+    stage1_pct, stage2_pct = mask_shares([(mask2, mask3)])
+    assert abs(stage1_pct - row["stage1_pct"]) < 100 / pixels + 1e-9
+    assert abs(stage2_pct - row["stage2_pct"]) < 2 * 100 / pixels + 1e-9
+
+
+def test_paper_share_masks_are_spatially_coherent() -> None:
+    mask2, _ = paper_share_masks(0.8, 4, 64, 64, torch.Generator().manual_seed(1))
+    # share of horizontally adjacent pairs that agree: ~0.5 for independent pixels at 44% active
+    agree = (mask2[..., 1:] == mask2[..., :-1]).float().mean()
+    assert agree > 0.9
+
+
+def test_paper_stage_shares_between_and_outside_the_table() -> None:
+    assert paper_stage_shares(1.0) == (0.0, 0.0)
+    low, high = paper_stage_shares(0.985), paper_stage_shares(0.995)
+    mid = paper_stage_shares(0.99)
+    assert mid[0] == pytest.approx((low[0] + high[0]) / 2)
+    with pytest.raises(ValueError, match="Table 1"):
+        paper_stage_shares(0.5)
+
+
+# --- timing and routing ---------------------------------------------------------------------------
+def test_measure_calls_warmup_then_runs() -> None:
+    calls = []
+    timing = measure(calls.append, torch.device("cpu"), warmup=2, runs=5)
+    assert calls == [0, 1, 0, 1, 2, 3, 4]
+    assert len(timing.times_ms) == 5 and timing.p25 <= timing.median <= timing.p75
+    row = timing.row(batch_size=4)
+    assert row["fps"] == pytest.approx(4e3 / row["ms_median"]) and row["runs"] == 5
+    with pytest.raises(ValueError):
+        measure(calls.append, torch.device("cpu"), warmup=0, runs=0)
+
+
+def test_prescribed_routing_replaces_the_masks_then_restores_the_model() -> None:
+    cfg = _cfg()
+    model = build_network("lc", cfg["model"], torch.device("cpu"), rho=0.985)
+    images = torch.randn(2, 3, 32, 32)
+    grid = model.output_size(32, 32)
+    sets = [paper_share_masks(0.8, 2, *grid, torch.Generator().manual_seed(s)) for s in range(2)]
+    with torch.inference_mode(), prescribed_routing(model, sets) as routing:
+        for i in (1, 0):
+            routing.select(i)
+            out = model(images)
+            assert torch.equal(out.stage_masks[1], sets[i][0]) and torch.equal(out.stage_masks[2], sets[i][1])
+    assert "_next_mask" not in vars(model)
+    with torch.inference_mode():
+        own = model(images, rho=1.0)  # the model's own routing again: nothing leaves early
+    assert own.stage_masks[2].all()
+
+
+# --- the benchmarks -------------------------------------------------------------------------------
+def test_models_bench_columns_and_speedups(tmp_path) -> None:
+    cfg = _cfg()
+    df = run_models_bench(_setup(cfg))
+    _check_times(df, MODEL_COLUMNS, "ms_median", "ms_p25", "ms_p75", "fps", "params_m", "gflops")
+    assert list(df["method"]) == list(cfg["bench"]["models"])
+    lc = df.set_index("method").loc[["lc", "lc_fast"]]
+    assert (lc["mask_source"] == MASK_SOURCE_PAPER).all()
+    assert lc.loc["lc", "rho"] == cfg["evaluate"]["rho"]
+    assert lc.loc["lc_fast", "rho"] == cfg["evaluate"]["fast_rho"]
+    # 4 x 4 grids: shares within one pixel of the paper's
+    table1 = load_paper_table(1).set_index("rho")
+    for method, rho in (("lc", cfg["evaluate"]["rho"]), ("lc_fast", cfg["evaluate"]["fast_rho"])):
+        assert abs(lc.loc[method, "stage1_pct"] - table1.loc[rho, "stage1_pct"]) <= 100 / 16
+    irnet = df.set_index("method").loc["irnet"]
+    assert irnet["speedup_vs_irnet"] == 1 and irnet["predicted_speedup_vs_irnet"] == 1
+    # fewer FLOPs at the lower threshold: the prediction follows the shares
+    assert lc.loc["lc_fast", "predicted_speedup_vs_irnet"] > lc.loc["lc", "predicted_speedup_vs_irnet"]
+    assert not df.set_index("method").loc["irnet", "full_size"]  # the test preset's own network
+    assert df.set_index("method").loc["deeplab_v2", "full_size"]
+    out = write_csv(df, tmp_path / "bench" / "table3_speed.csv")
+    assert list(pd.read_csv(out).columns) == MODEL_COLUMNS and not list(out.parent.glob(".*tmp*"))
+
+
+def test_stages_bench_columns() -> None:
+    df = run_stages_bench(_setup(_cfg()))
+    _check_times(df, STAGE_COLUMNS, "ms_median")
+    assert list(df.groupby("method", sort=False).size().items()) == [("lc", 3), ("lc_fast", 3), ("irnet", 3)]
+    fast = df[df["method"] == "lc_fast"].set_index("stage")["active_pct"]
+    assert fast[1] == 100 and fast[1] > fast[2] > fast[3] > 0
+    assert (df[df["method"] == "irnet"]["active_pct"] == 100).all()
+
+
+def test_table6_bench_columns() -> None:
+    cfg = _cfg()
+    df = run_table6_bench(_setup(cfg))
+    _check_times(df, TABLE6_COLUMNS, "ms_median", "fps")
+    assert list(df["setting"]) == ["single_scale", "multi_scale", "multi_scale_crf"]
+    assert list(df["crf"]) == [False, False, True]
+    assert df["scales"].iloc[1] == " ".join(f"{s:g}" for s in cfg["evaluate"]["scales"])
+
+
+def test_cli_bench_rho_writes_the_sweep(tmp_path) -> None:
+    from lc.cli import main
+
+    out = tmp_path / "rho_speed.csv"
+    assert main(["bench", "rho", "--config", str(REPO / "config.yaml"), "--preset", "test", "--device", "cpu",
+                 "--warmup", "0", "--runs", "1", "--out", str(out), "--checkpoint",
+                 str(tmp_path / "missing.pt")]) == 0
+    df = pd.read_csv(out)
+    _check_times(df, RHO_COLUMNS, "ms_median", "fps")
+    cfg = load_config(REPO / "config.yaml", preset="test")
+    assert df["rho"].tolist() == pytest.approx(cfg["evaluate"]["rho_sweep"])
+    assert (df["mask_source"] == MASK_SOURCE_PAPER).all()  # the checkpoint does not exist
+    assert df.set_index("rho").loc[1.0, "stage1_pct"] == 0
+
+
+def test_trained_masks_come_from_the_checkpoint(prepared_test_cfg, tmp_path) -> None:
+    from lc.checkpoint import make_model_spec, save_checkpoint
+    from lc.models.cascade import LayerCascade
+
+    cfg = copy.deepcopy(prepared_test_cfg)
+    cfg["bench"].update(FAST["bench"])
+    torch.manual_seed(0)
+    trained = LayerCascade(21, "lc", cfg["model"], rho=0.985).eval()
+    ckpt = save_checkpoint(tmp_path / "checkpoint.pt", {
+        "model": trained.state_dict(), "iteration": 0,
+        "model_spec": make_model_spec("cascade", "lc", 21, cfg["model"], 0.985, dataset="voc")})
+    setup = _setup(cfg, checkpoint=ckpt)
+    assert setup.mask_source == f"trained:{ckpt}"
+    image = torch.nn.functional.interpolate(setup.masks.images[0][None], size=(32, 32), mode="bilinear",
+                                            align_corners=False)
+    with torch.inference_mode():  # random weights: a rho at the median top probability decides half
+        rho = float(trained(image, rho=1.0).stage_logits[0].softmax(1).amax(1).median()) + 1e-6
+        own = trained(image, rho=rho)
+    lc = build_network("lc", setup.model_cfg, setup.device, rho)
+    sets = setup.mask_sets_for(rho, lc)
+    assert own.stage_masks[1].any() and not own.stage_masks[1].all()  # the masks do depend on routing
+    assert torch.equal(sets[0][0], own.stage_masks[1]) and torch.equal(sets[0][1], own.stage_masks[2])
+    df = run_models_bench(_setup(_with_models(cfg, ["irnet", "lc"]), checkpoint=ckpt))
+    assert df.set_index("method").loc["lc", "mask_source"] == f"trained:{ckpt}"
+    assert math.isfinite(df.set_index("method").loc["lc", "ms_median"])
+
+
+def _with_models(cfg: dict, models: list[str]) -> dict:
+    cfg = copy.deepcopy(cfg)
+    cfg["bench"]["models"] = models
+    return cfg

@@ -1,0 +1,257 @@
+"""lc.train, lc.losses and lc.distributed's sampling on the test preset's synthetic VOC."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from lc.checkpoint import CheckpointError, load_checkpoint, load_model
+from lc.cli import main
+from lc.distributed import EpochSampler, SeededSamples
+from lc.losses import cascade_loss, downsample_labels, masked_cross_entropy
+from lc.train import LOG_COLUMNS, poly_lr_factor, total_iterations, train
+
+
+def _below_median_confidence(logits: torch.Tensor, rho: float) -> torch.Tensor:
+    """Routing stand-in: the less confident half of each image's pixels goes on."""
+    with torch.no_grad():
+        confidence = logits.softmax(dim=1).amax(dim=1)
+        return confidence < confidence.flatten(1).median(dim=1).values.view(-1, 1, 1)
+
+
+@pytest.fixture
+def half_routing(monkeypatch):
+    """At the test preset's scale confidences move too fast for any fixed rho to route a stable part
+    of the pixels, so the rho rule is replaced: routing then stays partial in every iteration."""
+    monkeypatch.setattr("lc.models.cascade.undecided_mask", _below_median_confidence)
+    monkeypatch.setattr("lc.models.mc.undecided_mask", _below_median_confidence)
+
+
+def _read_log(path):
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        assert tuple(reader.fieldnames) == LOG_COLUMNS
+        return list(reader)
+
+
+def _assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6, rtol=0), key
+
+
+@pytest.fixture(scope="module")
+def cfg(prepared_test_cfg):
+    return copy.deepcopy(prepared_test_cfg)
+
+
+@pytest.fixture(scope="module")
+def irnet_run(cfg, tmp_path_factory):
+    """The irnet pretraining through `lc train`, as Snakemake calls it."""
+    tmp = tmp_path_factory.mktemp("irnet")
+    config_file = tmp / "config.resolved.yaml"
+    config_file.write_text(yaml.safe_dump(dict(cfg, presets={"test": {}})))
+    out = tmp / "runs" / "voc" / "irnet"
+    rc = main(["train", "--config", str(config_file), "--preset", "test", "--dataset", "voc",
+               "--variant", "irnet", "--out", str(out)])
+    assert rc == 0
+    return out
+
+
+# --- losses ----------------------------------------------------------------------------------
+def test_downsample_labels_takes_the_aligned_pixel():
+    labels = torch.arange(16 * 16).view(1, 16, 16) % 256
+    small = downsample_labels(labels, (2, 2))
+    assert small.tolist() == [[[labels[0, 0, 0].item(), labels[0, 0, 8].item()],
+                               [labels[0, 8, 0].item(), labels[0, 8, 8].item()]]]
+    assert small.dtype == labels.dtype
+
+
+def test_masked_cross_entropy_covers_only_routed_labelled_pixels():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 4, 4)
+    labels = torch.randint(0, 5, (2, 4, 4))
+    labels[0, 0, 0] = 255
+    mask = torch.rand(2, 4, 4) > 0.5
+    mask[0, 0, 0] = True
+    loss, count = masked_cross_entropy(logits, labels, mask)
+    keep = mask & (labels != 255)
+    expected = F.cross_entropy(logits.permute(0, 2, 3, 1)[keep], labels[keep])
+    assert int(count) == int(keep.sum())
+    assert torch.allclose(loss, expected)
+
+
+def test_stage_without_routed_pixels_contributes_zero():
+    logits = torch.randn(1, 3, 2, 2, requires_grad=True)
+    labels = torch.zeros(1, 16, 16, dtype=torch.long)
+    empty = torch.zeros(1, 2, 2, dtype=torch.bool)
+    full = torch.ones(1, 2, 2, dtype=torch.bool)
+    out = cascade_loss([logits, logits * 2, logits * 3], [full, empty, empty], labels, [1.0, 1.0, 1.0])
+    assert float(out.stage_loss[1]) == 0.0 and float(out.stage_loss[2]) == 0.0
+    assert torch.isfinite(out.total) and torch.allclose(out.total, out.stage_loss[0])
+    out.total.backward()
+    assert torch.isfinite(logits.grad).all()
+    assert [float(f) for f in out.stage_fraction] == [1.0, 0.0, 0.0]
+
+
+def test_cascade_loss_weights_and_single_loss():
+    torch.manual_seed(0)
+    logits = [torch.randn(1, 4, 3, 3) for _ in range(3)]
+    labels = torch.randint(0, 4, (1, 24, 24))
+    masks = [torch.ones(1, 3, 3, dtype=torch.bool)] * 3
+    single = cascade_loss([None, None, logits[2]], masks, labels, [1.0, 1.0, 1.0])
+    assert single.stage_loss[:2] == [None, None]
+    assert torch.allclose(single.total, F.cross_entropy(logits[2], downsample_labels(labels, (3, 3))))
+    weighted = cascade_loss(logits, masks, labels, [0.5, 2.0, 1.0])
+    parts = weighted.stage_loss
+    assert torch.allclose(weighted.total, 0.5 * parts[0] + 2.0 * parts[1] + parts[2])
+
+
+def test_poly_lr():
+    assert poly_lr_factor(0, 100, 0.9) == 1.0
+    assert poly_lr_factor(50, 100, 0.9) == pytest.approx(0.5 ** 0.9)
+    assert poly_lr_factor(100, 100, 0.9) == 0.0
+
+
+# --- sampling --------------------------------------------------------------------------------
+def test_epoch_sampler_shards_and_resumes():
+    full = list(EpochSampler(10, 2, seed=3))
+    assert len(full) == 10 and {i for i, _ in full} == set(range(10))
+    sampler = EpochSampler(10, 2, seed=3)
+    sampler.set_epoch(0, skip_batches=2)
+    assert list(sampler) == full[4:] and len(sampler) == 6
+    sampler.set_epoch(1)
+    assert [i for i, _ in sampler] != [i for i, _ in full]
+    ranks = [list(EpochSampler(10, 2, seed=3, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert all(len(r) == 4 for r in ranks)  # 10 samples: two whole global batches of 4
+    assert not {i for i, _ in ranks[0]} & {i for i, _ in ranks[1]}
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        EpochSampler(3, 2, seed=0, num_replicas=2)
+
+
+def test_augmentation_depends_only_on_seed_epoch_and_index(cfg):
+    from lc.data import build_dataset
+
+    samples = SeededSamples(build_dataset(cfg, "voc", "train", train=True), seed=0)
+    first = samples[(3, 1)]
+    torch.rand(100)  # the global stream must not matter
+    samples[(5, 1)]
+    again = samples[(3, 1)]
+    assert torch.equal(first["image"], again["image"]) and torch.equal(first["label"], again["label"])
+    assert not torch.equal(samples[(3, 2)]["image"], first["image"])
+
+
+# --- training runs ---------------------------------------------------------------------------
+def test_irnet_pretraining_writes_checkpoint_log_and_marker(cfg, irnet_run):
+    total = total_iterations(cfg, "irnet")
+    rows = _read_log(irnet_run / "train_log.csv")
+    assert [int(r["iteration"]) for r in rows] == list(range(2, total + 1, 2))
+    assert all(r["loss_stage1"] == "" and float(r["loss"]) == float(r["loss_stage3"]) for r in rows)
+    assert float(rows[0]["lr"]) > float(rows[-1]["lr"]) > 0
+    done = json.loads((irnet_run / "train_done.json").read_text())
+    assert done["iterations"] == total and done["variant"] == "irnet" and done["device"] == "cpu"
+    assert done["final_loss"] == pytest.approx(float(rows[-1]["loss"]))
+    payload = load_checkpoint(irnet_run / "checkpoint.pt")
+    assert payload["iteration"] == total and payload["model_spec"]["variant"] == "irnet"
+    assert payload["model_spec"]["model_cfg"]["freeze_bn"] is (cfg["train"]["pretrain_bn"] == "frozen")
+    model = load_model(irnet_run / "checkpoint.pt")
+    out = model(torch.randn(1, 3, 48, 48))
+    assert out.stage_logits[2].shape == (1, 21, 6, 6)
+
+
+def test_cascade_starts_from_the_pretrained_irnet(cfg, irnet_run, tmp_path):
+    irnet = load_checkpoint(irnet_run / "checkpoint.pt")["model"]
+    result = train(cfg, "voc", "lc", tmp_path, init=irnet_run / "checkpoint.pt", stop_after=0)
+    assert result.iterations == 0
+    ours = result.model.state_dict()
+    assert all(torch.equal(ours[k], v) for k, v in irnet.items())
+    assert any(k.startswith("head1.") for k in ours) and not any(k.startswith("head1.") for k in irnet)
+
+
+def test_mc_members_start_from_the_pretrained_irnet_stages(cfg, irnet_run, tmp_path):
+    irnet = load_checkpoint(irnet_run / "checkpoint.pt")["model"]
+    result = train(cfg, "voc", "mc", tmp_path, init=irnet_run / "checkpoint.pt", stop_after=0)
+    for member in result.model.members:
+        for key, value in member.state_dict().items():
+            if key.startswith("backbone.") or key in irnet:
+                assert torch.equal(value, irnet[key]), key
+
+
+@pytest.mark.parametrize(("variant", "stop"), [("lc", 2), ("dsn_dropout", 2), ("mc", 4)])
+def test_killed_and_resumed_run_ends_with_the_same_weights(cfg, irnet_run, tmp_path, half_routing, variant,
+                                                           stop):
+    run_cfg = copy.deepcopy(cfg)
+    init = irnet_run / "checkpoint.pt"
+    straight = train(run_cfg, "voc", variant, tmp_path / "straight", init=init)
+    first = train(run_cfg, "voc", variant, tmp_path / "resumed", init=init, stop_after=stop)
+    assert first.iterations == stop and not (tmp_path / "resumed" / "train_done.json").exists()
+    # a row logged after the last checkpoint (the process died in between) must not survive
+    with open(tmp_path / "resumed" / "train_log.csv", "a") as handle:
+        handle.write(f"{stop + 1},0.1,9.9,,,,,,,1.0\n")
+    resumed = train(run_cfg, "voc", variant, tmp_path / "resumed", init=None)  # new call, from disk
+    assert resumed.iterations == straight.iterations == total_iterations(cfg, variant)
+    _assert_same_weights(straight.model.state_dict(), resumed.model.state_dict())
+    _assert_same_weights(load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["model"],
+                         load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["model"])
+    log_a = _read_log(tmp_path / "straight" / "train_log.csv")
+    log_b = _read_log(tmp_path / "resumed" / "train_log.csv")
+    assert [r["iteration"] for r in log_a] == [r["iteration"] for r in log_b]
+    for row_a, row_b in zip(log_a, log_b, strict=True):
+        for column in LOG_COLUMNS[1:-1]:
+            assert (row_a[column] == "") == (row_b[column] == "")
+            if row_a[column]:
+                assert float(row_a[column]) == pytest.approx(float(row_b[column]), abs=1e-6), column
+    assert all(torch.isfinite(torch.tensor(float(r["loss"]))) for r in log_b)
+    routed = [float(r["pixels_stage2"] or r["pixels_stage3"]) for r in log_b if r["pixels_stage2"] or
+              r["pixels_stage3"]]
+    assert routed and all(0.0 < f < 1.0 for f in routed)  # routing was partial throughout
+
+
+def test_completed_run_is_not_retrained(cfg, irnet_run):
+    before = (irnet_run / "checkpoint.pt").stat().st_mtime_ns, (irnet_run / "train_done.json").read_text()
+    result = train(cfg, "voc", "irnet", irnet_run)
+    assert result.iterations == total_iterations(cfg, "irnet")
+    assert before == ((irnet_run / "checkpoint.pt").stat().st_mtime_ns,
+                      (irnet_run / "train_done.json").read_text())
+
+
+def test_resume_refuses_other_settings_and_no_resume_restarts(cfg, tmp_path):
+    train(cfg, "voc", "dsn", tmp_path, stop_after=2)
+    other = copy.deepcopy(cfg)
+    other["train"]["lr"] = cfg["train"]["lr"] * 2
+    with pytest.raises(CheckpointError, match=r"train.lr.*--no-resume"):
+        train(other, "voc", "dsn", tmp_path)
+    with pytest.raises(CheckpointError, match=r"model_spec.variant: 'dsn' -> 'lc'"):
+        train(cfg, "voc", "lc", tmp_path)
+    result = train(other, "voc", "dsn", tmp_path, resume=False, stop_after=2)
+    assert result.iterations == 2
+    assert [r["iteration"] for r in _read_log(tmp_path / "train_log.csv")] == ["2"]
+    assert not (tmp_path / "checkpoint.pt").exists()  # a partial run keeps its state in resume.pt only
+    assert load_checkpoint(tmp_path / "resume.pt")["config"]["train"]["lr"] == other["train"]["lr"]
+
+
+def test_bad_initialisation_is_refused(cfg, irnet_run, tmp_path):
+    train(cfg, "voc", "dsn", tmp_path / "dsn", stop_after=2)
+    with pytest.raises(CheckpointError, match="start from the pretrained irnet checkpoint"):
+        train(cfg, "voc", "lc", tmp_path / "lc", init=tmp_path / "dsn" / "resume.pt")
+    with pytest.raises(ValueError, match="not from --init"):
+        train(cfg, "voc", "irnet", tmp_path / "irnet", init=irnet_run / "checkpoint.pt")
+    missing = copy.deepcopy(cfg)
+    missing["model"]["pretrained"] = str(tmp_path / "imagenet.pth")
+    with pytest.raises(FileNotFoundError, match="imagenet.pth does not exist"):
+        train(missing, "voc", "irnet", tmp_path / "irnet")
+    with pytest.raises(ValueError, match="variant must be one of"):
+        train(cfg, "voc", "segnet", tmp_path / "segnet")
+
+
+def test_cityscapes_trains_with_its_19_classes(cfg, tmp_path):
+    result = train(cfg, "cityscapes", "lc", tmp_path, stop_after=2)
+    assert result.iterations == 2
+    assert load_checkpoint(tmp_path / "resume.pt")["model_spec"]["num_classes"] == 19
+    assert result.model.head(1).classifier.out_channels == 19
