@@ -7,16 +7,15 @@ how each number was made. A value the run did not produce stays empty and `note`
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
 
+from lc.data.io import write_text_atomic
 from lc.paper import load_paper_table
+from lc.run_outputs import Run, as_number, difference, rounded
 
 TABLE_FILES = {
     1: "table1_rho_sweep.csv",
@@ -47,67 +46,6 @@ SPEED_METHODS = {"DeepLab-v2": "deeplab_v2", "SegNet": "segnet", "LC": "lc", "LC
 CITED = "cited from the paper, not reproduced"
 ROUTING_MASKS = "model (rho routing of its own stage probabilities)"
 PER_CLASS_PROTOCOL = ("preset", "device", "num_images", "scales", "flip", "crf", "rho")
-EVAL_SUFFIXES = {(False, False): "", (True, False): "_ms", (True, True): "_ms_crf"}
-
-
-class Run:
-    """Read access to the outputs of one preset under results/<preset>/ (missing files -> None)."""
-
-    def __init__(self, results: str | Path, cfg: dict):
-        self.root = Path(results)
-        self.cfg = cfg
-
-    def path(self, *parts: str) -> Path:
-        return self.root.joinpath(*parts)
-
-    def json(self, *parts: str) -> dict | None:
-        path = self.path(*parts)
-        if not path.exists():
-            return None
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} is not valid JSON ({exc}); delete it and rerun its rule") from exc
-
-    def csv(self, *parts: str) -> pd.DataFrame | None:
-        path = self.path(*parts)
-        if not path.exists():
-            return None
-        frame = pd.read_csv(path)
-        if frame.empty:
-            return None
-        return frame
-
-    def eval(self, dataset: str, variant: str, split: str = "val", multi_scale: bool = False,
-             crf: bool = False) -> dict | None:
-        name = f"eval_{split}{EVAL_SUFFIXES[(multi_scale, crf)]}.json"
-        return self.json("runs", dataset, variant, name)
-
-    def eval_path(self, dataset: str, variant: str, split: str = "val", multi_scale: bool = False,
-                  crf: bool = False) -> str:
-        name = f"eval_{split}{EVAL_SUFFIXES[(multi_scale, crf)]}.json"
-        return str(Path("runs", dataset, variant, name))
-
-
-def _num(value) -> float | None:
-    """A finite float, or None for missing/NaN/None."""
-    if value is None:
-        return None
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(value) else value
-
-
-def _diff(ours, paper) -> float | None:
-    ours, paper = _num(ours), _num(paper)
-    return None if ours is None or paper is None else round(ours - paper, 2)
-
-
-def _round(value, digits: int = 2) -> float | None:
-    value = _num(value)
-    return None if value is None else round(value, digits)
 
 
 def _protocol(ev: dict | None, run: Run, dataset: str, split: str, mask_source: str) -> dict:
@@ -169,18 +107,18 @@ def build_table1(run: Run, paper_dir: str | Path | None = None) -> pd.DataFrame:
             note = "rho not in the paper's Table 1"
         row = {
             "rho": rho,
-            "stage1_pct": _round(mine and mine.get("stage1_pct")),
-            "stage2_pct": _round(mine and mine.get("stage2_pct")),
-            "stage3_pct": _round(mine and mine.get("stage3_pct")),
-            "miou": _round(mine and mine.get("miou")),
-            "ms_per_image": _round(mine and mine.get("ms_per_image")),
-            "paper_stage1_pct": _num(pub and pub["stage1_pct"]),
-            "paper_stage2_pct": _num(pub and pub["stage2_pct"]),
-            "paper_miou": _num(pub and pub["miou"]),
+            "stage1_pct": rounded(mine and mine.get("stage1_pct")),
+            "stage2_pct": rounded(mine and mine.get("stage2_pct")),
+            "stage3_pct": rounded(mine and mine.get("stage3_pct")),
+            "miou": rounded(mine and mine.get("miou")),
+            "ms_per_image": rounded(mine and mine.get("ms_per_image")),
+            "paper_stage1_pct": as_number(pub and pub["stage1_pct"]),
+            "paper_stage2_pct": as_number(pub and pub["stage2_pct"]),
+            "paper_miou": as_number(pub and pub["miou"]),
         }
-        row["diff_stage1_pct"] = _diff(row["stage1_pct"], row["paper_stage1_pct"])
-        row["diff_stage2_pct"] = _diff(row["stage2_pct"], row["paper_stage2_pct"])
-        row["diff_miou"] = _diff(row["miou"], row["paper_miou"])
+        row["diff_stage1_pct"] = difference(row["stage1_pct"], row["paper_stage1_pct"])
+        row["diff_stage2_pct"] = difference(row["stage2_pct"], row["paper_stage2_pct"])
+        row["diff_miou"] = difference(row["miou"], row["paper_miou"])
         row.update({
             "preset": (mine or {}).get("preset", run.cfg["preset"]), "dataset": "voc", "split": "val",
             "device": (mine or {}).get("device"), "scales": "1", "flip": False, "crf": False,
@@ -201,14 +139,14 @@ def build_table2(run: Run, paper_dir: str | Path | None = None) -> pd.DataFrame:
         routed = variant in ("lc", "mc", "dsn_dropout")
         row = {
             "method": method, "variant": variant,
-            "miou": _round(ev and ev.get("miou")),
-            "pixel_accuracy": _round(ev and ev.get("pixel_accuracy")),
-            "stage1_pct": _round(share[0] * 100) if routed and share[0] is not None else None,
-            "stage2_pct": _round(share[1] * 100) if routed and share[1] is not None else None,
-            "stage3_pct": _round(share[2] * 100) if routed and share[2] is not None else None,
-            "paper_miou": _num(paper.get(method)),
+            "miou": rounded(ev and ev.get("miou")),
+            "pixel_accuracy": rounded(ev and ev.get("pixel_accuracy")),
+            "stage1_pct": rounded(share[0] * 100) if routed and share[0] is not None else None,
+            "stage2_pct": rounded(share[1] * 100) if routed and share[1] is not None else None,
+            "stage3_pct": rounded(share[2] * 100) if routed and share[2] is not None else None,
+            "paper_miou": as_number(paper.get(method)),
         }
-        row["diff_miou"] = _diff(row["miou"], row["paper_miou"])
+        row["diff_miou"] = difference(row["miou"], row["paper_miou"])
         row.update(_protocol(ev, run, "voc", "val", ROUTING_MASKS if routed else "none (all pixels)"))
         row["eval_file"] = run.eval_path("voc", variant) if ev else ""
         row["note"] = "" if ev else _missing(run.eval_path("voc", variant), f"rule evaluate of {variant}")
@@ -224,7 +162,7 @@ def _sweep_miou(run: Run, rho: float) -> tuple[float | None, str]:
     match = sweep[(sweep["rho"].astype(float) - rho).abs() < 1e-6]
     if match.empty:
         return None, f"rho {rho:g} (evaluate.fast_rho) not in the sweep"
-    return _round(match.iloc[0]["miou"]), ""
+    return rounded(match.iloc[0]["miou"]), ""
 
 
 def build_table3(run: Run, paper_dir: str | Path | None = None) -> pd.DataFrame:
@@ -239,7 +177,7 @@ def build_table3(run: Run, paper_dir: str | Path | None = None) -> pd.DataFrame:
         timing = bench_by_method.get(key)
         notes = []
         if key in ("deeplab_v2", "segnet"):
-            miou, miou_source = _num(pub["miou"]), CITED
+            miou, miou_source = as_number(pub["miou"]), CITED
         elif key == "lc_fast":
             miou, note = _sweep_miou(run, float(run.cfg["evaluate"]["fast_rho"]))
             miou_source = "reproduced (sweep, VOC val)"
@@ -247,7 +185,7 @@ def build_table3(run: Run, paper_dir: str | Path | None = None) -> pd.DataFrame:
         else:
             variant = "lc" if key == "lc" else "irnet"
             ev = run.eval("voc", variant)
-            miou, miou_source = _round(ev and ev.get("miou")), "reproduced (VOC val)"
+            miou, miou_source = rounded(ev and ev.get("miou")), "reproduced (VOC val)"
             if ev is None:
                 notes.append(_missing(run.eval_path("voc", variant), "rule evaluate"))
         if timing is None:
@@ -259,23 +197,23 @@ def build_table3(run: Run, paper_dir: str | Path | None = None) -> pd.DataFrame:
         row = {
             "method": method, "bench_method": key,
             "miou": miou, "miou_source": miou_source,
-            "ms": _round(timing.get("ms_median")), "ms_p25": _round(timing.get("ms_p25")),
-            "ms_p75": _round(timing.get("ms_p75")), "fps": _round(timing.get("fps")),
-            "params_m": _round(timing.get("params_m")),
-            "stage1_pct": _round(timing.get("stage1_pct")), "stage2_pct": _round(timing.get("stage2_pct")),
-            "paper_miou": _num(pub["miou"]) if pub is not None else None,
-            "paper_ms": _num(pub["ms"]) if pub is not None else None,
-            "paper_fps": _num(pub["fps"]) if pub is not None else None,
+            "ms": rounded(timing.get("ms_median")), "ms_p25": rounded(timing.get("ms_p25")),
+            "ms_p75": rounded(timing.get("ms_p75")), "fps": rounded(timing.get("fps")),
+            "params_m": rounded(timing.get("params_m")),
+            "stage1_pct": rounded(timing.get("stage1_pct")), "stage2_pct": rounded(timing.get("stage2_pct")),
+            "paper_miou": as_number(pub["miou"]) if pub is not None else None,
+            "paper_ms": as_number(pub["ms"]) if pub is not None else None,
+            "paper_fps": as_number(pub["fps"]) if pub is not None else None,
         }
-        row["diff_miou"] = None if miou_source == CITED else _diff(row["miou"], row["paper_miou"])
-        row["diff_ms"] = _diff(row["ms"], row["paper_ms"])
-        row["diff_fps"] = _diff(row["fps"], row["paper_fps"])
+        row["diff_miou"] = None if miou_source == CITED else difference(row["miou"], row["paper_miou"])
+        row["diff_ms"] = difference(row["ms"], row["paper_ms"])
+        row["diff_fps"] = difference(row["fps"], row["paper_fps"])
         if pub is None:
             notes.append("not in the paper's Table 3 (our dense reference)")
         row.update({
             "preset": run.cfg["preset"], "dataset": "voc", "split": "val",
             "device": timing.get("device"), "image_size": timing.get("image_size"),
-            "batch_size": timing.get("batch_size"), "rho": _num(timing.get("rho")),
+            "batch_size": timing.get("batch_size"), "rho": as_number(timing.get("rho")),
             "full_size": timing.get("full_size"), "runs": timing.get("runs"),
             "scales": "1", "flip": False, "crf": False, "mask_source": timing.get("mask_source"),
             "note": _join_notes(*notes),
@@ -289,7 +227,7 @@ def _per_class_row(ev: dict, classes: list[str]) -> dict:
     names = ev.get("class_names") or []
     ious = ev.get("per_class_iou") or []
     by_name = dict(zip(names, ious, strict=False))
-    return {c: _round(by_name.get(c)) for c in classes}
+    return {c: rounded(by_name.get(c)) for c in classes}
 
 
 def _export_info(run: Run, archive: str) -> tuple[str, str]:
@@ -319,7 +257,7 @@ def _per_class_table(run: Run, number: int, dataset: str, archive: str, protocol
         label = "LC (ours)" + (" multi-scale" if multi_scale else "") + (" + CRF" if crf else "")
         row = {"method": label, "source": "reproduced", "evaluated_split": "val"}
         row.update(_per_class_row(ev, classes) if ev else {c: None for c in classes})
-        row["miou"] = _round(ev and ev.get("miou"))
+        row["miou"] = rounded(ev and ev.get("miou"))
         if "subsampled" in paper.columns:
             row["subsampled"] = "no"
         protocol = _protocol(ev, run, dataset, "val", ROUTING_MASKS)
@@ -334,15 +272,15 @@ def _per_class_table(run: Run, number: int, dataset: str, archive: str, protocol
     for record in paper.to_dict("records"):
         source = "paper" if record["method"] == "LC" else CITED
         row = {"method": f"{record['method']} (paper)", "source": source, "evaluated_split": "test"}
-        row.update({c: _num(record[c]) for c in classes})
-        row["miou"] = _num(record["miou"])
+        row.update({c: as_number(record[c]) for c in classes})
+        row["miou"] = as_number(record["miou"])
         if "subsampled" in paper.columns:
             row["subsampled"] = record["subsampled"]
         row["note"] = ""
         rows.append(row)
     diff = {"method": "diff: ours - LC (paper)", "source": "computed", "evaluated_split": "val - test"}
     for column in [*classes, "miou"]:
-        diff[column] = _diff(best[column], paper_lc[column]) if best else None
+        diff[column] = difference(best[column], paper_lc[column]) if best else None
     diff["note"] = (f"from '{best['method']}'" if best else "no evaluation of LC to compare")
     rows.append(diff)
     frame = pd.DataFrame(rows)
@@ -401,15 +339,15 @@ def build_table6(run: Run, paper_dir: str | Path | None = None) -> pd.DataFrame:
             notes.append("params of the preset's reduced network")
         row = {
             "method": "IRNet-LC (ours)", "source": "reproduced", "backbone": "IRNet",
-            "params_m": _round(lc_speed and lc_speed.get("params_m")),
+            "params_m": rounded(lc_speed and lc_speed.get("params_m")),
             "coco": "no", "multi_scale": pub["multi_scale"], "crf": pub["crf"],
-            "fps": _round(timing and timing.get("fps")), "ms": _round(timing and timing.get("ms_median")),
-            "miou": _round(ev and ev.get("miou")),
-            "paper_params_m": _num(pub["params_m"]), "paper_fps": _num(pub["fps"]),
-            "paper_miou": _num(pub["miou"]),
+            "fps": rounded(timing and timing.get("fps")), "ms": rounded(timing and timing.get("ms_median")),
+            "miou": rounded(ev and ev.get("miou")),
+            "paper_params_m": as_number(pub["params_m"]), "paper_fps": as_number(pub["fps"]),
+            "paper_miou": as_number(pub["miou"]),
         }
         for key in ("params_m", "fps", "miou"):
-            row[f"diff_{key}"] = _diff(row[key], row[f"paper_{key}"])
+            row[f"diff_{key}"] = difference(row[key], row[f"paper_{key}"])
         protocol = _protocol(ev, run, "voc", "val", ROUTING_MASKS)
         row.update({k: protocol[k] for k in ("preset", "split", "device", "num_images", "scales", "flip")})
         row["device"] = row["device"] or (timing or {}).get("device")
@@ -417,9 +355,9 @@ def build_table6(run: Run, paper_dir: str | Path | None = None) -> pd.DataFrame:
         rows.append(row)
     for pub in paper[paper["method"] != "IRNet-LC"].to_dict("records"):
         row = {"method": f"{pub['method']} (paper)", "source": CITED, "backbone": pub["backbone"],
-               "params_m": _num(pub["params_m"]), "coco": pub["coco"] or "",
+               "params_m": as_number(pub["params_m"]), "coco": pub["coco"] or "",
                "multi_scale": pub["multi_scale"] or "", "crf": pub["crf"] or "",
-               "fps": _num(pub["fps"]), "miou": _num(pub["miou"]), "note": ""}
+               "fps": as_number(pub["fps"]), "miou": as_number(pub["miou"]), "note": ""}
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -429,18 +367,6 @@ BUILDERS = {1: build_table1, 2: build_table2, 3: build_table3,
 
 
 # --- writing ---------------------------------------------------------------------------------
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def build_table(number: int, results: str | Path, cfg: dict,
                 paper_dir: str | Path | None = None) -> pd.DataFrame:
     """Table `number` (1-6) of the run under `results` (results/<preset>/)."""
@@ -457,7 +383,7 @@ def write_tables(cfg: dict, out_dir: str | Path, results: str | Path, numbers: I
     for number in numbers:
         frame = build_table(number, results, cfg, paper_dir)
         path = out_dir / TABLE_FILES[number]
-        _write_atomic(path, frame.to_csv(index=False))
+        write_text_atomic(path, frame.to_csv(index=False))
         written.append(path)
     return written
 
@@ -489,5 +415,5 @@ def render_markdown(out_dir: str | Path, preset: str) -> Path:
         frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
         parts += [f"## {TABLE_TITLES[number]}", "", f"`{name}`", "", _markdown(frame), ""]
     path = out_dir / "tables.md"
-    _write_atomic(path, "\n".join(parts))
+    write_text_atomic(path, "\n".join(parts))
     return path

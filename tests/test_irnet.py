@@ -64,7 +64,7 @@ def test_same_padding_gives_exact_output_stride(output_stride):
     with torch.no_grad():
         feats = model.forward_stages(torch.randn(2, 3, 128, 96))
     strides = {8: (8, 8, 8), 16: (8, 16, 16), 32: (8, 16, 32)}[output_stride]
-    for feat, stride, channels in zip(feats, strides, model.stage_channels):
+    for feat, stride, channels in zip(feats, strides, model.stage_channels, strict=True):
         assert feat.shape == (2, channels, 128 // stride, 96 // stride)
 
 
