@@ -18,27 +18,13 @@ from tqdm import tqdm
 
 from lc.bench import RoutingMasks, measure
 from lc.bench_models import BenchSetup, build_network, prescribed_routing
+from lc.crf import dense_crf
 from lc.models.cascade import LayerCascade
 
-__all__ = ["TABLE6_COLUMNS", "dense_crf", "run_table6_bench"]
+__all__ = ["TABLE6_COLUMNS", "run_table6_bench"]
 
 TABLE6_COLUMNS = ["setting", "scales", "flip", "crf", "ms_median", "ms_p25", "ms_p75", "fps", "device",
                   "mask_source", "image_size", "runs"]
-
-
-def dense_crf(image: np.ndarray, probs: np.ndarray, crf_cfg: dict) -> np.ndarray:
-    """Labels (H, W) after a fully connected CRF on uint8 image (H, W, 3) and probs (K, H, W)."""
-    import pydensecrf.densecrf as dcrf
-    from pydensecrf.utils import unary_from_softmax
-
-    num_classes, height, width = probs.shape
-    crf = dcrf.DenseCRF2D(width, height, num_classes)
-    crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs.astype(np.float32))))
-    crf.addPairwiseGaussian(sxy=crf_cfg["gaussian_sxy"], compat=crf_cfg["gaussian_compat"])
-    crf.addPairwiseBilateral(sxy=crf_cfg["bilateral_sxy"], srgb=crf_cfg["bilateral_srgb"],
-                             rgbim=np.ascontiguousarray(image), compat=crf_cfg["bilateral_compat"])
-    q = np.asarray(crf.inference(int(crf_cfg["iterations"])))
-    return q.reshape(num_classes, height, width).argmax(axis=0)
 
 
 def _images(setup: BenchSetup) -> tuple[torch.Tensor, list[np.ndarray]]:

@@ -96,15 +96,17 @@ def fig1_difficulty(results: Path, cfg: dict, plt):
     ax.set_ylim(0, 100)
     ax.set_title("(a) easy / moderate / hard pixels per class")
     ax.legend(loc="lower right", framealpha=0.9)
-    share = float(summary["hard_boundary_share"])
-    share_pct = share * 100 if share <= 1 else share
-    ax_b.bar([0, 1], [share_pct, 100 - share_pct], color=["#c44e52", "#8c8c8c"])
     ax_b.set_xticks([0, 1], [f"within {cfg['evaluate']['difficulty']['boundary_px']} px\nof a boundary",
                              "interior"], rotation=90)
     ax_b.set_ylim(0, 100)
     ax_b.set_ylabel("share of hard pixels (%)")
     ax_b.set_title("(b) hard pixels")
-    ax_b.text(0, share_pct + 2, f"{share_pct:.0f}%", ha="center")
+    if summary.get("hard_boundary_share") is None:  # the model made no confident mistake
+        ax_b.text(0.5, 50, "no hard pixels", ha="center", va="center")
+    else:
+        share_pct = float(summary["hard_boundary_share"]) * 100
+        ax_b.bar([0, 1], [share_pct, 100 - share_pct], color=["#c44e52", "#8c8c8c"])
+        ax_b.text(0, share_pct + 2, f"{share_pct:.0f}%", ha="center")
     device = summary.get("device") or _device(table.get("device", []))
     _suptitle(fig, "Fig. 1: pixel difficulty of the single-loss IRNet (VOC val)", cfg["preset"], device)
     return fig

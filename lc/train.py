@@ -62,8 +62,8 @@ __all__ = ["LOG_COLUMNS", "TRAIN_VARIANTS", "TrainResult", "poly_lr_factor", "to
 
 TRAIN_VARIANTS = ("irnet", "dsn", "dsn_dropout", "lc", "mc")
 # train.* settings that change the trained weights: a resumed run must have been started with them
-RESULT_SETTINGS = ("crop_size", "batch_size", "iterations", "lr", "head_lr_mult", "momentum", "weight_decay",
-                   "poly_power", "scale_range", "pretrain_bn", "amp", "stage_loss_weights")
+RESULT_SETTINGS = ("optimizer", "crop_size", "batch_size", "iterations", "lr", "head_lr_mult", "momentum",
+                   "weight_decay", "poly_power", "scale_range", "pretrain_bn", "amp", "stage_loss_weights")
 ROUTED_VARIANTS = ("lc", "dsn_dropout")  # parameters of later stages may go unused in a forward
 
 
@@ -148,8 +148,11 @@ def _initialise(model: nn.Module, cfg: dict, variant: str, init: str | Path | No
         init_from_irnet(model, _irnet_weights(init))
 
 
-def _optimizer(module: nn.Module, train_cfg: dict) -> torch.optim.SGD:
-    """SGD; heads (modules named head*) at lr x head_lr_mult. Frozen BN parameters are left out."""
+def _optimizer(module: nn.Module, train_cfg: dict) -> torch.optim.Optimizer:
+    """SGD (the paper) or AdamW (train.optimizer); heads (modules named head*) at lr x head_lr_mult.
+
+    Frozen BN parameters are left out.
+    """
     backbone, heads = [], []
     for name, param in module.named_parameters():
         if param.requires_grad:
@@ -157,7 +160,10 @@ def _optimizer(module: nn.Module, train_cfg: dict) -> torch.optim.SGD:
     lr = float(train_cfg["lr"])
     groups = [{"params": backbone, "initial_lr": lr},
               {"params": heads, "initial_lr": lr * float(train_cfg["head_lr_mult"])}]
-    return torch.optim.SGD([g for g in groups if g["params"]], lr=lr, momentum=float(train_cfg["momentum"]),
+    groups = [g for g in groups if g["params"]]
+    if train_cfg["optimizer"] == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=float(train_cfg["weight_decay"]))
+    return torch.optim.SGD(groups, lr=lr, momentum=float(train_cfg["momentum"]),
                            weight_decay=float(train_cfg["weight_decay"]))
 
 
