@@ -129,3 +129,7 @@ def test_test_preset_runs_end_to_end(tmp_path):
     assert (work / "results/test/provenance.json").exists()
     again = _snakemake("-n", "--cores", "2", "reproduce_tables", "--config", "preset=test", cwd=work)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr, again.stdout
+    report = _snakemake("--cores", "2", "report", "--config", "preset=test", cwd=work)
+    html = work / "results/test/report.html"
+    assert report.returncode == 0 and html.stat().st_size > 100_000, report.stderr[-3000:]
+    assert "fig7a_miou_vs_speed.png" in html.read_text(errors="ignore")

@@ -63,4 +63,4 @@ rule report:
     shell:
         # Snakemake renders its own report from the run's metadata; --nolock because this job runs
         # inside the workflow that holds the lock.
-        "snakemake --nolock --report {output} --config preset={params.preset} reproduce_tables > {log} 2>&1"
+        "snakemake --nolock --cores {threads} --report {output} reproduce_tables --config preset={params.preset} > {log} 2>&1"
