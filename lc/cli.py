@@ -1,7 +1,7 @@
 """`lc <subcommand>`: the command line every Snakemake rule calls.
 
-Each area registers its subcommands in its own `_add_*` function below; handlers import their
-modules lazily so that `lc --help` stays fast.
+Each area registers its subcommands in its own `_add_*` function (training and evaluation in
+lc/cli_engine.py); handlers import their modules lazily so that `lc --help` stays fast.
 """
 
 from __future__ import annotations
@@ -9,36 +9,28 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lc.config import ConfigError, load_config
-
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default="config.yaml", help="config file (default: config.yaml)")
-    parser.add_argument("--preset", default=None, help="preset under presets: (default: config's preset)")
-
-
-def _cfg(args: argparse.Namespace) -> dict:
-    return load_config(args.config, preset=args.preset)
+from lc.cli_engine import add_engine_commands
+from lc.config import ConfigError, add_config_arguments, config_from_args, load_config
 
 
 # --- config and published tables -------------------------------------------------------------
 def _cmd_config(args: argparse.Namespace) -> None:
     import yaml
 
-    print(yaml.safe_dump(_cfg(args), sort_keys=False))
+    print(yaml.safe_dump(config_from_args(args), sort_keys=False))
 
 
 def _add_config_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("config", help="print the resolved (preset-merged, validated) config")
-    _common(p)
+    add_config_arguments(p)
     p.set_defaults(func=_cmd_config)
 
 
-# --- data (issue: data) ----------------------------------------------------------------------
+# --- data ----------------------------------------------------------------------------------
 def _cmd_synth(args: argparse.Namespace) -> None:
     from lc.data.synthetic import make_synthetic_mirror
 
-    cfg = _cfg(args)
+    cfg = config_from_args(args)
     for name, md5 in make_synthetic_mirror(cfg).items():
         print(f"{md5}  {cfg['data']['mirror']}/{name}")
 
@@ -47,13 +39,13 @@ def _cmd_download(args: argparse.Namespace) -> None:
     from lc.data.download import DownloadError, fetch_archive
 
     try:
-        fetch_archive(_cfg(args), args.key, args.out)
+        fetch_archive(config_from_args(args), args.key, args.out)
     except DownloadError as exc:
         raise SystemExit(f"lc download: error: {exc}") from exc
 
 
 def _cmd_prepare(args: argparse.Namespace) -> None:
-    cfg = _cfg(args)
+    cfg = config_from_args(args)
     if args.dataset == "voc":
         from lc.data.voc import prepare_voc as prepare
     else:
@@ -64,20 +56,20 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
 
 def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="demo/test presets: write synthetic archives + MD5SUMS into data.mirror")
-    _common(p)
+    add_config_arguments(p)
     p.set_defaults(func=_cmd_synth)
     p = sub.add_parser("download", help="fetch one archive of data.archives, MD5-verified (resumes, retries)")
-    _common(p)
+    add_config_arguments(p)
     p.add_argument("key", help="archive key under data.archives (e.g. voc2012_trainval, sbd)")
     p.add_argument("--out", default=None, help="target file (default: <data.root>/archives/<filename>)")
     p.set_defaults(func=_cmd_download)
     p = sub.add_parser("prepare", help="extract the archives and write the prepared labels and split lists")
-    _common(p)
+    add_config_arguments(p)
     p.add_argument("dataset", choices=["voc", "cityscapes"])
     p.set_defaults(func=_cmd_prepare)
 
 
-# --- models and ops (issue: foundation) ------------------------------------------------------
+# --- models and ops ----------------------------------------------------------------------
 def _cmd_model_info(args: argparse.Namespace) -> None:
     import os
 
@@ -87,7 +79,7 @@ def _cmd_model_info(args: argparse.Namespace) -> None:
     from lc.models.complexity import FULL_SIZE_BLOCK_COUNTS, model_info_rows, predicted_cost
     from lc.paper import load_paper_table
 
-    cfg = _cfg(args)
+    cfg = config_from_args(args)
     paper_cfg = load_config(args.config, preset="paper")  # full size = the paper preset's model
     table = pd.DataFrame(model_info_rows(cfg["model"], paper_cfg["model"], NUM_CLASSES["voc"],
                                          cfg["bench"]["image_size"], paper_cfg["bench"]["image_size"]))
@@ -126,7 +118,8 @@ def _cmd_bench_op(args: argparse.Namespace) -> None:
     from lc.bench_op import run_op_bench, save_op_bench
 
     devices = None if args.device == "all" else [args.device]
-    df = run_op_bench(_cfg(args), devices=devices, warmup=args.warmup, runs=args.runs, threads=args.threads)
+    df = run_op_bench(config_from_args(args), devices=devices, warmup=args.warmup, runs=args.runs,
+                      threads=args.threads)
     save_op_bench(df, args.out, args.png)
     print(df.to_string(index=False, float_format="{:.3f}".format))
     print(f"wrote {args.out}")
@@ -136,14 +129,14 @@ def _add_bench_op_parser(sub: argparse._SubParsersAction, name: str) -> None:
     """`lc bench-op` (and, registered by the bench area, `lc bench op`)."""
     p = sub.add_parser(name, help="region conv speed: full-width IRNet stage 2 and single convs, "
                                   "dense vs masked vs compressed, over active fractions")
-    _common(p)
+    add_config_arguments(p)
     p.add_argument("--out", required=True, help="CSV to write (a PNG plot goes beside it)")
     p.add_argument("--png", default=None, help="plot path (default: the CSV path with .png)")
     p.add_argument("--device", default="all", choices=["all", "cpu", "cuda"],
                    help="all: the CPU, plus CUDA when present")
     p.add_argument("--warmup", type=int, default=None, help="warm-up runs (default: bench.warmup)")
     p.add_argument("--runs", type=int, default=None, help="timed runs (default: bench.runs)")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2, the issue's target)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2, as in the CPU target)")
     p.set_defaults(func=_cmd_bench_op)
 
 
@@ -151,157 +144,12 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     _add_bench_op_parser(sub, "bench-op")
     p = sub.add_parser("model-info", help="parameters and GFLOPs per stage (configured and full-size "
                                           "IRNet-LC, DeepLab-v2, SegNet) beside the paper's")
-    _common(p)
+    add_config_arguments(p)
     p.add_argument("--out", default=None, help="also write the table to this CSV")
     p.set_defaults(func=_cmd_model_info)
 
 
-# --- training and evaluation (issue: engine) -------------------------------------------------
-def _cmd_train(args: argparse.Namespace) -> None:
-    from lc.train import train
-
-    result = train(_cfg(args), args.dataset, args.variant, args.out, init=args.init,
-                   resume=not args.no_resume, device=args.device, rho=args.rho, stop_after=args.stop_after)
-    if result.rank == 0:
-        print(f"{args.dataset}/{args.variant}: {result.iterations} iterations, final loss "
-              f"{result.final_loss}, {result.checkpoint}")
-
-
-def _add_engine_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train one variant (torchrun for several processes); resumes by default")
-    _common(p)
-    p.add_argument("--dataset", required=True, choices=["voc", "cityscapes"])
-    p.add_argument("--variant", required=True, choices=["irnet", "dsn", "dsn_dropout", "lc", "mc"])
-    p.add_argument("--out", required=True, help="run folder: checkpoint.pt, train_log.csv, train_done.json")
-    p.add_argument("--init", default=None, help="pretrained irnet checkpoint the cascade variants start from")
-    p.add_argument("--no-resume", action="store_true", help="start afresh even if RUN/checkpoint.pt exists")
-    p.add_argument("--rho", type=float, default=None, help="rho while training (default: train.rho)")
-    p.add_argument("--device", default=None, help="cpu | cuda | auto (default: the config's device)")
-    p.add_argument("--stop-after", type=int, default=None,
-                   help="checkpoint and exit after this many iterations (a later call resumes)")
-    p.set_defaults(func=_cmd_train)
-    _add_evaluation_commands(sub)
-
-
-# --- evaluation, sweep, export, analyses (issue: engine, helper E2) --------------------------
-def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from lc.evaluate import run_evaluation
-
-    report = run_evaluation(_cfg(args), args.checkpoint, args.dataset, args.split, args.out, rho=args.rho,
-                            multi_scale=args.multi_scale, crf=args.crf, max_images=args.max_images,
-                            device=args.device)
-    share = " / ".join(f"{s:.1%}" for s in report["stage_share"])
-    miou, accuracy = (float("nan") if v is None else v for v in (report["miou"], report["pixel_accuracy"]))
-    print(f"{args.dataset} {args.split} {report['variant']}: mIoU {miou:.2f}%, pixel accuracy "
-          f"{accuracy:.2f}% on {report['num_images']} images; decided at stages 1/2/3: "
-          f"{share} (rho {report['rho']:g}); {report['ms_per_image']:.1f} ms/image; wrote {args.out}")
-
-
-def _cmd_sweep(args: argparse.Namespace) -> None:
-    from lc.sweep import run_sweep
-
-    table = run_sweep(_cfg(args), args.checkpoint, args.dataset, args.split, args.out, rhos=args.rho,
-                      max_images=args.max_images, device=args.device)
-    print(table.to_string(index=False, float_format="{:.3f}".format))
-    print(f"wrote {args.out}")
-
-
-def _cmd_export(args: argparse.Namespace) -> None:
-    from lc.export import run_export, summary_path
-
-    summary = run_export(_cfg(args), args.checkpoint, args.dataset, args.out, split=args.split, rho=args.rho,
-                         multi_scale=args.multi_scale, crf=args.crf, device=args.device)
-    print(f"{summary['num_images']} {args.dataset} {args.split} predictions: wrote {args.out} and "
-          f"{summary_path(args.out)}")
-
-
-def _cmd_analyze_difficulty(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
-    from lc.analysis import run_difficulty
-
-    out_json = args.out_json or str(Path(args.out_csv).with_suffix(".json"))
-    table, summary = run_difficulty(_cfg(args), args.checkpoint, args.dataset, args.split, args.out_csv,
-                                    out_json, max_images=args.max_images, device=args.device)
-    print(table.to_string(index=False, float_format="{:.1f}".format))
-    print(f"hard pixels within {summary['boundary_px']} px of a boundary: "
-          f"{summary['hard_boundary_share']:.1%} "
-          f"(that band holds {summary['band_pixel_share']:.1%} of the labelled pixels); "
-          f"wrote {args.out_csv} and {out_json}")
-
-
-def _cmd_analyze_stages(args: argparse.Namespace) -> None:
-    from lc.analysis import run_stage_examples
-
-    path = run_stage_examples(_cfg(args), args.checkpoint, args.dataset, args.out, split=args.split,
-                              num_images=args.num_images, rho=args.rho, device=args.device)
-    print(f"wrote {path}")
-
-
-def _add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
-    def common(q: argparse.ArgumentParser, split: str, checkpoint: bool = True) -> None:
-        _common(q)
-        if checkpoint:
-            q.add_argument("--checkpoint", required=True, help="checkpoint.pt written by `lc train`")
-        q.add_argument("--dataset", required=True, choices=["voc", "cityscapes"])
-        q.add_argument("--split", default=split, choices=["train", "val", "test"],
-                       help=f"prepared split (default: {split})")
-        q.add_argument("--device", default=None, help="cpu | cuda | auto (default: the config's device)")
-
-    def protocol(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--multi-scale", action="store_true",
-                       help="average over evaluate.scales (and mirrored views when evaluate.flip)")
-        q.add_argument("--crf", action="store_true", help="dense CRF post-processing (evaluate.crf)")
-
-    def max_images(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--max-images", type=int, default=None,
-                       help="first N images only (default: evaluate.max_images)")
-
-    p = sub.add_parser("evaluate", help="mIoU, per-class IoU, stage shares and timing of one checkpoint")
-    common(p, "val")
-    p.add_argument("--out", required=True, help="JSON report to write")
-    p.add_argument("--rho", type=float, default=None, help="routing threshold (default: the checkpoint's)")
-    protocol(p)
-    max_images(p)
-    p.set_defaults(func=_cmd_evaluate)
-
-    p = sub.add_parser("sweep", help="Table 1: stage shares and mIoU at every rho of evaluate.rho_sweep")
-    common(p, "val", checkpoint=False)
-    p.add_argument("--checkpoint", required=True, nargs="+", action="extend",
-                   help="one LC checkpoint (re-thresholded at every rho), or one per rho "
-                        "(evaluate.sweep_retrain; repeat the option or list several)")
-    p.add_argument("--rho", type=float, action="append", default=None,
-                   help="threshold(s): with one checkpoint the rhos to sweep (default evaluate.rho_sweep); "
-                        "with several, one per checkpoint (default: each checkpoint's own rho)")
-    p.add_argument("--out", required=True, help="CSV to write")
-    max_images(p)
-    p.set_defaults(func=_cmd_sweep)
-
-    p = sub.add_parser("export", help="test-set predictions as the evaluation server's archive (+ .json)")
-    common(p, "test")
-    p.add_argument("--out", required=True, help="voc: .tar.gz (comp6 layout); cityscapes: .zip (labelIds)")
-    p.add_argument("--rho", type=float, default=None, help="routing threshold (default: the checkpoint's)")
-    protocol(p)
-    p.set_defaults(func=_cmd_export)
-
-    p = sub.add_parser("analyze", help="analyses for the figures: pixel difficulty, stage examples")
-    kinds = p.add_subparsers(dest="kind", required=True)
-    q = kinds.add_parser("difficulty", help="Fig. 1: easy/moderate/hard pixels per class of a baseline, "
-                                            "and the share of hard pixels near boundaries")
-    common(q, "val")
-    q.add_argument("--out-csv", "--out", required=True, dest="out_csv", help="per-class CSV")
-    q.add_argument("--out-json", default=None, help="summary JSON (default: the CSV path with .json)")
-    max_images(q)
-    q.set_defaults(func=_cmd_analyze_difficulty)
-    q = kinds.add_parser("stages", help="Figs. 4/6: stage masks and predictions of LC on a few images (.npz)")
-    common(q, "val")
-    q.add_argument("--out", required=True, help="npz to write (analysis/stage_examples_<dataset>.npz)")
-    q.add_argument("--num-images", type=int, default=4, help="how many images (default 4)")
-    q.add_argument("--rho", type=float, default=None, help="routing threshold (default: the checkpoint's)")
-    q.set_defaults(func=_cmd_analyze_stages)
-
-
-# --- benchmarks (issue: CUDA kernel and speed) -----------------------------------------------
+# --- benchmarks -----------------------------------------------------------------------
 def _print_speedups(df) -> None:
     """Measured vs FLOP-predicted speedup of each network over dense IRNet (Table 3's claim)."""
     for row in df.to_dict("records"):
@@ -320,7 +168,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     from lc.bench_models import BenchSetup, run_models_bench, run_rho_bench, run_stages_bench
     from lc.bench_table6 import run_table6_bench
 
-    cfg = _cfg(args)
+    cfg = config_from_args(args)
     full_model_cfg = load_config(args.config, preset="paper")["model"]  # full size = the paper's model
     setup = BenchSetup.from_config(cfg, full_model_cfg, checkpoint=args.checkpoint, device=args.device,
                                    warmup=args.warmup, runs=args.runs)
@@ -346,7 +194,7 @@ def _add_bench_commands(sub: argparse._SubParsersAction) -> None:
              "table6": "LC's FPS single scale, multi-scale + flip, and multi-scale + dense CRF"}
     for kind, text in helps.items():
         q = kinds.add_parser(kind, help=text)
-        _common(q)
+        add_config_arguments(q)
         q.add_argument("--out", required=True, help="CSV to write")
         q.add_argument("--checkpoint", default=None,
                        help="trained LC checkpoint: route with its masks on VOC val images (default, or "
@@ -358,12 +206,12 @@ def _add_bench_commands(sub: argparse._SubParsersAction) -> None:
         q.set_defaults(func=_cmd_bench, kind=kind)
 
 
-# --- tables, figures, provenance (issue: DAG) ------------------------------------------------
+# --- tables, figures, provenance ------------------------------------------------------
 def _cmd_tables(args: argparse.Namespace) -> None:
     from lc.config import results_dir
     from lc.tables import render_markdown, write_tables
 
-    cfg = _cfg(args)
+    cfg = config_from_args(args)
     numbers = args.table or ([] if args.markdown else list(range(1, 7)))
     for path in write_tables(cfg, args.out_dir, results_dir(cfg), numbers):
         print(f"wrote {path}")
@@ -375,7 +223,7 @@ def _cmd_figures(args: argparse.Namespace) -> None:
     from lc.config import results_dir
     from lc.figures import FIGURES, make_figure, missing_inputs
 
-    cfg = _cfg(args)
+    cfg = config_from_args(args)
     for name in args.figure or list(FIGURES):
         missing = missing_inputs(name, results_dir(cfg))
         if missing and not args.figure:  # "all figures": draw those whose inputs exist
@@ -388,14 +236,14 @@ def _cmd_figures(args: argparse.Namespace) -> None:
 def _cmd_provenance(args: argparse.Namespace) -> None:
     from lc.provenance import write_provenance
 
-    print(f"wrote {write_provenance(_cfg(args), args.out)}")
+    print(f"wrote {write_provenance(config_from_args(args), args.out)}")
 
 
 def _add_report_commands(sub: argparse._SubParsersAction) -> None:
     from lc.figures import FIGURES
 
     p = sub.add_parser("tables", help="Tables 1-6 (ours beside the paper's) as CSV, and tables.md")
-    _common(p)
+    add_config_arguments(p)
     p.add_argument("--out-dir", required=True, help="folder for table<n>_*.csv and tables.md")
     p.add_argument("--table", type=int, action="append", choices=range(1, 7),
                    help="build only this table (repeatable); default: all six and tables.md")
@@ -403,14 +251,14 @@ def _add_report_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_tables)
 
     p = sub.add_parser("figures", help="the paper's figures from this run's outputs (PNG and PDF)")
-    _common(p)
+    add_config_arguments(p)
     p.add_argument("--out-dir", required=True, help="folder for <figure>.png and <figure>.pdf")
     p.add_argument("--figure", action="append", choices=list(FIGURES),
                    help="make only this figure (repeatable); default: all")
     p.set_defaults(func=_cmd_figures)
 
     p = sub.add_parser("provenance", help="git commit, config hash, package versions, device, time")
-    _common(p)
+    add_config_arguments(p)
     p.add_argument("--out", required=True, help="JSON file to write")
     p.set_defaults(func=_cmd_provenance)
 
@@ -421,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_commands(sub)
     _add_data_commands(sub)
     _add_model_commands(sub)
-    _add_engine_commands(sub)
+    add_engine_commands(sub)
     _add_bench_commands(sub)
     _add_report_commands(sub)
     return parser

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import copy
 import hashlib
 import json
@@ -107,3 +108,14 @@ def config_hash(cfg: dict) -> str:
 def results_dir(cfg: dict) -> Path:
     """results/<preset>/ for a resolved config."""
     return Path(cfg["results_root"]) / cfg["preset"]
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """--config and --preset, shared by every `lc` subcommand."""
+    parser.add_argument("--config", default="config.yaml", help="config file (default: config.yaml)")
+    parser.add_argument("--preset", default=None, help="preset under presets: (default: config's preset)")
+
+
+def config_from_args(args: argparse.Namespace) -> dict:
+    """The resolved, validated config named by --config/--preset."""
+    return load_config(args.config, preset=args.preset)
