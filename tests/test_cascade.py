@@ -3,6 +3,7 @@
 import pytest
 import timm
 import torch
+from helpers import randomise_bn
 
 from lc.models.cascade import LayerCascade, init_from_irnet, undecided_mask
 from lc.models.mc import ModelCascade
@@ -10,15 +11,6 @@ from lc.models.mc import ModelCascade
 TINY = dict(width_mult=0.0625, block_counts=[1, 1, 1], output_stride=8, stem_padding="same",
             head_channels=8, head_kernel=3, freeze_bn=True)
 TOL = dict(atol=1e-4, rtol=1e-4)
-
-
-def _randomise_bn(model: torch.nn.Module, g: torch.Generator) -> None:
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            c = m.num_features
-            m.running_mean.copy_(torch.rand(c, generator=g) * 0.2 - 0.1)
-            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
 
 
 def _confidence(logits: torch.Tensor) -> torch.Tensor:
@@ -42,7 +34,7 @@ def routed():
     """A float64 lc model whose heads split the pixels at every stage, an image batch, and rho."""
     torch.manual_seed(0)
     model = LayerCascade(5, "lc", TINY).double().eval()
-    _randomise_bn(model, torch.Generator().manual_seed(0))
+    randomise_bn(model, torch.Generator().manual_seed(0))
     images = torch.randn(2, 3, 64, 56, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     rho = 0.6
     with torch.no_grad():

@@ -3,24 +3,16 @@
 import pytest
 import timm
 import torch
+from helpers import randomise_bn
 
 from lc.models.irnet import IRNet, freeze_batchnorm, load_timm_weights
-
-
-def _randomise_bn(model: torch.nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.1, 0.1)
 
 
 @pytest.fixture(scope="module")
 def timm_model() -> torch.nn.Module:
     torch.manual_seed(0)
     model = timm.create_model("inception_resnet_v2", pretrained=False).eval()
-    _randomise_bn(model)
+    randomise_bn(model)
     return model
 
 
@@ -89,7 +81,7 @@ def test_freeze_batchnorm_keeps_statistics():
 def test_fused_weight_bias_equals_conv_bn():
     torch.manual_seed(1)
     model = IRNet(width_mult=0.125, block_counts=(1, 1, 1)).eval()
-    _randomise_bn(model)
+    randomise_bn(model)
     layer = model.conv2d_4a
     x = torch.randn(1, layer.conv.in_channels, 9, 9)
     weight, bias = layer.fused_weight_bias()

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import randomise_bn
 
 from lc.models.irnet import IRNet
 from lc.models.region_irnet import run_stage_compressed, run_stage_masked_dense
@@ -10,21 +11,11 @@ from lc.ops.active_set import ActiveSet
 TOL = dict(atol=1e-4, rtol=1e-4)
 
 
-def _randomise_bn(model: torch.nn.Module, generator: torch.Generator) -> None:
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            c = m.num_features
-            m.running_mean.copy_(torch.rand(c, generator=generator) * 0.2 - 0.1)
-            m.running_var.copy_(torch.rand(c, generator=generator) + 0.5)
-            m.weight.data.copy_(torch.rand(c, generator=generator) + 0.5)
-            m.bias.data.copy_(torch.rand(c, generator=generator) * 0.2 - 0.1)
-
-
 @pytest.fixture(scope="module")
 def narrow_irnet() -> IRNet:
     torch.manual_seed(0)
     net = IRNet(width_mult=0.0625, block_counts=(1, 2, 2), output_stride=8).double().eval()
-    _randomise_bn(net, torch.Generator().manual_seed(0))
+    randomise_bn(net, torch.Generator().manual_seed(0))
     return net
 
 
