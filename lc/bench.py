@@ -13,7 +13,6 @@ The benchmarks themselves are in `lc.bench_models` (models, stages, rho) and `lc
 
 from __future__ import annotations
 
-import os
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from lc.data.io import atomic_path
 from lc.paper import load_paper_table
 
 __all__ = ["MASK_SOURCE_PAPER", "RoutingMasks", "Timing", "TrainedMasks", "device_name", "measure",
@@ -214,12 +214,6 @@ def routing_mask_sets(source: TrainedMasks | None, rho: float, batch: int, image
 def write_csv(df: pd.DataFrame, path: str | Path) -> Path:
     """Write a CSV atomically: a temp file in the same folder, then a rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False, float_format="%.6g")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path

@@ -16,7 +16,6 @@ runs of all cases of a level interleaved round by round.
 from __future__ import annotations
 
 import copy
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from lc.data.io import atomic_path
 from lc.models.irnet import IRNet
 from lc.models.region_irnet import run_stage_compressed, run_stage_masked_dense
 from lc.ops.active_set import ActiveSet
@@ -166,11 +166,6 @@ def run_op_bench(cfg: dict, devices: Sequence[str] | None = None, warmup: int | 
     return df[COLUMNS]
 
 
-def _atomic_target(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
-
-
 def save_op_bench(df: pd.DataFrame, out_csv: str | Path, out_png: str | Path | None = None) -> None:
     """Write the CSV and a speedup-vs-fraction plot (with the ideal 1/f line), each atomically."""
     import matplotlib
@@ -179,9 +174,8 @@ def save_op_bench(df: pd.DataFrame, out_csv: str | Path, out_png: str | Path | N
     import matplotlib.pyplot as plt
 
     out_csv = Path(out_csv)
-    tmp = _atomic_target(out_csv)
-    df.to_csv(tmp, index=False, float_format="%.6g")
-    os.replace(tmp, out_csv)
+    with atomic_path(out_csv) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.6g")
 
     out_png = Path(out_png) if out_png is not None else out_csv.with_suffix(".png")
     region = df[df.impl.isin(["compressed", "gather"])]
@@ -198,7 +192,6 @@ def save_op_bench(df: pd.DataFrame, out_csv: str | Path, out_png: str | Path | N
                ylabel="speedup over best dense")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = _atomic_target(out_png)
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    os.replace(tmp, out_png)

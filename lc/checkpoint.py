@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from lc.data.io import atomic_path
+
 __all__ = [
     "REQUIRED_KEYS", "CheckpointError", "build_model_from_spec", "capture_rng_state", "load_checkpoint",
     "load_model", "make_model_spec", "restore_rng_state", "save_checkpoint",
@@ -45,17 +47,10 @@ def save_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> Path:
     A reader never sees a half-written checkpoint, and a crash while saving keeps the previous one.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(dict(payload), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(dict(payload), handle)
+        handle.flush()
+        os.fsync(handle.fileno())
     return path
 
 

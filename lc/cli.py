@@ -71,11 +71,10 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
 
 # --- models and ops ----------------------------------------------------------------------
 def _cmd_model_info(args: argparse.Namespace) -> None:
-    import os
-
     import pandas as pd
 
     from lc.data import NUM_CLASSES
+    from lc.data.io import atomic_path
     from lc.models.complexity import FULL_SIZE_BLOCK_COUNTS, model_info_rows, predicted_cost
     from lc.paper import load_paper_table
 
@@ -107,10 +106,8 @@ def _cmd_model_info(args: argparse.Namespace) -> None:
                   f"(stage 2 {passed2:.0%}, stage 3 {passed3:.0%}): {cost['flops']:.1f} of "
                   f"{cost['dense_flops']:.1f} GFLOPs, predicted speedup x{cost['speedup']:.2f}")
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        tmp = f"{args.out}.tmp"
-        table.to_csv(tmp, index=False)
-        os.replace(tmp, args.out)
+        with atomic_path(args.out) as tmp:
+            table.to_csv(tmp, index=False)
         print(f"wrote {args.out}")
 
 

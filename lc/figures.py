@@ -7,12 +7,12 @@ preset and the device the numbers were made on. Published numbers come from lc.p
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from lc.data.io import atomic_path
 
 PAGE_WIDTH_IN = 7.0
 STAGE_COLOURS = ("#4c72b0", "#dd8452", "#c44e52")  # stage 1, 2, 3
@@ -63,14 +63,8 @@ def _save(fig, out_dir: Path, name: str) -> list[Path]:
     paths = []
     for ext in ("png", "pdf"):
         path = out_dir / f"{name}.{ext}"
-        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=f".{ext}")
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             fig.savefig(tmp, format=ext, bbox_inches="tight")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         paths.append(path)
     fig.clf()
     return paths
@@ -142,8 +136,9 @@ def _stage_examples(results: Path, cfg: dict, plt, dataset: str, number: int):
     count = min(len(images), 4)
     columns = ["image", "ground truth", "stage 1", "stage 2", "stage 3", "final", "decided at stage"]
     aspect = images.shape[1] / images.shape[2]
-    fig, axes = plt.subplots(count, len(columns), squeeze=False,
-                             figsize=(PAGE_WIDTH_IN, PAGE_WIDTH_IN / len(columns) * aspect * count + 1.0))
+    # fixed margins in inches: the two-line title above, the legend below, whatever the row count
+    height = PAGE_WIDTH_IN / len(columns) * aspect * count * 1.1 + 1.4
+    fig, axes = plt.subplots(count, len(columns), squeeze=False, figsize=(PAGE_WIDTH_IN, height))
     stage_rgb = np.array([[int(c[i:i + 2], 16) for i in (1, 3, 5)] for c in STAGE_COLOURS], dtype=np.uint8)
     for row in range(count):
         shape = images[row].shape[:2]
@@ -169,7 +164,7 @@ def _stage_examples(results: Path, cfg: dict, plt, dataset: str, number: int):
     name = "PASCAL VOC" if dataset == "voc" else "Cityscapes"
     title = f"Fig. {number}: LC stage by stage on {name} val (rho = {rho:g}; grey: pixels a stage skipped)"
     _suptitle(fig, title, cfg["preset"], _eval_device(results, dataset))
-    fig.subplots_adjust(bottom=0.08, wspace=0.04, hspace=0.04)
+    fig.subplots_adjust(top=1 - 0.85 / height, bottom=0.4 / height, wspace=0.04, hspace=0.04)
     return fig
 
 

@@ -7,11 +7,11 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
 from lc.config import config_hash
+from lc.data.io import write_text_atomic
 
 PACKAGES = ("lc", "torch", "torchvision", "timm", "triton", "numpy", "pandas", "matplotlib", "scipy",
             "snakemake", "snakemake-executor-plugin-slurm", "cityscapesscripts", "pydensecrf2", "pyyaml",
@@ -93,15 +93,6 @@ def collect(cfg: dict, repo: str | Path = ".") -> dict:
 def write_provenance(cfg: dict, out: str | Path, repo: str | Path = ".") -> Path:
     """Write the provenance record to `out` (atomically)."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     record = collect(cfg, repo)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(record, handle, indent=2, default=str)
-            handle.write("\n")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(out, json.dumps(record, indent=2, default=str) + "\n")
     return out
