@@ -191,6 +191,8 @@ def save_op_bench(df: pd.DataFrame, out_csv: str | Path, out_png: str | Path | N
         ax.set(xscale="log", yscale="log", title=level, xlabel="active fraction",
                ylabel="speedup over best dense")
         ax.legend(fontsize=7)
+    fig.suptitle("region convolution: speedup over the best dense implementation\n"
+                 + "; ".join(sorted(df.device.unique())), fontsize=9)
     fig.tight_layout()
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
