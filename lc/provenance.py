@@ -82,7 +82,7 @@ def collect(cfg: dict, repo: str | Path = ".") -> dict:
     return {
         "preset": cfg["preset"],
         "config_hash": config_hash(cfg),
-        "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "git": git_state(repo),
         "packages": package_versions(),
         "device": device_info(),

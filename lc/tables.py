@@ -136,7 +136,7 @@ def build_table2(run: Run, paper_dir: str | Path | None = None) -> pd.DataFrame:
     for method, variant in ABLATION_VARIANTS.items():
         ev = run.eval("voc", variant)
         share = (ev or {}).get("stage_share") or [None, None, None]
-        routed = variant in ("lc", "mc", "dsn_dropout")
+        routed = variant in ("lc", "mc")  # dsn_dropout routes only in training
         row = {
             "method": method, "variant": variant,
             "miou": rounded(ev and ev.get("miou")),
@@ -240,6 +240,15 @@ def _export_info(run: Run, archive: str) -> tuple[str, str]:
     return "", f"export/{archive} missing (rule export)"
 
 
+def _archive_protocol(run: Run, archive: str) -> tuple[bool, bool] | None:
+    """(multi-scale, CRF) of an exported archive, from its summary JSON."""
+    meta = run.json("export", Path(archive).name.split(".")[0] + ".json")
+    if meta is None:
+        return None
+    protocol = meta.get("protocol", {})
+    return len(protocol.get("scales", [1.0])) > 1, bool(protocol.get("crf", False))
+
+
 def _per_class_table(run: Run, number: int, dataset: str, archive: str, protocols: Iterable,
                      paper_dir: str | Path | None) -> pd.DataFrame:
     paper = load_paper_table(number, paper_dir)
@@ -249,6 +258,7 @@ def _per_class_table(run: Run, number: int, dataset: str, archive: str, protocol
         spec = run.cfg["data"]["archives"].get("voc2012_test") or {}
         if not (run.cfg["data"].get("synthetic") or spec.get("url") or spec.get("md5")):
             archive_note = "VOC 2012 test images not configured (data.archives.voc2012_test), export skipped"
+    archive_protocol = _archive_protocol(run, archive)  # the archive goes with the row of its protocol
     rows = []
     paper_lc = paper[paper["method"] == "LC"].iloc[0]
     best = None
@@ -262,7 +272,7 @@ def _per_class_table(run: Run, number: int, dataset: str, archive: str, protocol
             row["subsampled"] = "no"
         protocol = _protocol(ev, run, dataset, "val", ROUTING_MASKS)
         row.update({k: protocol[k] for k in PER_CLASS_PROTOCOL})
-        row["submission_archive"] = archive_path
+        row["submission_archive"] = archive_path if archive_protocol == (multi_scale, crf) else ""
         row["note"] = _join_notes(
             "" if ev else _missing(run.eval_path(dataset, "lc", "val", multi_scale, crf), "rule evaluate"),
             "test labels are server-only: our row is val, the paper's LC row is test", archive_note)
@@ -305,12 +315,8 @@ def build_table5(run: Run, paper_dir: str | Path | None = None) -> pd.DataFrame:
 def _fps_row(table6: pd.DataFrame | None, multi_scale: bool, crf: bool) -> dict | None:
     if table6 is None:
         return None
-    for row in table6.to_dict("records"):
-        scales = str(row.get("scales", "1")).replace(",", " ").split()
-        if (len(scales) > 1) == multi_scale and str(row.get("crf")).lower() in (("true", "1", "yes") if crf
-                                                                                else ("false", "0", "no")):
-            return row
-    return None
+    setting = "multi_scale_crf" if crf else "multi_scale" if multi_scale else "single_scale"
+    return next((row for row in table6.to_dict("records") if row.get("setting") == setting), None)
 
 
 def build_table6(run: Run, paper_dir: str | Path | None = None) -> pd.DataFrame:
@@ -337,6 +343,10 @@ def build_table6(run: Run, paper_dir: str | Path | None = None) -> pd.DataFrame:
             notes.append(_missing(speed_rel, "rule bench_models") + ": no parameter count")
         elif not bool(lc_speed.get("full_size", True)):
             notes.append("params of the preset's reduced network")
+        elif run.cfg["model"].get("width_mult", 1.0) != 1.0:
+            notes.append("params and FPS: the full-size network; mIoU: the preset's reduced network")
+        if timing is not None and "image_size" in timing:
+            notes.append(f"FPS at {int(timing['image_size'])} x {int(timing['image_size'])}")
         row = {
             "method": "IRNet-LC (ours)", "source": "reproduced", "backbone": "IRNet",
             "params_m": rounded(lc_speed and lc_speed.get("params_m")),

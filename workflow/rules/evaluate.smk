@@ -68,6 +68,8 @@ for _dataset, _archive in EXPORTS.items():
         params:
             lc_args=LC_ARGS,
             dataset=_dataset,
+            # VOC: the paper's best test protocol (Table 4's LC row = Table 6's multi-scale + CRF)
+            protocol="--multi-scale --crf" if _dataset == "voc" else "",
             settings=section("evaluate"),
         log:
             f"{LOGS}/evaluate/export_{_dataset}.log",
@@ -78,4 +80,4 @@ for _dataset, _archive in EXPORTS.items():
             ENV_EVAL
         shell:
             "OMP_NUM_THREADS={threads} lc export {params.lc_args} --checkpoint {input.checkpoint}"
-            " --dataset {params.dataset} --out {output.archive} > {log} 2>&1"
+            " --dataset {params.dataset} {params.protocol} --out {output.archive} > {log} 2>&1"
