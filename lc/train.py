@@ -186,7 +186,8 @@ def train(cfg: dict, dataset: str, variant: str, out_dir: str | Path, init: str 
     """Train `variant` on `dataset`, writing <out_dir>/{checkpoint.pt, train_log.csv, train_done.json}.
 
     init: the pretrained irnet checkpoint the cascade variants start from; resume: continue from
-    <out_dir>/checkpoint.pt when present; device: overrides cfg["device"]; rho: overrides train.rho
+    <out_dir>/resume.pt (else a finished checkpoint.pt) when present; device: overrides cfg["device"];
+    rho: overrides train.rho
     (the routing threshold while training); stop_after: checkpoint and return once this many
     iterations are done (time-limited jobs, tests); a later call resumes.
     """

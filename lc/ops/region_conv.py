@@ -116,7 +116,8 @@ def _gather_conv_torch(src: torch.Tensor, table: torch.Tensor, weight: torch.Ten
     # F.embedding: the fastest row gather we measured on CPU (faster than index_select)
     out = linear_rows(F.embedding(tap_rows[0], src_padded), tap_weights[0], bias)
     for t in range(1, taps):
-        out = out.addmm_(F.embedding(tap_rows[t], src_padded), tap_weights[t].t())
+        # in place is not autocast: match out's dtype (half under autocast) explicitly
+        out = out.addmm_(F.embedding(tap_rows[t], src_padded).to(out.dtype), tap_weights[t].t().to(out.dtype))
     return out
 
 
