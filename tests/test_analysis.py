@@ -1,4 +1,4 @@
-"""lc.analysis: pixel difficulty (hand-made cases and `lc analyze difficulty`), stage examples."""
+"""lc.evaluation.analysis: pixel difficulty (hand-made cases and `lc analyze difficulty`), stage examples."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 import torch
 from test_evaluate import make_checkpoint, write_config
 
-from lc.analysis import DIFFICULTY_COLUMNS, DifficultyCounter, boundary_band, difficulty_masks
-from lc.checkpoint import load_model
-from lc.cli import main
+from lc.cli.main import main
 from lc.data import build_dataset
+from lc.evaluation.analysis import DIFFICULTY_COLUMNS, DifficultyCounter, boundary_band, difficulty_masks
+from lc.training.checkpoint import load_model
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from torchvision.models import resnet101
 from lc.models.complexity import count_parameters
 from lc.models.deeplab_v2 import DeepLabV2, deeplab_v2
 from lc.models.segnet import SegNet, segnet
-from lc.paper import load_paper_table
+from lc.report.paper import load_paper_table
 
 # SegNet paper (Badrinarayanan et al., TPAMI 2017, Table 6): 29.5M trainable parameters
 SEGNET_PAPER_PARAMS_M = 29.5

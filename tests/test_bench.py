@@ -1,4 +1,4 @@
-"""Model-level benchmarks (lc.bench, lc.bench_models, lc.bench_table6, `lc bench ...`) on tiny sizes.
+"""Model-level benchmarks (lc.bench.timing, lc.bench.models, lc.bench.table6, `lc bench ...`) on tiny sizes.
 
 No timing assertions: only that every benchmark writes its columns with positive finite times,
 and that the routing masks it times with are the ones it claims.
@@ -15,15 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
-from lc.bench import (
-    MASK_SOURCE_PAPER,
-    mask_shares,
-    measure,
-    paper_share_masks,
-    paper_stage_shares,
-    write_csv,
-)
-from lc.bench_models import (
+from lc.bench.models import (
     MODEL_COLUMNS,
     RHO_COLUMNS,
     STAGE_COLUMNS,
@@ -33,9 +25,17 @@ from lc.bench_models import (
     run_models_bench,
     run_stages_bench,
 )
-from lc.bench_table6 import TABLE6_COLUMNS, run_table6_bench
+from lc.bench.table6 import TABLE6_COLUMNS, run_table6_bench
+from lc.bench.timing import (
+    MASK_SOURCE_PAPER,
+    mask_shares,
+    measure,
+    paper_share_masks,
+    paper_stage_shares,
+    write_csv,
+)
 from lc.config import load_config
-from lc.paper import load_paper_table
+from lc.report.paper import load_paper_table
 
 REPO = Path(__file__).resolve().parents[1]
 # smaller than the test preset: 32 px images (a 4 x 4 LC grid), no extra warm-up, two runs
@@ -166,7 +166,7 @@ def test_table6_bench_columns() -> None:
 
 
 def test_cli_bench_rho_writes_the_sweep(tmp_path) -> None:
-    from lc.cli import main
+    from lc.cli.main import main
 
     out = tmp_path / "rho_speed.csv"
     assert main(["bench", "rho", "--config", str(REPO / "config.yaml"), "--preset", "test", "--device", "cpu",
@@ -181,8 +181,8 @@ def test_cli_bench_rho_writes_the_sweep(tmp_path) -> None:
 
 
 def test_trained_masks_come_from_the_checkpoint(prepared_test_cfg, tmp_path) -> None:
-    from lc.checkpoint import make_model_spec, save_checkpoint
     from lc.models.cascade import LayerCascade
+    from lc.training.checkpoint import make_model_spec, save_checkpoint
 
     cfg = copy.deepcopy(prepared_test_cfg)
     cfg["bench"].update(FAST["bench"])

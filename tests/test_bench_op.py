@@ -3,7 +3,7 @@
 import pandas as pd
 import torch
 
-from lc.bench_op import COLUMNS, random_mask, run_op_bench, save_op_bench
+from lc.bench.op import COLUMNS, random_mask, run_op_bench, save_op_bench
 from lc.config import load_config
 
 

@@ -1,4 +1,4 @@
-"""lc.checkpoint: atomic save, checked load, rebuilding every kind of trained model."""
+"""lc.training.checkpoint: atomic save, checked load, rebuilding every kind of trained model."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from lc.checkpoint import (
+from lc.models.cascade import LayerCascade
+from lc.models.mc import ModelCascade
+from lc.training.checkpoint import (
     CheckpointError,
     build_model_from_spec,
     capture_rng_state,
@@ -18,8 +20,6 @@ from lc.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from lc.models.cascade import LayerCascade
-from lc.models.mc import ModelCascade
 
 TINY = {"width_mult": 0.0625, "block_counts": [1, 1, 1], "output_stride": 8, "stem_padding": "same",
         "head_channels": 8, "head_kernel": 3, "freeze_bn": True, "pretrained": None}

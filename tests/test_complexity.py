@@ -136,7 +136,7 @@ def test_predicted_cost():
 
 
 def test_model_info_command_writes_the_table(tmp_path, capsys):
-    from lc.cli import main
+    from lc.cli.main import main
 
     out = tmp_path / "info" / "model_info.csv"
     assert main(["model-info", "--preset", "test", "--out", str(out)]) == 0

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from lc.checkpoint import load_checkpoint
-from lc.train import total_iterations, train
+from lc.training.checkpoint import load_checkpoint
+from lc.training.loop import total_iterations, train
 
 WORLD_SIZE = 2
 

@@ -1,4 +1,4 @@
-"""lc.evaluate, lc.inference, lc.crf and lc.sweep on the test preset's synthetic VOC (tiny networks)."""
+"""lc.evaluation: evaluate, inference, crf and sweep on the test preset's synthetic VOC (tiny networks)."""
 
 from __future__ import annotations
 
@@ -13,16 +13,16 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from lc.checkpoint import load_model, make_model_spec, save_checkpoint
-from lc.cli import main
-from lc.crf import dense_crf
+from lc.cli.main import main
 from lc.data import NUM_CLASSES, build_dataset
-from lc.evaluate import evaluate_model, run_evaluation
-from lc.inference import SINGLE_VIEW, StageTimer, View, predict, protocol_views, reference_view
-from lc.metrics import confusion_matrix, iou_from_confusion
+from lc.evaluation.crf import dense_crf
+from lc.evaluation.evaluate import evaluate_model, run_evaluation
+from lc.evaluation.inference import SINGLE_VIEW, StageTimer, View, predict, protocol_views, reference_view
+from lc.evaluation.metrics import confusion_matrix, iou_from_confusion
+from lc.evaluation.sweep import SWEEP_COLUMNS, run_sweep, sweep_plan
 from lc.models.cascade import LayerCascade
 from lc.models.mc import ModelCascade
-from lc.sweep import SWEEP_COLUMNS, run_sweep, sweep_plan
+from lc.training.checkpoint import load_model, make_model_spec, save_checkpoint
 
 
 def make_checkpoint(path: Path, cfg: dict, dataset: str = "voc", variant: str = "lc", rho: float = 0.9,

@@ -1,4 +1,4 @@
-"""lc.export: test-server archives for VOC (comp6 tar.gz) and Cityscapes (labelIds zip)."""
+"""lc.evaluation.export: test-server archives for VOC (comp6 tar.gz) and Cityscapes (labelIds zip)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from cityscapesscripts.helpers.labels import id2label
 from PIL import Image
 from test_evaluate import make_checkpoint, write_config
 
-from lc.checkpoint import load_model
-from lc.cli import main
+from lc.cli.main import main
 from lc.data import VOC_PALETTE, build_dataset, trainid_to_labelid
-from lc.export import VOC_MEMBER, cityscapes_member, run_export, summary_path
-from lc.inference import predict
+from lc.evaluation.export import VOC_MEMBER, cityscapes_member, run_export, summary_path
+from lc.evaluation.inference import predict
+from lc.training.checkpoint import load_model
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_wrong_archive_type_and_failures_leave_nothing_behind(cfg, tmp_path, mon
             raise RuntimeError("disk full")
         return VOC_MEMBER.format(name=name), b"png"
 
-    monkeypatch.setattr("lc.export._encode", failing_encode)
+    monkeypatch.setattr("lc.evaluation.export._encode", failing_encode)
     out = tmp_path / "out" / "voc_test_comp6.tar.gz"
     with pytest.raises(RuntimeError, match="disk full"):
         run_export(cfg, checkpoint, "voc", out)

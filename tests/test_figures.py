@@ -1,4 +1,4 @@
-"""lc.figures on small hand-made run outputs in tmp_path."""
+"""lc.report.figures on small hand-made run outputs in tmp_path."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from test_tables import make_fake_run
 
 from lc.config import load_config
-from lc.figures import FIGURES, make_figure, missing_inputs
+from lc.report.figures import FIGURES, make_figure, missing_inputs
 
 REPO = Path(__file__).resolve().parent.parent
 

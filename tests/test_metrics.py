@@ -9,7 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from lc.metrics import ConfusionMeter, confusion_matrix, iou_from_confusion, mean_iou, pixel_accuracy
+from lc.evaluation.metrics import (
+    ConfusionMeter,
+    confusion_matrix,
+    iou_from_confusion,
+    mean_iou,
+    pixel_accuracy,
+)
 
 
 def test_hand_computed_three_classes():

@@ -1,4 +1,4 @@
-"""lc.tables on small hand-made run outputs (the README's file contracts) in tmp_path."""
+"""lc.report.tables on small hand-made run outputs (the README's file contracts) in tmp_path."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 
 from lc.config import load_config
 from lc.data.labels import CITYSCAPES_CLASS_NAMES, VOC_CLASS_NAMES
-from lc.paper import load_paper_table
-from lc.tables import CITED, TABLE_FILES, build_table, render_markdown, write_tables
+from lc.report.paper import load_paper_table
+from lc.report.tables import CITED, TABLE_FILES, build_table, render_markdown, write_tables
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""lc.train, lc.losses and lc.distributed's sampling on the test preset's synthetic VOC."""
+"""lc.training.loop, losses and distributed sampling on the test preset's synthetic VOC."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from lc.checkpoint import CheckpointError, load_checkpoint, load_model
-from lc.cli import main
-from lc.distributed import EpochSampler, SeededSamples
-from lc.losses import cascade_loss, downsample_labels, masked_cross_entropy
-from lc.train import LOG_COLUMNS, poly_lr_factor, total_iterations, train
+from lc.cli.main import main
+from lc.training.checkpoint import CheckpointError, load_checkpoint, load_model
+from lc.training.distributed import EpochSampler, SeededSamples
+from lc.training.loop import LOG_COLUMNS, poly_lr_factor, total_iterations, train
+from lc.training.losses import cascade_loss, downsample_labels, masked_cross_entropy
 
 
 def _below_median_confidence(logits: torch.Tensor, rho: float) -> torch.Tensor:

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from lc.config import ConfigError, load_config, resolve_config, validate_config
-from lc.figures import FIGURES
-from lc.tables import TABLE_FILES
+from lc.report.figures import FIGURES
+from lc.report.tables import TABLE_FILES
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"

@@ -85,7 +85,7 @@ def eval_json(dataset, variant, protocol=""):
 
 
 def table_inputs(number):
-    """The run outputs table `number` reads (lc.tables); only what this preset produces."""
+    """The run outputs table `number` reads (lc.report.tables); only what this preset produces."""
     voc = "voc" in DATASETS
     if number == 1:
         return [SWEEP_CSV] if voc else []

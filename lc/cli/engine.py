@@ -8,7 +8,7 @@ from lc.config import add_config_arguments, config_from_args
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from lc.train import train
+    from lc.training.loop import train
 
     result = train(config_from_args(args), args.dataset, args.variant, args.out, init=args.init,
                    resume=not args.no_resume, device=args.device, rho=args.rho, stop_after=args.stop_after)
@@ -35,7 +35,7 @@ def add_engine_commands(sub: argparse._SubParsersAction) -> None:
 
 # --- evaluation, sweep, export, analyses ------------------------------------------------------
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from lc.evaluate import run_evaluation
+    from lc.evaluation.evaluate import run_evaluation
 
     cfg = config_from_args(args)
     report = run_evaluation(cfg, args.checkpoint, args.dataset, args.split, args.out, rho=args.rho,
@@ -49,7 +49,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> None:
-    from lc.sweep import run_sweep
+    from lc.evaluation.sweep import run_sweep
 
     cfg = config_from_args(args)
     table = run_sweep(cfg, args.checkpoint, args.dataset, args.split, args.out, rhos=args.rho,
@@ -59,7 +59,7 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
-    from lc.export import run_export, summary_path
+    from lc.evaluation.export import run_export, summary_path
 
     cfg = config_from_args(args)
     summary = run_export(cfg, args.checkpoint, args.dataset, args.out, split=args.split, rho=args.rho,
@@ -71,7 +71,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
 def _cmd_analyze_difficulty(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from lc.analysis import run_difficulty
+    from lc.evaluation.analysis import run_difficulty
 
     out_json = args.out_json or str(Path(args.out_csv).with_suffix(".json"))
     cfg = config_from_args(args)
@@ -85,7 +85,7 @@ def _cmd_analyze_difficulty(args: argparse.Namespace) -> None:
 
 
 def _cmd_analyze_stages(args: argparse.Namespace) -> None:
-    from lc.analysis import run_stage_examples
+    from lc.evaluation.analysis import run_stage_examples
 
     cfg = config_from_args(args)
     path = run_stage_examples(cfg, args.checkpoint, args.dataset, args.out, split=args.split,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lc.cli_engine import add_engine_commands
+from lc.cli.engine import add_engine_commands
 from lc.config import ConfigError, add_config_arguments, config_from_args, load_config
 
 
@@ -76,7 +76,7 @@ def _cmd_model_info(args: argparse.Namespace) -> None:
     from lc.data import NUM_CLASSES
     from lc.data.io import atomic_path
     from lc.models.complexity import FULL_SIZE_BLOCK_COUNTS, model_info_rows, predicted_cost
-    from lc.paper import load_paper_table
+    from lc.report.paper import load_paper_table
 
     cfg = config_from_args(args)
     paper_cfg = load_config(args.config, preset="paper")  # full size = the paper preset's model
@@ -112,7 +112,7 @@ def _cmd_model_info(args: argparse.Namespace) -> None:
 
 
 def _cmd_bench_op(args: argparse.Namespace) -> None:
-    from lc.bench_op import run_op_bench, save_op_bench
+    from lc.bench.op import run_op_bench, save_op_bench
 
     devices = None if args.device == "all" else [args.device]
     df = run_op_bench(config_from_args(args), devices=devices, warmup=args.warmup, runs=args.runs,
@@ -161,9 +161,9 @@ def _print_speedups(df) -> None:
 def _cmd_bench(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from lc.bench import write_csv
-    from lc.bench_models import BenchSetup, run_models_bench, run_rho_bench, run_stages_bench
-    from lc.bench_table6 import run_table6_bench
+    from lc.bench.models import BenchSetup, run_models_bench, run_rho_bench, run_stages_bench
+    from lc.bench.table6 import run_table6_bench
+    from lc.bench.timing import write_csv
 
     cfg = config_from_args(args)
     full_model_cfg = load_config(args.config, preset="paper")["model"]  # full size = the paper's model
@@ -206,7 +206,7 @@ def _add_bench_commands(sub: argparse._SubParsersAction) -> None:
 # --- tables, figures, provenance ------------------------------------------------------
 def _cmd_tables(args: argparse.Namespace) -> None:
     from lc.config import results_dir
-    from lc.tables import render_markdown, write_tables
+    from lc.report.tables import render_markdown, write_tables
 
     cfg = config_from_args(args)
     numbers = args.table or ([] if args.markdown else list(range(1, 7)))
@@ -218,7 +218,7 @@ def _cmd_tables(args: argparse.Namespace) -> None:
 
 def _cmd_figures(args: argparse.Namespace) -> None:
     from lc.config import results_dir
-    from lc.figures import FIGURES, make_figure, missing_inputs
+    from lc.report.figures import FIGURES, make_figure, missing_inputs
 
     cfg = config_from_args(args)
     for name in args.figure or list(FIGURES):
@@ -231,13 +231,13 @@ def _cmd_figures(args: argparse.Namespace) -> None:
 
 
 def _cmd_provenance(args: argparse.Namespace) -> None:
-    from lc.provenance import write_provenance
+    from lc.report.provenance import write_provenance
 
     print(f"wrote {write_provenance(config_from_args(args), args.out)}")
 
 
 def _add_report_commands(sub: argparse._SubParsersAction) -> None:
-    from lc.figures import FIGURES
+    from lc.report.figures import FIGURES
 
     p = sub.add_parser("tables", help="Tables 1-6 (ours beside the paper's) as CSV, and tables.md")
     add_config_arguments(p)

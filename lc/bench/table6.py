@@ -1,7 +1,7 @@
 """Table 6's FPS: IRNet-LC single scale, multi-scale (+ flip), and multi-scale + dense CRF.
 
 One timed step is the whole inference protocol for a batch at bench.image_size: per scale (and
-mirror image) resize, LC forward with prescribed routing masks (see `lc.bench_models`), upsample
+mirror image) resize, LC forward with prescribed routing masks (see `lc.bench.models`), upsample
 the class probabilities to the image size and average; then either the argmax or a dense CRF
 (pydensecrf2 with the `evaluate.crf` parameters) per image. Images are the prepared VOC val
 images when a trained checkpoint supplies the masks, otherwise smooth random images (the CRF's
@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from lc.bench import RoutingMasks, measure
-from lc.bench_models import BenchSetup, build_network, prescribed_routing
-from lc.crf import dense_crf
+from lc.bench.models import BenchSetup, build_network, prescribed_routing
+from lc.bench.timing import RoutingMasks, measure
+from lc.evaluation.crf import dense_crf
 from lc.models.cascade import LayerCascade
 
 __all__ = ["TABLE6_COLUMNS", "run_table6_bench"]

@@ -7,7 +7,7 @@ on CUDA (train.amp), DistributedDataParallel under torchrun. Per variant:
   the backbone starts from ImageNet weights when model.pretrained names a timm checkpoint file;
 - dsn, dsn_dropout, lc: start from the pretrained irnet checkpoint (`init`, init_from_irnet), BN as
   model.freeze_bn; losses after every stage, stages 2 and 3 only on the pixels routed to them
-  (lc.losses). Without `init` they start from model.pretrained, or from scratch;
+  (lc.training.losses). Without `init` they start from model.pretrained, or from scratch;
 - mc: the three Model Cascade members are trained in turn, train.iterations.mc iterations each,
   member k only on the pixels members < k pass on (ModelCascade.passed_mask). Our choice: with
   `init`, every member starts from the pretrained IRNet's stages it has (member 2 also from its
@@ -34,7 +34,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from lc.checkpoint import (
+from lc.data import NUM_CLASSES, build_dataset, seeded_generator, worker_init_fn
+from lc.data.io import write_text_atomic
+from lc.models.cascade import init_from_irnet
+from lc.models.irnet import load_timm_weights
+from lc.training.checkpoint import (
     CheckpointError,
     build_model_from_spec,
     capture_rng_state,
@@ -43,9 +47,7 @@ from lc.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from lc.data import NUM_CLASSES, build_dataset, seeded_generator, worker_init_fn
-from lc.data.io import write_text_atomic
-from lc.distributed import (
+from lc.training.distributed import (
     DistContext,
     EpochSampler,
     SeededSamples,
@@ -53,10 +55,8 @@ from lc.distributed import (
     setup_distributed,
     teardown_distributed,
 )
-from lc.losses import cascade_loss
-from lc.models.cascade import init_from_irnet
-from lc.models.irnet import load_timm_weights
-from lc.train_log import LOG_COLUMNS, MetricWindow, TrainLog
+from lc.training.losses import cascade_loss
+from lc.training.train_log import LOG_COLUMNS, MetricWindow, TrainLog
 
 __all__ = ["LOG_COLUMNS", "TRAIN_VARIANTS", "TrainResult", "poly_lr_factor", "total_iterations", "train"]
 
@@ -331,7 +331,7 @@ def _prepare_model(cfg: dict, variant: str, spec: dict, init, resume_from: Path 
 
 
 def _batch_stream(cfg: dict, dataset: str, ctx: DistContext, start: int):
-    """This process's training batches from iteration `start` on (see lc.distributed)."""
+    """This process's training batches from iteration `start` on (see lc.training.distributed)."""
     tcfg, seed = cfg["train"], int(cfg["seed"])
     train_set = build_dataset(cfg, dataset, "train", train=True)
     sampler = EpochSampler(len(train_set), tcfg["batch_size"] // ctx.world_size, seed, ctx.world_size,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-PAPER_DIR = Path(__file__).resolve().parent.parent / "results" / "paper"
+PAPER_DIR = Path(__file__).resolve().parents[2] / "results" / "paper"
 
 PAPER_TABLES = {
     1: "table1_rho_sweep.csv",

@@ -1,7 +1,7 @@
 """The paper's six tables, rebuilt from this run's outputs beside the published numbers.
 
 Every table has our columns, the paper's (prefixed `paper_`, only ever from
-`lc.paper.load_paper_table`), the difference (`diff_` = ours - paper) and protocol columns saying
+`lc.report.paper.load_paper_table`), the difference (`diff_` = ours - paper) and protocol columns saying
 how each number was made. A value the run did not produce stays empty and `note` says why.
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from lc.data.io import write_text_atomic
-from lc.paper import load_paper_table
-from lc.run_outputs import Run, as_number, difference, rounded
+from lc.report.paper import load_paper_table
+from lc.report.results import Run, as_number, difference, rounded
 
 TABLE_FILES = {
     1: "table1_rho_sweep.csv",

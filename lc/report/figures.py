@@ -1,7 +1,7 @@
 """The paper's figures (1, 4, 5a, 5b, 6, 7a, 7b) rebuilt from a run's outputs, as PNG and PDF.
 
 Each figure reads the files of the README's contract under results/<preset>/; its title names the
-preset and the device the numbers were made on. Published numbers come from lc.paper only.
+preset and the device the numbers were made on. Published numbers come from lc.report.paper only.
 """
 
 from __future__ import annotations
@@ -206,7 +206,7 @@ def fig5a_label_distribution(results: Path, cfg: dict, plt):
 
 
 def fig5b_stage_share(results: Path, cfg: dict, plt):
-    from lc.paper import load_paper_table
+    from lc.report.paper import load_paper_table
 
     sweep = _read_csv(results / "runs/voc/lc/sweep_val.csv").sort_values("rho", ascending=False)
     paper = load_paper_table(1)
@@ -240,7 +240,7 @@ def fig5b_stage_share(results: Path, cfg: dict, plt):
 
 # --- Figure 7: speed -------------------------------------------------------------------------
 def fig7a_miou_vs_speed(results: Path, cfg: dict, plt):
-    from lc.paper import load_paper_table
+    from lc.report.paper import load_paper_table
 
     sweep = _read_csv(results / "runs/voc/lc/sweep_val.csv")
     speed = _read_csv(results / "bench/rho_speed.csv")

@@ -5,7 +5,7 @@ IRNet (the `irnet` variant, output stride 8) and IRNet-LC at the paper's `model:
 `bench.full_size_models`, else at the preset's own. LC runs its real forward (`LayerCascade.forward`,
 execution "auto": region convolution on the stages with inactive pixels) with the routing
 decision computed as usual and then replaced by prescribed masks, from a trained LC model on real
-images or with the paper's Table 1 shares (see `lc.bench`). Next to every measured speedup over
+images or with the paper's Table 1 shares (see `lc.bench.timing`). Next to every measured speedup over
 dense IRNet the CSV gives the one predicted by FLOPs (`lc.models.complexity`).
 """
 
@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from lc.bench import (
+from lc.bench.timing import (
     MASK_SOURCE_PAPER,
     RoutingMasks,
     TrainedMasks,

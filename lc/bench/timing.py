@@ -8,7 +8,7 @@
   `bench.mask_sets` different mask sets over its timed runs.
 - `write_csv`: an atomic CSV write (temp name, then rename).
 
-The benchmarks themselves are in `lc.bench_models` (models, stages, rho) and `lc.bench_table6`.
+The benchmarks themselves are in `lc.bench.models` (models, stages, rho) and `lc.bench.table6`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from lc.data.io import atomic_path
-from lc.paper import load_paper_table
+from lc.report.paper import load_paper_table
 
 __all__ = ["MASK_SOURCE_PAPER", "RoutingMasks", "Timing", "TrainedMasks", "device_name", "measure",
            "paper_share_masks", "paper_stage_shares", "resolve_device", "write_csv"]
@@ -161,8 +161,8 @@ class TrainedMasks:
     """Routing masks of a trained LC checkpoint on real images (prepared VOC val)."""
 
     def __init__(self, checkpoint: str | Path, cfg: dict, count: int, device: torch.device):
-        from lc.checkpoint import load_model
         from lc.data import build_dataset
+        from lc.training.checkpoint import load_model
 
         self.checkpoint = Path(checkpoint)
         self.model = load_model(self.checkpoint, map_location=device).eval()

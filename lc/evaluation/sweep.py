@@ -4,7 +4,7 @@ Two designs, chosen by `evaluate.sweep_retrain`:
 - one LC checkpoint re-thresholded at every rho of `evaluate.rho_sweep` (default);
 - one checkpoint per rho (each trained with `lc train --rho`), each evaluated at its own rho,
   given by `rhos` or read from each checkpoint's model_spec.
-Each rho is its own forward pass per image (see `lc.evaluate.evaluate_model`); the protocol is
+Each rho is its own forward pass per image (see `lc.evaluation.evaluate.evaluate_model`); the protocol is
 single scale, no CRF, as in the paper's Table 1.
 """
 
@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from lc.bench import device_name
-from lc.checkpoint import load_checkpoint
+from lc.bench.timing import device_name
 from lc.data import build_dataset
 from lc.data.io import atomic_path
-from lc.distributed import resolve_device
-from lc.evaluate import evaluate_model, load_evaluation_model, model_variant
+from lc.evaluation.evaluate import evaluate_model, load_evaluation_model, model_variant
+from lc.training.checkpoint import load_checkpoint
+from lc.training.distributed import resolve_device
 
 __all__ = ["SWEEP_COLUMNS", "run_sweep", "sweep_plan"]
 

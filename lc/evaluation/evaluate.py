@@ -1,8 +1,8 @@
 """Evaluation on a labelled split: confusion matrix, IoU, stage statistics and timing (`lc evaluate`).
 
 Protocol: the cascade's stride-8 class probabilities are upsampled bilinearly to the image size
-(averaged over the views of `lc.inference` under multi-scale testing), optionally refined by the
-dense CRF of `lc.crf`, and the argmax is compared with the full-resolution label; label 255 is
+(averaged over the views of `lc.evaluation.inference` under multi-scale testing), optionally refined by the
+dense CRF of `lc.evaluation.crf`, and the argmax is compared with the full-resolution label; label 255 is
 ignored. Stage statistics (pixels decided at each stage, label histogram of the pixels passed on)
 are counted at stride 8 on the reference view.
 """
@@ -21,17 +21,17 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from lc.bench import device_name
-from lc.checkpoint import load_model
-from lc.crf import dense_crf
+from lc.bench.timing import device_name
 from lc.data import CLASS_NAMES, NUM_CLASSES, build_dataset, denormalize
 from lc.data.io import write_text_atomic
-from lc.distributed import resolve_device
-from lc.inference import SINGLE_VIEW, StageTimer, View, predict, protocol_views
-from lc.losses import downsample_labels
-from lc.metrics import ConfusionMeter
+from lc.evaluation.crf import dense_crf
+from lc.evaluation.inference import SINGLE_VIEW, StageTimer, View, predict, protocol_views
+from lc.evaluation.metrics import ConfusionMeter
 from lc.models.cascade import CascadeOutput
 from lc.models.mc import ModelCascade
+from lc.training.checkpoint import load_model
+from lc.training.distributed import resolve_device
+from lc.training.losses import downsample_labels
 
 __all__ = ["EvalAccumulator", "evaluate_model", "load_evaluation_model", "model_variant", "run_evaluation",
            "write_json"]

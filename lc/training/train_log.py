@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from lc.data.io import write_text_atomic
-from lc.distributed import DistContext
+from lc.training.distributed import DistContext
 
 __all__ = ["LOG_COLUMNS", "MetricWindow", "TrainLog"]
 

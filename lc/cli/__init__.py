@@ -1,0 +1,1 @@
+"""The `lc` command: argument parsing only; each command calls one library function."""

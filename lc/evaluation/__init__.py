@@ -1,0 +1,1 @@
+"""Evaluation: inference (scales, flip, CRF), metrics, evaluate, rho sweep, test export, analyses."""

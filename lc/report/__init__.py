@@ -1,0 +1,1 @@
+"""Report: run outputs, tables, figures, provenance and the published numbers."""
