@@ -26,3 +26,7 @@ def load_paper_table(number: int, paper_dir: str | Path | None = None) -> pd.Dat
     if not path.exists():
         raise FileNotFoundError(f"published table {path} is missing; restore it from git (results/paper/)")
     return pd.read_csv(path, keep_default_na=False, na_values=[""])
+
+# How the paper timed Table 3 and Table 6's FPS (PAPER.md): 512 x 512 images on the authors' GPU, a
+# Titan X class card. Our times are compared (diff_ms, diff_fps) only when made the same way.
+PAPER_SPEED_PROTOCOL = {"device": "Titan X", "image_size": 512}

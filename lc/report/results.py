@@ -1,4 +1,7 @@
-"""Read access to one preset's outputs under results/<preset>/ (eval JSONs, sweep and bench CSVs)."""
+"""Read access to one preset's outputs under results/<preset>/ (eval JSONs, sweep and bench CSVs).
+
+Every file name comes from `lc.report.outputs`; nothing here spells a path.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-# eval_<split><suffix>.json by (multi-scale, CRF)
-EVAL_SUFFIXES = {(False, False): "", (True, False): "_ms", (True, True): "_ms_crf"}
+from lc.report import outputs
 
 
 class Run:
@@ -42,13 +44,16 @@ class Run:
 
     def eval(self, dataset: str, variant: str, split: str = "val", multi_scale: bool = False,
              crf: bool = False) -> dict | None:
-        name = f"eval_{split}{EVAL_SUFFIXES[(multi_scale, crf)]}.json"
-        return self.json("runs", dataset, variant, name)
+        return self.json(self.eval_path(dataset, variant, split, multi_scale, crf))
 
     def eval_path(self, dataset: str, variant: str, split: str = "val", multi_scale: bool = False,
                   crf: bool = False) -> str:
-        name = f"eval_{split}{EVAL_SUFFIXES[(multi_scale, crf)]}.json"
-        return str(Path("runs", dataset, variant, name))
+        """The eval JSON's path relative to results/<preset>/ (as the tables' notes print it)."""
+        return outputs.eval_json(dataset, variant, split, outputs.eval_protocol(multi_scale, crf))
+
+    def train_done(self, dataset: str, variant: str) -> dict | None:
+        """runs/<dataset>/<variant>/train_done.json (iterations, iterations_total, ...) or None."""
+        return self.json(outputs.train_done(dataset, variant))
 
 
 def as_number(value) -> float | None:
@@ -70,3 +75,9 @@ def difference(ours, paper) -> float | None:
 def rounded(value, digits: int = 2) -> float | None:
     value = as_number(value)
     return None if value is None else round(value, digits)
+
+
+def as_int(value) -> int | None:
+    """An integer count (iterations, images, pixels) or None."""
+    value = as_number(value)
+    return None if value is None else int(round(value))
