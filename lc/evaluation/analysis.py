@@ -143,26 +143,30 @@ def run_difficulty(cfg: dict, checkpoint: str | Path, dataset: str = "voc", spli
     return table, summary
 
 
-def _example_indices(data: Dataset, num_images: int) -> list[int]:
-    """The first `num_images` images of the first image's size (the npz stacks them)."""
-    indices: list[int] = []
-    shape = None
-    for index in range(len(data)):
-        size = tuple(data[index]["image"].shape[1:])
-        shape = shape or size
-        if size == shape:
-            indices.append(index)
-        if len(indices) == num_images:
-            break
-    return indices
+def _stack_padded(values: list[np.ndarray], fill) -> np.ndarray:
+    """Stack arrays of different (H, W, ...) sizes, padded at the bottom/right with `fill`."""
+    shape = tuple(max(v.shape[i] for v in values) for i in range(values[0].ndim))
+    out = np.full((len(values), *shape), fill, dtype=values[0].dtype)
+    for i, value in enumerate(values):
+        out[(i, *(slice(0, n) for n in value.shape))] = value
+    return out
+
+
+# what a padded pixel holds in each array of the npz (image_sizes says where each image ends)
+_PAD = {"images": 0, "labels": IGNORE_INDEX, "stage_masks": False, "stage_predictions": IGNORE_INDEX,
+        "decided_at_stage": 0, "final": IGNORE_INDEX}
 
 
 @torch.inference_mode()
 def stage_examples(model: torch.nn.Module, data: Dataset, num_images: int, rho: float | None = None,
                    device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
-    """The arrays of `analysis/stage_examples_<dataset>.npz` (README contract) for a few images."""
+    """The arrays of `analysis/stage_examples_<dataset>.npz` (README contract) for the first images.
+
+    Images of different sizes are padded at the bottom/right to the largest (labels and predictions
+    with 255, masks with False); `image_sizes` holds each image's own (height, width).
+    """
     device = torch.device(device)
-    indices = _example_indices(data, num_images)
+    indices = list(range(min(num_images, len(data))))
     if not indices:
         raise ValueError(f"{getattr(data, 'list_file', 'the data set')} has no images for stage examples")
     rows: dict[str, list] = {key: [] for key in ("images", "labels", "stage_masks", "stage_predictions",
@@ -182,7 +186,9 @@ def stage_examples(model: torch.nn.Module, data: Dataset, num_images: int, rho: 
         rows["decided_at_stage"].append(output.decided_at_stage[0].cpu().numpy().astype(np.uint8))
         rows["final"].append(output.probs[0].argmax(dim=0).to(torch.uint8).cpu().numpy())
         rows["names"].append(item["name"])
-    arrays = {key: np.stack(values) for key, values in rows.items() if key != "names"}
+    arrays = {key: _stack_padded(values, _PAD[key]) for key, values in rows.items() if key != "names"}
+    # images of different sizes are padded to the largest: (height, width) of each, for the figures
+    arrays["image_sizes"] = np.array([image.shape[:2] for image in rows["images"]], dtype=np.int64)
     arrays["names"] = np.array(rows["names"], dtype=str)
     arrays["rho"] = np.float64(model.rho if rho is None else rho)
     return arrays

@@ -30,3 +30,13 @@ def load_paper_table(number: int, paper_dir: str | Path | None = None) -> pd.Dat
 # How the paper timed Table 3 and Table 6's FPS (PAPER.md): 512 x 512 images on the authors' GPU, a
 # Titan X class card. Our times are compared (diff_ms, diff_fps) only when made the same way.
 PAPER_SPEED_PROTOCOL = {"device": "Titan X", "image_size": 512}
+
+# Published numbers read off the paper's figures (optional: absent until transcribed; the figures then
+# show what the tables give). fig7b_stage_time.csv: method, rho, stage, ms.
+PAPER_FIGURES = {"fig7b": "fig7b_stage_time.csv"}
+
+
+def load_paper_figure(name: str, paper_dir: str | Path | None = None) -> pd.DataFrame | None:
+    """Published numbers of figure `name` (PAPER_FIGURES), or None when results/paper/ has no file."""
+    path = Path(paper_dir or PAPER_DIR) / PAPER_FIGURES[name]
+    return pd.read_csv(path) if path.exists() else None
