@@ -166,6 +166,12 @@ def run_op_bench(cfg: dict, devices: Sequence[str] | None = None, warmup: int | 
     return df[COLUMNS]
 
 
+# the plot's panel titles: what each level times, in words
+PANEL_TITLES = {"stage2": "whole IRNet stage 2 (Mixed-6a + Block17s)",
+                "conv3x3": "one 3x3 conv (stage 2's Mixed-6a)",
+                "conv1x7": "one 1x7 conv (stage 2's first Block17)"}
+
+
 def save_op_bench(df: pd.DataFrame, out_csv: str | Path, out_png: str | Path | None = None) -> None:
     """Write the CSV and a speedup-vs-fraction plot (with the ideal 1/f line), each atomically."""
     import matplotlib
@@ -188,8 +194,9 @@ def save_op_bench(df: pd.DataFrame, out_csv: str | Path, out_png: str | Path | N
             part = part.sort_values("active_fraction")
             ax.plot(part.active_fraction, part.speedup, "o-", ms=3, label=f"{impl} ({device})")
         ax.axhline(1.0, color="grey", lw=0.5)
-        ax.set(xscale="log", yscale="log", title=level, xlabel="active fraction",
-               ylabel="speedup over best dense")
+        ax.set(xscale="log", yscale="log", xlabel="share of pixels computed (active fraction)",
+               ylabel="speedup over the fastest dense conv")
+        ax.set_title(PANEL_TITLES.get(level, level), fontsize=9)
         ax.legend(fontsize=7)
     fig.suptitle("region convolution: speedup over the best dense implementation\n"
                  + "; ".join(sorted(df.device.unique())), fontsize=9)
