@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from lc.data.io import write_text_atomic
+from lc.report import outputs
 from lc.report.outputs import TABLE_FILES
 from lc.report.paper import PAPER_SPEED_PROTOCOL
 from lc.report.results import Run
@@ -86,6 +87,6 @@ def render_markdown(out_dir: str | Path, preset: str) -> Path:
     """tables.md: all six table CSVs of out_dir rendered as Markdown, in order."""
     out_dir = Path(out_dir)
     text = render_markdown_file(out_dir, TABLE_FILES, TABLE_TITLES, TABLE_CAPTIONS, preset)
-    path = out_dir / "tables.md"
+    path = out_dir / Path(outputs.TABLES_MD).name
     write_text_atomic(path, text)
     return path
