@@ -285,6 +285,7 @@ def test_markdown_side_by_side_protocol_in_header_integers(tmp_path, cfg):
     assert "| 30 |" in table2 and "30.0" not in table2 and "num_images 4" in table2
     table1 = _markdown_section(md, 1)
     assert "| 15 |" in table1 and "15.0" not in table1 and "| 73.91 |" in table1
+    assert "\n| 1 | 0 | 0 |" in table1 and "\n| 0.985 |" in table1  # rho as configured
     # notes are numbered footnotes
     assert "Notes:" in table2 and "three independent networks" in table2
     table3 = _markdown_section(md, 3)

@@ -110,6 +110,8 @@ def render_table(frame: pd.DataFrame) -> tuple[str, str, list[str]]:
         frame = frame.drop(columns=["note"])
     columns = side_by_side(list(frame.columns))
     integer = {c: _integer_column(frame[c]) for c in columns}
+    if "rho" in frame.columns:  # thresholds as written in the config: 1, 0.985, 0.8
+        frame["rho"] = [v if _empty(v) else f"{float(v):g}" for v in frame["rho"]]
     header = columns + (["note"] if footnotes else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for i, row in enumerate(frame[columns].itertuples(index=False)):
