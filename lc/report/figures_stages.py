@@ -95,7 +95,7 @@ def stage_examples(results: Path, cfg: dict, plt, dataset: str, number: int):
     cell = PAGE_WIDTH_IN / len(COLUMNS)
     classes = _classes_shown(data, count, len(class_names))
     key_rows = 1 + (len(classes) + 6) // 7  # the stage key, then the class key at 7 per line
-    top, bottom = 0.6, 0.16 * key_rows + 0.2  # inches for the title and the two keys
+    top, bottom = 0.72, 0.16 * key_rows + 0.2  # inches for the title and the two keys
     height = cell * sum(aspects) * 1.03 + top + bottom
     fig, axes = plt.subplots(count, len(COLUMNS), squeeze=False, figsize=(PAGE_WIDTH_IN, height),
                              gridspec_kw={"height_ratios": aspects})
