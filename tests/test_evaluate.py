@@ -315,3 +315,103 @@ def test_evaluation_of_an_unlabelled_split_is_refused(cfg, lc_ckpt):
     with pytest.raises(ValueError, match="no labels"):
         run_evaluation(cfg, lc_ckpt, "voc", "test")
     assert SINGLE_VIEW == (View(1.0, False),)
+
+
+# --- routing threshold: accepted when larger than rho ----------------------------------------
+def test_a_score_exactly_equal_to_rho_is_not_accepted():
+    from lc.models.cascade import undecided_mask
+
+    logits = torch.tensor([[[[2.0, 0.5]], [[0.0, 0.0]]]])  # (1, 2, 1, 2): two pixels
+    top = logits.softmax(dim=1).amax(dim=1)[0, 0]
+    rho = float(top[0])  # exactly the first pixel's score
+    assert undecided_mask(logits, rho)[0, 0].tolist() == [True, True]  # equal: passed on
+    assert undecided_mask(logits, float(np.nextafter(np.float32(rho), np.float32(0))))[0, 0].tolist() == [
+        False, True]  # just above the threshold: decided at this stage
+
+
+def test_cascade_passes_on_pixels_whose_score_equals_rho(cfg):
+    model = LayerCascade(21, "lc", cfg["model"], rho=0.5).eval()
+    image = torch.zeros(1, 3, 32, 32)
+    with torch.inference_mode():
+        score = model(image, rho=1.0).stage_logits[0].softmax(1).amax(1)
+        at_max = model(image, rho=float(score.max())).stage_masks[1]
+    assert at_max[score == score.max()].all()  # the top-scoring pixels are not accepted at rho = their score
+
+
+# --- which model is evaluated ----------------------------------------------------------------
+def test_checkpoint_of_another_architecture_is_announced(cfg, tmp_path, caplog):
+    other = dict(cfg["model"], head_channels=cfg["model"]["head_channels"] * 2)
+    path = make_checkpoint(tmp_path / "other.pt", cfg, model_cfg=other)
+    with caplog.at_level("WARNING", logger="lc.evaluation.loading"):
+        report = run_evaluation(cfg, path, "voc", "val", max_images=1)
+    model = report["model"]
+    assert not model["matches_config"] and model["source"] == "checkpoint model_spec"
+    assert model["differences_from_config"] == {"head_channels": {"checkpoint": other["head_channels"],
+                                                                  "config": cfg["model"]["head_channels"]}}
+    assert model["architecture"]["head_channels"] == other["head_channels"]
+    assert str(path) in caplog.text and "head_channels" in caplog.text
+    assert any("architecture differs" in note for note in report["notes"])
+
+
+def test_checkpoint_whose_spec_names_another_dataset_is_refused(cfg, tmp_path):
+    path = make_checkpoint(tmp_path / "voc.pt", cfg)
+    payload = torch.load(path, weights_only=True)
+    payload["model_spec"]["dataset"] = "cityscapes"
+    save_checkpoint(path, payload)
+    with pytest.raises(ValueError, match=f"{path} was trained on cityscapes, not voc"):
+        run_evaluation(cfg, path, "voc", "val")
+
+
+# --- sweep: (rho, checkpoint) pairs ----------------------------------------------------------
+def test_per_rho_sweep_takes_the_dsn_run_for_rho_one_and_names_each_checkpoint(cfg, tmp_path):
+    dsn = make_checkpoint(tmp_path / "dsn" / "checkpoint.pt", cfg, variant="dsn", rho=0.985, sharpen=40.0)
+    main_lc = make_checkpoint(tmp_path / "lc" / "checkpoint.pt", cfg, rho=0.9, sharpen=40.0, seed=1)
+    fast = make_checkpoint(tmp_path / "lc_rho0p8" / "checkpoint.pt", cfg, rho=0.8, sharpen=40.0, seed=2)
+    paths = [dsn, main_lc, fast]
+    assert sweep_plan(cfg, paths) == [(1.0, dsn), (0.9, main_lc), (0.8, fast)]  # dsn stands for rho = 1
+    table = run_sweep(cfg, paths, "voc", "val", max_images=1)
+    assert table["checkpoint"].tolist() == [str(p) for p in paths]
+    assert table["variant"].tolist() == ["dsn", "lc", "lc"]
+    assert table.loc[0, "stage3_pct"] == 100.0
+    with pytest.raises(ValueError, match="rho 0.9 comes twice"):
+        sweep_plan(cfg, [main_lc, fast], rhos=[0.9, 0.9])
+
+
+# --- progress --------------------------------------------------------------------------------
+def test_progress_is_plain_log_lines_when_stderr_is_not_a_terminal(caplog, capsys):
+    from lc.evaluation.progress import progress
+
+    with caplog.at_level("INFO", logger="lc.evaluation.progress"):
+        assert list(progress(range(5), 5, "evaluate voc val", log_every=2)) == list(range(5))
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(" (")[0] for line in lines] == [
+        "evaluate voc val: 2/5 img", "evaluate voc val: 4/5 img", "evaluate voc val: 5/5 img done"]
+    assert "\r" not in capsys.readouterr().err
+
+
+# --- Table 6 times the evaluation's own inference ---------------------------------------------
+def test_table6_runs_the_evaluations_protocols(cfg, monkeypatch):
+    import lc.bench.table6 as table6
+    from lc.bench.models import BenchSetup
+
+    ev = dict(cfg["evaluate"], scales=[0.5, 1.0], fusion="max", flip=False)
+    bench_cfg = copy.deepcopy(cfg)
+    bench_cfg["evaluate"] = ev
+    bench_cfg["bench"].update(image_size=32, warmup=0, runs=1, mask_sets=1)
+    import lc.evaluation.inference as inference
+
+    assert table6.run_protocol is inference.run_protocol  # the evaluation's function, not a copy
+    seen = []
+
+    def spy(model, images, protocol, **kwargs):
+        seen.append(protocol)
+        return inference.run_protocol(model, images, protocol, **kwargs)
+
+    monkeypatch.setattr(table6, "run_protocol", spy)
+    df = table6.run_table6_bench(BenchSetup.from_config(bench_cfg, device="cpu"))
+    expected = [protocol for _, protocol in table6.table6_protocols(ev)]
+    assert expected == [protocol_from_config(ev), protocol_from_config(ev, multi_scale=True),
+                        protocol_from_config(ev, multi_scale=True, crf=True)]
+    assert {repr(p) for p in seen} == {repr(p) for p in expected}
+    assert df["fusion"].tolist()[1:] == ["max", "max"] and df["scales"].tolist() == ["1", "0.5 1", "0.5 1"]
+    assert df["crf"].tolist() == [False, False, True]
