@@ -10,7 +10,7 @@ To bring a view's logits back to the original image, original pixel y is mapped 
 (bilinear resizing with align_corners=False: u = (y + 0.5) * H_view / H - 0.5), then onto the logit
 grid (c = u / stride), clamped to [0, h - 1]: pixels past the last logit take its value, as a
 nearest border. At scale 1 this is c = y / 8. Values are interpolated linearly in c (separably in
-rows and columns).
+rows and columns, as two matrix products).
 """
 
 from __future__ import annotations
@@ -46,15 +46,16 @@ def logit_coordinates(length: int, view_length: int, logits: int, stride: int,
     return (in_view / stride).clamp_(0.0, float(logits - 1))
 
 
-def _interpolate_axis(values: torch.Tensor, dim: int, coords: torch.Tensor) -> torch.Tensor:
-    """Linear interpolation of `values` along `dim` at fractional indices `coords`."""
+def _interpolation_matrix(coords: torch.Tensor, logits: int, dtype: torch.dtype) -> torch.Tensor:
+    """(len(coords), logits): row y holds the linear-interpolation weights of fractional index coords[y]."""
     low = coords.floor().long()
-    high = (low + 1).clamp_(max=values.shape[dim] - 1)
-    weight = (coords - low).to(values.dtype)
-    shape = [1] * values.ndim
-    shape[dim] = -1
-    weight = weight.view(shape)
-    return values.index_select(dim, low) * (1 - weight) + values.index_select(dim, high) * weight
+    high = (low + 1).clamp_(max=logits - 1)
+    weight = coords - low
+    rows = torch.arange(coords.shape[0], device=coords.device)
+    matrix = torch.zeros(coords.shape[0], logits, dtype=torch.float64, device=coords.device)
+    matrix.index_put_((rows, low), 1 - weight, accumulate=True)
+    matrix.index_put_((rows, high), weight, accumulate=True)
+    return matrix.to(dtype)
 
 
 def upsample_probs(probs: torch.Tensor, size: tuple[int, int], view_size: tuple[int, int] | None = None,
@@ -68,9 +69,12 @@ def upsample_probs(probs: torch.Tensor, size: tuple[int, int], view_size: tuple[
     view_h, view_w = view_size or size
     if tuple(probs.shape[-2:]) == (height, width) and (view_h, view_w) == (height, width):
         return probs
-    rows = logit_coordinates(height, view_h, probs.shape[-2], stride, probs.device)
-    cols = logit_coordinates(width, view_w, probs.shape[-1], stride, probs.device)
-    return _interpolate_axis(_interpolate_axis(probs, -2, rows), -1, cols)
+    # separable: (H, h) @ probs @ (w, W), two matmuls (as fast as F.interpolate, on any device)
+    rows = _interpolation_matrix(logit_coordinates(height, view_h, probs.shape[-2], stride, probs.device),
+                                 probs.shape[-2], probs.dtype)
+    cols = _interpolation_matrix(logit_coordinates(width, view_w, probs.shape[-1], stride, probs.device),
+                                 probs.shape[-1], probs.dtype)
+    return rows @ probs @ cols.T
 
 
 def subsample_labels(labels: torch.Tensor, grid: tuple[int, int],
