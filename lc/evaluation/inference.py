@@ -31,7 +31,7 @@ from lc.evaluation.stage_timer import StageTimer
 from lc.models.cascade import CascadeOutput
 
 __all__ = ["FUSIONS", "SINGLE_VIEW", "Prediction", "Protocol", "StageTimer", "View", "crf_labels", "predict",
-           "protocol_views", "reference_view", "resize_image", "run_protocol", "protocol_from_config",
+           "protocol_from_config", "protocol_views", "reference_view", "resize_image", "run_protocol",
            "upsample_probs"]
 
 FUSIONS = ("max", "mean")
@@ -133,9 +133,9 @@ def predict(model: nn.Module, images: torch.Tensor, rho: float | None = None,
         if view == ref:
             ref_output = output
     assert fused is not None and ref_output is not None
-    if fusion == "max":
+    if len(views) > 1 and fusion == "max":
         fused.div_(fused.sum(dim=1, keepdim=True).clamp_(min=torch.finfo(fused.dtype).tiny))
-    else:
+    elif len(views) > 1:
         fused.div_(len(views))
     return Prediction(probs=fused, output=ref_output, view=ref)
 
