@@ -114,6 +114,8 @@ def export_training_split(cfg: dict, checkpoint: str | Path, dataset: str) -> di
     """The "training" entry of the export summary: the split that trained the model and where that was
     read. For VOC, refuses a model trained on another split than `evaluate.export_train_split`."""
     split, source = training_split(checkpoint)
+    if dataset == "voc" and split == "train":
+        split = "train_aug"  # `build_dataset(cfg, "voc", "train")` reads train_aug
     if split is None:
         split, source = _DEFAULT_TRAIN_SPLIT[dataset], f"{source}; {_DEFAULT_TRAIN_SPLIT[dataset]} assumed"
     wanted = cfg["evaluate"].get("export_train_split") if dataset == "voc" else None
