@@ -17,7 +17,15 @@ from lc.cli.main import main
 from lc.data import NUM_CLASSES, build_dataset
 from lc.evaluation.crf import dense_crf
 from lc.evaluation.evaluate import evaluate_model, run_evaluation
-from lc.evaluation.inference import SINGLE_VIEW, StageTimer, View, predict, protocol_views, reference_view
+from lc.evaluation.inference import (
+    SINGLE_VIEW,
+    StageTimer,
+    View,
+    predict,
+    protocol_from_config,
+    protocol_views,
+    reference_view,
+)
 from lc.evaluation.metrics import confusion_matrix, iou_from_confusion
 from lc.evaluation.sweep import SWEEP_COLUMNS, run_sweep, sweep_plan
 from lc.models.cascade import LayerCascade
@@ -25,22 +33,38 @@ from lc.models.mc import ModelCascade
 from lc.training.checkpoint import load_model, make_model_spec, save_checkpoint
 
 
+def reference_upsample(probs: torch.Tensor, size: tuple[int, int], view_size: tuple[int, int] | None = None,
+                       stride: int = 8) -> torch.Tensor:
+    """An independent implementation of the evaluation's upsampling (grid_sample on explicit
+    coordinates): original pixel y sits at u = (y + 0.5) * H_view / H - 0.5 in the view and at u / 8 on
+    the logit grid, clamped to the grid (border padding)."""
+    (height, width), (view_h, view_w) = size, view_size or size
+    h, w = probs.shape[-2:]
+    ys = ((torch.arange(height) + 0.5) * view_h / height - 0.5) / stride
+    xs = ((torch.arange(width) + 0.5) * view_w / width - 0.5) / stride
+    gy = (ys / max(h - 1, 1) * 2 - 1).view(-1, 1).expand(height, width)
+    gx = (xs / max(w - 1, 1) * 2 - 1).view(1, -1).expand(height, width)
+    grid = torch.stack([gx, gy], dim=-1)[None].expand(probs.shape[0], -1, -1, -1).to(probs.dtype)
+    return F.grid_sample(probs, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
 def make_checkpoint(path: Path, cfg: dict, dataset: str = "voc", variant: str = "lc", rho: float = 0.9,
-                    sharpen: float = 1.0, seed: int = 0) -> Path:
+                    sharpen: float = 1.0, seed: int = 0, model_cfg: dict | None = None) -> Path:
     """A randomly initialised model saved as `lc train` saves it; `sharpen` scales the heads' logits
     (a random tiny net is unconfident everywhere; sharper logits spread the confidences)."""
     torch.manual_seed(seed)
     kind = "mc" if variant == "mc" else "cascade"
     num_classes = NUM_CLASSES[dataset]
-    model = (ModelCascade(num_classes, cfg["model"], rho=rho) if kind == "mc"
-             else LayerCascade(num_classes, variant, cfg["model"], rho=rho))
+    model_cfg = model_cfg or cfg["model"]
+    model = (ModelCascade(num_classes, model_cfg, rho=rho) if kind == "mc"
+             else LayerCascade(num_classes, variant, model_cfg, rho=rho))
     with torch.no_grad():  # heads read features, not their (image-independent) bias
         for name, param in model.named_parameters():
             if ".classifier.weight" in f".{name}":
                 param.mul_(sharpen)
             elif ".classifier.bias" in f".{name}":
                 param.zero_()
-    spec = make_model_spec(kind, variant, num_classes, cfg["model"], rho, dataset=dataset)
+    spec = make_model_spec(kind, variant, num_classes, model_cfg, rho, dataset=dataset)
     save_checkpoint(path, {"model": model.state_dict(), "model_spec": spec, "iteration": 0})
     return path
 
@@ -76,13 +100,13 @@ def test_evaluate_iou_equals_lc_metrics_on_the_same_predictions(cfg, lc_ckpt, tm
     assert rc == 0
     report = json.loads(out.read_text())
 
-    # independent recomputation: stride-8 probs upsampled bilinearly to the label size, argmax
+    # independent recomputation: stride-8 probs upsampled (logit i at pixel 8i) to the label size, argmax
     model, data = load_model(lc_ckpt), build_dataset(cfg, "voc", "val")
     cm = np.zeros((21, 21), dtype=np.int64)
     with torch.inference_mode():
         for i in range(len(data)):
             image, label = data[i]["image"][None], data[i]["label"]
-            probs = F.interpolate(model(image).probs, size=label.shape, mode="bilinear", align_corners=False)
+            probs = reference_upsample(model(image).probs, tuple(label.shape))
             cm += confusion_matrix(probs.argmax(1)[0], label, 21)
     iou = iou_from_confusion(cm) * 100
     assert report["confusion"] == cm.tolist()
@@ -92,6 +116,7 @@ def test_evaluate_iou_equals_lc_metrics_on_the_same_predictions(cfg, lc_ckpt, tm
     assert report["pixel_accuracy"] == pytest.approx(np.trace(cm) / cm.sum() * 100)
     assert report["num_images"] == len(data) and report["rho"] == 0.9 and report["variant"] == "lc"
     assert report["protocol"] == {**report["protocol"], "scales": [1.0], "flip": False, "crf": False}
+    assert report["model"]["matches_config"] and report["model"]["differences_from_config"] == {}
     for key in ("dataset", "split", "preset", "device", "checkpoint", "class_names", "stage_share",
                 "routed_label_hist", "ms_per_image", "stage_time_ms"):
         assert key in report
@@ -109,10 +134,10 @@ def test_multi_scale_with_scale_one_and_no_flip_equals_single_scale(cfg, lc_ckpt
     assert multi["protocol"]["scales"] == [1.0] and not multi["protocol"]["flip"]
 
 
-def test_views_are_resized_mirrored_back_and_averaged(cfg, lc_ckpt):
+def test_views_are_resized_mirrored_back_and_fused(cfg, lc_ckpt):
     model = load_model(lc_ckpt)
     image = build_dataset(cfg, "voc", "val")[0]["image"][None]
-    size = image.shape[-2:]
+    size = tuple(image.shape[-2:])
     mirrored = predict(model, image, views=[View(1.0, True)]).probs
     direct = predict(model, image.flip(-1)).probs.flip(-1)
     torch.testing.assert_close(mirrored, direct)
@@ -120,17 +145,47 @@ def test_views_are_resized_mirrored_back_and_averaged(cfg, lc_ckpt):
     views = protocol_views([0.75, 1.0], flip=True)
     assert views == [View(0.75), View(0.75, True), View(1.0), View(1.0, True)]
     assert reference_view(views) == View(1.0)
-    expected = torch.zeros_like(mirrored)
+    per_view = []
     with torch.inference_mode():
         for view in views:
-            x = F.interpolate(image, scale_factor=view.scale, mode="bilinear", align_corners=False)
+            x = F.interpolate(image, size=[round(s * view.scale) for s in size], mode="bilinear",
+                              align_corners=False)
             x = x.flip(-1) if view.flip else x
-            p = F.interpolate(model(x).probs, size=size, mode="bilinear", align_corners=False)
-            expected += (p.flip(-1) if view.flip else p) / len(views)
-    averaged = predict(model, image, views=views)
-    torch.testing.assert_close(averaged.probs, expected)
+            p = reference_upsample(model(x).probs, size, tuple(x.shape[-2:]))
+            per_view.append(p.flip(-1) if view.flip else p)
+    averaged = predict(model, image, views=views, fusion="mean")
+    torch.testing.assert_close(averaged.probs, torch.stack(per_view).mean(0), atol=1e-6, rtol=1e-5)
     assert averaged.view == View(1.0)
     torch.testing.assert_close(averaged.probs.sum(1), torch.ones(1, *size))
+
+    fused = predict(model, image, views=views, fusion="max")  # DeepLab-v2: max over the views
+    expected = torch.stack(per_view).amax(0)
+    torch.testing.assert_close(fused.probs, expected / expected.sum(1, keepdim=True), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(fused.probs.sum(1), torch.ones(1, *size))
+    assert not torch.equal(fused.probs, averaged.probs)
+    with pytest.raises(ValueError, match="evaluate.fusion must be one of"):
+        predict(model, image, views=views, fusion="median")
+
+
+def test_protocol_from_config_follows_the_evaluate_section(cfg):
+    ev = dict(cfg["evaluate"], scales=[0.5, 0.75, 1.0], fusion="max", flip=False)
+    single = protocol_from_config(ev)
+    assert single.views == SINGLE_VIEW and single.crf is None
+    multi = protocol_from_config(ev, multi_scale=True, crf=True)
+    assert multi.views == (View(0.5), View(0.75), View(1.0)) and multi.fusion == "max"
+    assert multi.describe()["crf_params"] == cfg["evaluate"]["crf"] and multi.describe()["fusion"] == "max"
+    flipped = protocol_from_config(dict(ev, flip=True, fusion="mean"), multi_scale=True)
+    assert len(flipped.views) == 6 and flipped.flip and flipped.fusion == "mean"
+    with pytest.raises(ValueError, match="evaluate.fusion"):
+        protocol_from_config(dict(ev, fusion="vote"), multi_scale=True)
+
+
+def test_paper_preset_tests_with_deeplab_v2s_protocol():
+    from lc.config import load_config
+
+    ev = load_config(Path(__file__).resolve().parents[1] / "config.yaml", preset="paper")["evaluate"]
+    assert ev["scales"] == [0.5, 0.75, 1.0] and ev["fusion"] == "max" and ev["flip"] is False
+    assert ev["export_train_split"] == "trainval_aug" and "splits" not in ev
 
 
 def test_multi_scale_crf_evaluation_through_the_cli(cfg, lc_ckpt, tmp_path):
@@ -141,7 +196,8 @@ def test_multi_scale_crf_evaluation_through_the_cli(cfg, lc_ckpt, tmp_path):
     assert rc == 0
     report = json.loads(out.read_text())
     assert report["protocol"]["scales"] == cfg["evaluate"]["scales"]
-    assert report["protocol"]["flip"] is True and report["protocol"]["crf"] is True
+    assert report["protocol"]["flip"] is cfg["evaluate"]["flip"] and report["protocol"]["crf"] is True
+    assert report["protocol"]["fusion"] == cfg["evaluate"]["fusion"]
     assert report["protocol"]["crf_params"] == cfg["evaluate"]["crf"] and report["num_images"] == 1
     assert np.asarray(report["confusion"]).sum() > 0
 
@@ -224,8 +280,8 @@ def test_sweep_one_checkpoint_matches_evaluate_at_each_rho(cfg, lc_ckpt, tmp_pat
 def test_sweep_with_one_checkpoint_per_rho(cfg, tmp_path):
     paths = [make_checkpoint(tmp_path / f"rho{r}" / "checkpoint.pt", cfg, rho=r, sharpen=40.0, seed=i)
              for i, r in enumerate((1.0, 0.5))]
-    assert sweep_plan(cfg, paths) == [(paths[0], [1.0]), (paths[1], [0.5])]
-    assert sweep_plan(cfg, paths, rhos=[0.3, 0.2]) == [(paths[0], [0.3]), (paths[1], [0.2])]
+    assert sweep_plan(cfg, paths) == [(1.0, paths[0]), (0.5, paths[1])]
+    assert sweep_plan(cfg, paths, rhos=[0.3, 0.2]) == [(0.3, paths[0]), (0.2, paths[1])]
     with pytest.raises(ValueError, match="one --rho per checkpoint"):
         sweep_plan(cfg, paths, rhos=[0.3])
     table = run_sweep(cfg, paths, "voc", "val", out=tmp_path / "sweep.csv", max_images=2)
@@ -234,6 +290,7 @@ def test_sweep_with_one_checkpoint_per_rho(cfg, tmp_path):
     again = run_evaluation(cfg, paths[1], "voc", "val", max_images=2)
     assert table.loc[1, "miou"] == pytest.approx(again["miou"])
     assert pd.read_csv(tmp_path / "sweep.csv")["rho"].tolist() == [1.0, 0.5]
+    assert table["checkpoint"].tolist() == [str(p) for p in paths]
 
 
 # --- errors ----------------------------------------------------------------------------------
@@ -258,3 +315,103 @@ def test_evaluation_of_an_unlabelled_split_is_refused(cfg, lc_ckpt):
     with pytest.raises(ValueError, match="no labels"):
         run_evaluation(cfg, lc_ckpt, "voc", "test")
     assert SINGLE_VIEW == (View(1.0, False),)
+
+
+# --- routing threshold: accepted when larger than rho ----------------------------------------
+def test_a_score_exactly_equal_to_rho_is_not_accepted():
+    from lc.models.cascade import undecided_mask
+
+    logits = torch.tensor([[[[2.0, 0.5]], [[0.0, 0.0]]]])  # (1, 2, 1, 2): two pixels
+    top = logits.softmax(dim=1).amax(dim=1)[0, 0]
+    rho = float(top[0])  # exactly the first pixel's score
+    assert undecided_mask(logits, rho)[0, 0].tolist() == [True, True]  # equal: passed on
+    assert undecided_mask(logits, float(np.nextafter(np.float32(rho), np.float32(0))))[0, 0].tolist() == [
+        False, True]  # just above the threshold: decided at this stage
+
+
+def test_cascade_passes_on_pixels_whose_score_equals_rho(cfg):
+    model = LayerCascade(21, "lc", cfg["model"], rho=0.5).eval()
+    image = torch.zeros(1, 3, 32, 32)
+    with torch.inference_mode():
+        score = model(image, rho=1.0).stage_logits[0].softmax(1).amax(1)
+        at_max = model(image, rho=float(score.max())).stage_masks[1]
+    assert at_max[score == score.max()].all()  # the top-scoring pixels are not accepted at rho = their score
+
+
+# --- which model is evaluated ----------------------------------------------------------------
+def test_checkpoint_of_another_architecture_is_announced(cfg, tmp_path, caplog):
+    other = dict(cfg["model"], head_channels=cfg["model"]["head_channels"] * 2)
+    path = make_checkpoint(tmp_path / "other.pt", cfg, model_cfg=other)
+    with caplog.at_level("WARNING", logger="lc.evaluation.loading"):
+        report = run_evaluation(cfg, path, "voc", "val", max_images=1)
+    model = report["model"]
+    assert not model["matches_config"] and model["source"] == "checkpoint model_spec"
+    assert model["differences_from_config"] == {"head_channels": {"checkpoint": other["head_channels"],
+                                                                  "config": cfg["model"]["head_channels"]}}
+    assert model["architecture"]["head_channels"] == other["head_channels"]
+    assert str(path) in caplog.text and "head_channels" in caplog.text
+    assert any("architecture differs" in note for note in report["notes"])
+
+
+def test_checkpoint_whose_spec_names_another_dataset_is_refused(cfg, tmp_path):
+    path = make_checkpoint(tmp_path / "voc.pt", cfg)
+    payload = torch.load(path, weights_only=True)
+    payload["model_spec"]["dataset"] = "cityscapes"
+    save_checkpoint(path, payload)
+    with pytest.raises(ValueError, match=f"{path} was trained on cityscapes, not voc"):
+        run_evaluation(cfg, path, "voc", "val")
+
+
+# --- sweep: (rho, checkpoint) pairs ----------------------------------------------------------
+def test_per_rho_sweep_takes_the_dsn_run_for_rho_one_and_names_each_checkpoint(cfg, tmp_path):
+    dsn = make_checkpoint(tmp_path / "dsn" / "checkpoint.pt", cfg, variant="dsn", rho=0.985, sharpen=40.0)
+    main_lc = make_checkpoint(tmp_path / "lc" / "checkpoint.pt", cfg, rho=0.9, sharpen=40.0, seed=1)
+    fast = make_checkpoint(tmp_path / "lc_rho0p8" / "checkpoint.pt", cfg, rho=0.8, sharpen=40.0, seed=2)
+    paths = [dsn, main_lc, fast]
+    assert sweep_plan(cfg, paths) == [(1.0, dsn), (0.9, main_lc), (0.8, fast)]  # dsn stands for rho = 1
+    table = run_sweep(cfg, paths, "voc", "val", max_images=1)
+    assert table["checkpoint"].tolist() == [str(p) for p in paths]
+    assert table["variant"].tolist() == ["dsn", "lc", "lc"]
+    assert table.loc[0, "stage3_pct"] == 100.0
+    with pytest.raises(ValueError, match="rho 0.9 comes twice"):
+        sweep_plan(cfg, [main_lc, fast], rhos=[0.9, 0.9])
+
+
+# --- progress --------------------------------------------------------------------------------
+def test_progress_is_plain_log_lines_when_stderr_is_not_a_terminal(caplog, capsys):
+    from lc.evaluation.progress import progress
+
+    with caplog.at_level("INFO", logger="lc.evaluation.progress"):
+        assert list(progress(range(5), 5, "evaluate voc val", log_every=2)) == list(range(5))
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(" (")[0] for line in lines] == [
+        "evaluate voc val: 2/5 img", "evaluate voc val: 4/5 img", "evaluate voc val: 5/5 img done"]
+    assert "\r" not in capsys.readouterr().err
+
+
+# --- Table 6 times the evaluation's own inference ---------------------------------------------
+def test_table6_runs_the_evaluations_protocols(cfg, monkeypatch):
+    import lc.bench.table6 as table6
+    from lc.bench.models import BenchSetup
+
+    ev = dict(cfg["evaluate"], scales=[0.5, 1.0], fusion="max", flip=False)
+    bench_cfg = copy.deepcopy(cfg)
+    bench_cfg["evaluate"] = ev
+    bench_cfg["bench"].update(image_size=32, warmup=0, runs=1, mask_sets=1)
+    import lc.evaluation.inference as inference
+
+    assert table6.run_protocol is inference.run_protocol  # the evaluation's function, not a copy
+    seen = []
+
+    def spy(model, images, protocol, **kwargs):
+        seen.append(protocol)
+        return inference.run_protocol(model, images, protocol, **kwargs)
+
+    monkeypatch.setattr(table6, "run_protocol", spy)
+    df = table6.run_table6_bench(BenchSetup.from_config(bench_cfg, device="cpu"))
+    expected = [protocol for _, protocol in table6.table6_protocols(ev)]
+    assert expected == [protocol_from_config(ev), protocol_from_config(ev, multi_scale=True),
+                        protocol_from_config(ev, multi_scale=True, crf=True)]
+    assert {repr(p) for p in seen} == {repr(p) for p in expected}
+    assert df["fusion"].tolist()[1:] == ["max", "max"] and df["scales"].tolist() == ["1", "0.5 1", "0.5 1"]
+    assert df["crf"].tolist() == [False, False, True]

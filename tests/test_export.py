@@ -114,3 +114,29 @@ def test_wrong_archive_type_and_failures_leave_nothing_behind(cfg, tmp_path, mon
     with pytest.raises(RuntimeError, match="disk full"):
         run_export(cfg, checkpoint, "voc", out)
     assert list(out.parent.iterdir()) == []  # no archive, no temporary file, no summary
+
+
+# --- which split trained the export model (evaluate.export_train_split) ----------------------
+def test_summary_names_the_training_split_read_from_train_done(cfg, tmp_path):
+    run = tmp_path / "runs" / "voc" / "lc"
+    checkpoint = make_checkpoint(run / "checkpoint.pt", cfg, "voc")
+    (run / "train_done.json").write_text(json.dumps({"iterations": 4, "split": "trainval_aug"}))
+    paper_like = copy.deepcopy(cfg)
+    paper_like["evaluate"]["export_train_split"] = "trainval_aug"
+    summary = run_export(paper_like, checkpoint, "voc", tmp_path / "voc_test_comp6.tar.gz")
+    assert summary["train_split"] == "trainval_aug"
+    assert summary["training"]["source"].startswith(str(run / "train_done.json"))
+    assert json.loads(summary_path(tmp_path / "voc_test_comp6.tar.gz").read_text())["train_split"] == (
+        "trainval_aug")
+
+
+def test_a_model_trained_on_another_split_than_the_config_says_is_refused(cfg, tmp_path):
+    checkpoint = make_checkpoint(tmp_path / "run" / "checkpoint.pt", cfg, "voc")  # records no split
+    paper_like = copy.deepcopy(cfg)
+    paper_like["evaluate"]["export_train_split"] = "trainval_aug"
+    out = tmp_path / "voc_test_comp6.tar.gz"
+    with pytest.raises(ValueError, match=r"on train_aug .* evaluate.export_train_split is trainval_aug"):
+        run_export(paper_like, checkpoint, "voc", out)
+    assert not out.exists() and not summary_path(out).exists()
+    summary = run_export(cfg, checkpoint, "voc", out)  # the test preset's train_aug: assumed, and said so
+    assert summary["train_split"] == "train_aug" and "assumed" in summary["training"]["source"]

@@ -1,36 +1,37 @@
-"""Table 6's FPS: IRNet-LC single scale, multi-scale (+ flip), and multi-scale + dense CRF.
+"""Table 6's FPS: IRNet-LC single scale, multi-scale, and multi-scale + dense CRF.
 
-One timed step is the whole inference protocol for a batch at bench.image_size: per scale (and
-mirror image) resize, LC forward with prescribed routing masks (see `lc.bench.models`), upsample
-the class probabilities to the image size and average; then either the argmax or a dense CRF
-(pydensecrf2 with the `evaluate.crf` parameters) per image. Images are the prepared VOC val
-images when a trained checkpoint supplies the masks, otherwise smooth random images (the CRF's
-cost depends on the image content, and noise would overstate it).
+One timed step is the evaluation's own inference (`lc.evaluation.inference.run_protocol`, the code
+that produces the mIoU of the same rows) for a batch at bench.image_size under the protocol of the
+config (`lc.evaluation.inference.protocol_from_config`: evaluate.scales, evaluate.flip,
+evaluate.fusion, evaluate.crf): per view resize, LC forward with prescribed routing masks (see
+`lc.bench.models`), aligned upsampling, fusion; then the argmax or a dense CRF per image. Images
+are the prepared VOC val images when a trained checkpoint supplies the masks, otherwise smooth
+random images (the CRF's cost depends on the image content, and noise would overstate it).
 """
 
 from __future__ import annotations
 
-import numpy as np
+import logging
+
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from lc.bench.models import BenchSetup, build_network, prescribed_routing
 from lc.bench.timing import RoutingMasks, measure
-from lc.evaluation.crf import dense_crf
+from lc.evaluation.inference import Protocol, View, protocol_from_config, resize_image, run_protocol
 from lc.models.cascade import LayerCascade
 
-__all__ = ["TABLE6_COLUMNS", "run_table6_bench"]
+__all__ = ["TABLE6_COLUMNS", "run_table6_bench", "table6_protocols"]
 
-TABLE6_COLUMNS = ["setting", "scales", "flip", "crf", "ms_median", "ms_p25", "ms_p75", "fps", "device",
-                  "mask_source", "image_size", "runs"]
+log = logging.getLogger(__name__)
+
+TABLE6_COLUMNS = ["setting", "scales", "flip", "fusion", "crf", "ms_median", "ms_p25", "ms_p75", "fps",
+                  "device", "mask_source", "image_size", "runs"]
 
 
-def _images(setup: BenchSetup) -> tuple[torch.Tensor, list[np.ndarray]]:
-    """Normalised (B, 3, S, S) images and their uint8 (S, S, 3) versions for the CRF."""
-    from lc.data import denormalize
-
+def _images(setup: BenchSetup) -> torch.Tensor:
+    """Normalised (B, 3, S, S) images."""
     size = (setup.image_size, setup.image_size)
     if setup.masks is not None:
         picks = [setup.masks.images[b % len(setup.masks.images)] for b in range(setup.batch_size)]
@@ -40,37 +41,24 @@ def _images(setup: BenchSetup) -> tuple[torch.Tensor, list[np.ndarray]]:
         gen = torch.Generator().manual_seed(int(setup.cfg.get("seed", 0)))
         coarse = torch.rand(setup.batch_size, 3, 8, 8, generator=gen) * 2 - 1
         images = F.interpolate(coarse, size=size, mode="bicubic", align_corners=False).clamp(-1, 1)
-    return images.to(setup.device), [denormalize(im) for im in images]
+    return images.to(setup.device)
 
 
-def _views(scales: list[float], flip: bool) -> list[tuple[float, bool]]:
-    return [(s, f) for s in scales for f in ((False, True) if flip else (False,))]
+def table6_protocols(evaluate_cfg: dict) -> list[tuple[str, Protocol]]:
+    """(setting, protocol) of Table 6's rows: the protocols of `lc evaluate`, plain, --multi-scale and
+    --multi-scale --crf, from the same config."""
+    return [("single_scale", protocol_from_config(evaluate_cfg)),
+            ("multi_scale", protocol_from_config(evaluate_cfg, multi_scale=True)),
+            ("multi_scale_crf", protocol_from_config(evaluate_cfg, multi_scale=True, crf=True))]
 
 
-def _protocol_step(setup: BenchSetup, model: LayerCascade, routing: prescribed_routing, rho: float,
-                   views: list[tuple[float, bool]], masks: dict[tuple[float, bool], list[RoutingMasks]],
-                   images: torch.Tensor, rgb: list[np.ndarray], crf_cfg: dict | None):
-    height, width = images.shape[-2:]
-
+def _protocol_step(model: LayerCascade, routing: prescribed_routing, rho: float, protocol: Protocol,
+                   masks: dict[View, list[RoutingMasks]], images: torch.Tensor):
     def step(i: int):
-        total = None
-        for scale, flip in views:
-            size = (round(height * scale), round(width * scale))
-            x = images if size == (height, width) else F.interpolate(images, size=size, mode="bilinear",
-                                                                     align_corners=False)
-            if flip:
-                x = x.flip(-1)
-            routing.select(i, masks[(scale, flip)])
-            probs = model(x, rho=rho).probs
-            probs = F.interpolate(probs, size=(height, width), mode="bilinear", align_corners=False)
-            if flip:
-                probs = probs.flip(-1)
-            total = probs if total is None else total + probs
-        probs = total / len(views)
-        if crf_cfg is None:
-            return probs.argmax(dim=1)
-        probs = probs.float().cpu().numpy()
-        return [dense_crf(rgb[b], probs[b], crf_cfg) for b in range(probs.shape[0])]
+        def select(view: View) -> None:
+            routing.select(i, masks[view])
+
+        return run_protocol(model, images, protocol, rho=rho, on_view=select)[0]
 
     return step
 
@@ -79,24 +67,23 @@ def run_table6_bench(setup: BenchSetup) -> pd.DataFrame:
     """FPS of LC at evaluate.rho under the three test protocols of Table 6."""
     ev = setup.cfg["evaluate"]
     rho = float(ev["rho"])
-    multi = [float(s) for s in ev["scales"]]
-    settings = [("single_scale", [1.0], False, False), ("multi_scale", multi, bool(ev["flip"]), False),
-                ("multi_scale_crf", multi, bool(ev["flip"]), True)]
+    settings = table6_protocols(ev)
     model = build_network("lc", setup.model_cfg, setup.device, rho)
-    images, rgb = _images(setup)
-    size = images.shape[-2:]
-    all_views = sorted({v for _, scales, flip, _ in settings for v in _views(scales, flip)})
-    masks = {(s, f): setup.mask_sets_for(rho, model, (round(size[0] * s), round(size[1] * s)), flip=f)
-             for s, f in all_views}
+    images = _images(setup)
+    all_views = sorted({view for _, protocol in settings for view in protocol.views})
+    masks = {view: setup.mask_sets_for(rho, model, tuple(resize_image(images[:1], view.scale).shape[-2:]),
+                                       flip=view.flip)
+             for view in all_views}
     rows = []
     with prescribed_routing(model, masks[all_views[0]]) as routing:
-        for name, scales, flip, crf in tqdm(settings, desc="bench table6", unit="setting"):
-            step = _protocol_step(setup, model, routing, rho, _views(scales, flip), masks, images, rgb,
-                                  dict(ev["crf"]) if crf else None)
+        for name, protocol in settings:
+            log.info("bench table6: %s (scales %s, flip %s, fusion %s, crf %s)", name, protocol.scales,
+                     protocol.flip, protocol.fusion, protocol.crf is not None)
+            step = _protocol_step(model, routing, rho, protocol, masks, images)
             warmup = setup.warmup_for(masks[all_views[0]])
             timing = measure(step, setup.device, warmup, setup.runs).row(setup.batch_size)
-            rows.append({"setting": name, "scales": " ".join(f"{s:g}" for s in scales), "flip": flip,
-                         "crf": crf, **timing,
-                         "device": setup.device_name, "mask_source": setup.mask_source,
-                         "image_size": setup.image_size})
+            rows.append({"setting": name, "scales": " ".join(f"{s:g}" for s in protocol.scales),
+                         "flip": protocol.flip, "fusion": protocol.describe()["fusion"],
+                         "crf": protocol.crf is not None, **timing, "device": setup.device_name,
+                         "mask_source": setup.mask_source, "image_size": setup.image_size})
     return pd.DataFrame(rows)[TABLE6_COLUMNS]

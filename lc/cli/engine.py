@@ -105,7 +105,8 @@ def _add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
 
     def protocol(q: argparse.ArgumentParser) -> None:
         q.add_argument("--multi-scale", action="store_true",
-                       help="average over evaluate.scales (and mirrored views when evaluate.flip)")
+                       help="fuse the views of evaluate.scales (and mirrored ones when evaluate.flip) by "
+                            "evaluate.fusion")
         q.add_argument("--crf", action="store_true", help="dense CRF post-processing (evaluate.crf)")
 
     def max_images(q: argparse.ArgumentParser) -> None:

@@ -1,8 +1,8 @@
 """Analyses behind Figs. 1, 4 and 6: pixel difficulty of a trained baseline, stage-by-stage examples.
 
 Pixel difficulty (the paper's Sec. 1, `lc analyze difficulty`), from the baseline's softmax upsampled
-bilinearly to the label resolution, over labelled pixels (255 ignored), with c =
-`evaluate.difficulty.confidence`:
+bilinearly to the label resolution (logit i at pixel 8i, as in training: `lc.evaluation.alignment`),
+over labelled pixels (255 ignored), with c = `evaluate.difficulty.confidence`:
 - easy: correctly classified with top probability > c;
 - hard: misclassified with top probability > c;
 - moderate: top probability <= c.
@@ -21,19 +21,19 @@ import pandas as pd
 import torch
 from scipy import ndimage
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from lc.bench.timing import device_name
-from lc.data import CLASS_NAMES, build_dataset, denormalize
+from lc.data import CLASS_NAMES, IGNORE_INDEX, build_dataset, denormalize
 from lc.data.io import atomic_path
-from lc.evaluation.evaluate import load_evaluation_model, model_variant, write_json
+from lc.evaluation.evaluate import write_json
 from lc.evaluation.inference import predict
+from lc.evaluation.loading import load_for_evaluation, model_variant
+from lc.evaluation.progress import progress
 from lc.training.distributed import resolve_device
 
 __all__ = ["DIFFICULTY_COLUMNS", "DifficultyCounter", "boundary_band", "difficulty_masks", "run_difficulty",
            "run_stage_examples", "stage_examples"]
 
-IGNORE_INDEX = 255
 DIFFICULTY_COLUMNS = ["class", "easy_pct", "moderate_pct", "hard_pct", "pixels"]
 
 
@@ -119,21 +119,22 @@ def run_difficulty(cfg: dict, checkpoint: str | Path, dataset: str = "voc", spli
     """`lc analyze difficulty`: per-class table and summary (hard_boundary_share, ...) of a baseline."""
     settings = cfg["evaluate"]["difficulty"]
     device_t = resolve_device(device or cfg.get("device"))
-    model = load_evaluation_model(checkpoint, dataset, device_t)
+    model, model_info = load_for_evaluation(cfg, checkpoint, dataset, device_t)
     data = build_dataset(cfg, dataset, split)
     max_images = max_images if max_images is not None else cfg["evaluate"].get("max_images")
     count = len(data) if max_images is None else min(len(data), int(max_images))
     if count == 0 or not data.has_labels:
         raise ValueError(f"{data.list_file}: the difficulty analysis needs labelled images (a val split)")
     counter = DifficultyCounter(len(CLASS_NAMES[dataset]), settings["confidence"], settings["boundary_px"])
-    for index in tqdm(range(count), desc=f"difficulty {dataset} {split}", unit="img", leave=False):
+    for index in progress(range(count), count, f"difficulty {dataset} {split}",
+                          int(cfg["train"].get("log_every", 20))):
         item = data[index]
         prediction = predict(model, item["image"][None].to(device_t))
         counter.add(prediction.probs[0], item["label"])
     table = counter.table(list(CLASS_NAMES[dataset]))
     summary = {"dataset": dataset, "split": split, "checkpoint": str(checkpoint),
                "variant": model_variant(model), "preset": cfg["preset"],
-               "device": device_name(device_t), **counter.summary()}
+               "device": device_name(device_t), "model": model_info, **counter.summary()}
     if out_csv is not None:
         with atomic_path(out_csv) as tmp:
             table.to_csv(tmp, index=False)
@@ -198,7 +199,7 @@ def run_stage_examples(cfg: dict, checkpoint: str | Path, dataset: str, out: str
                        num_images: int = 4, rho: float | None = None, device: str | None = None) -> Path:
     """`lc analyze stages`: write the stage examples of `checkpoint` to `out` (.npz, atomic)."""
     device_t = resolve_device(device or cfg.get("device"))
-    model = load_evaluation_model(checkpoint, dataset, device_t)
+    model, _ = load_for_evaluation(cfg, checkpoint, dataset, device_t)
     arrays = stage_examples(model, build_dataset(cfg, dataset, split), num_images, rho, device_t)
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)

@@ -1,15 +1,17 @@
 """Evaluation on a labelled split: confusion matrix, IoU, stage statistics and timing (`lc evaluate`).
 
-Protocol: the cascade's stride-8 class probabilities are upsampled bilinearly to the image size
-(averaged over the views of `lc.evaluation.inference` under multi-scale testing), optionally refined by the
-dense CRF of `lc.evaluation.crf`, and the argmax is compared with the full-resolution label; label 255 is
-ignored. Stage statistics (pixels decided at each stage, label histogram of the pixels passed on)
-are counted at stride 8 on the reference view.
+Protocol (`lc.evaluation.inference`): the cascade's stride-8 class probabilities are upsampled to
+the image size with logit i at pixel 8i (as in training; `lc.evaluation.alignment`), fused over
+the views under multi-scale testing, optionally refined by the dense CRF of `lc.evaluation.crf`,
+and the argmax is compared with the full-resolution label; label 255 is ignored. Stage statistics
+(pixels decided at each stage, label histogram of the pixels passed on) are counted at stride 8 on
+the reference view, against the label at pixel (8i, 8j).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -19,24 +21,22 @@ import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm import tqdm
 
 from lc.bench.timing import device_name
-from lc.data import CLASS_NAMES, NUM_CLASSES, build_dataset, denormalize
+from lc.data import CLASS_NAMES, IGNORE_INDEX, build_dataset
 from lc.data.io import write_text_atomic
-from lc.evaluation.crf import dense_crf
-from lc.evaluation.inference import SINGLE_VIEW, StageTimer, View, predict, protocol_views
+from lc.evaluation.alignment import output_stride, subsample_labels
+from lc.evaluation.inference import Protocol, StageTimer, predict, protocol_from_config, run_protocol
+from lc.evaluation.loading import load_evaluation_model, load_for_evaluation, model_variant, routes_at_eval
 from lc.evaluation.metrics import ConfusionMeter
+from lc.evaluation.progress import progress
 from lc.models.cascade import CascadeOutput
-from lc.models.mc import ModelCascade
-from lc.training.checkpoint import load_model
 from lc.training.distributed import resolve_device
-from lc.training.losses import downsample_labels
 
 __all__ = ["EvalAccumulator", "evaluate_model", "load_evaluation_model", "model_variant", "run_evaluation",
            "write_json"]
 
-IGNORE_INDEX = 255
+log = logging.getLogger(__name__)
 HIST_KEYS = ("all", "stage2", "stage3")
 
 
@@ -73,8 +73,8 @@ def _percent(fraction: float) -> float | None:
 class EvalAccumulator:
     """Everything `lc evaluate` reports, accumulated image by image."""
 
-    def __init__(self, num_classes: int):
-        self.num_classes = num_classes
+    def __init__(self, num_classes: int, stride: int = 8):
+        self.num_classes, self.stride = num_classes, stride
         self.meter = ConfusionMeter(num_classes, IGNORE_INDEX)
         self.decided_counts = np.zeros(3, dtype=np.int64)  # stride-8 pixels decided at stages 1..3
         self.routed_label_hist = {key: np.zeros(num_classes, dtype=np.int64) for key in HIST_KEYS}
@@ -87,7 +87,7 @@ class EvalAccumulator:
         self.meter.add(pred, label.to(pred.device))
         decided = output.decided_at_stage[index]
         self.decided_counts += torch.bincount(decided.flatten().long(), minlength=4)[1:4].cpu().numpy()
-        small = downsample_labels(label[None].to(decided.device), tuple(decided.shape))[0]
+        small = subsample_labels(label.to(decided.device), tuple(decided.shape), self.stride)
         labelled = small != IGNORE_INDEX
         routed = {"all": labelled, "stage2": labelled & output.stage_masks[1][index],
                   "stage3": labelled & output.stage_masks[2][index]}
@@ -113,35 +113,23 @@ class EvalAccumulator:
                 "per_class_iou": [_percent(v) for v in iou], "confusion": self.meter.value.tolist()}
 
 
-def model_variant(model: nn.Module) -> str:
-    return "mc" if isinstance(model, ModelCascade) else str(getattr(model, "variant", type(model).__name__))
-
-
-def load_evaluation_model(checkpoint: str | Path, dataset: str, device: torch.device) -> nn.Module:
-    """The trained model of `checkpoint` in eval mode on `device`; refuses one trained for other classes."""
-    model = load_model(checkpoint, map_location=device)
-    expected = NUM_CLASSES[dataset]
-    if getattr(model, "num_classes", expected) != expected:
-        raise ValueError(f"checkpoint {checkpoint} predicts {model.num_classes} classes but {dataset} has "
-                         f"{expected}; pass the checkpoint trained on {dataset} (runs/{dataset}/<variant>/)")
-    return model
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def evaluate_model(model: nn.Module, data: Dataset, rhos: Sequence[float | None] = (None,),
-                   views: Sequence[View] = SINGLE_VIEW, crf_cfg: Mapping | None = None,
-                   device: torch.device | str = "cpu", max_images: int | None = None, workers: int = 0,
-                   desc: str = "evaluate") -> list[EvalAccumulator]:
+                   protocol: Protocol | None = None, device: torch.device | str = "cpu",
+                   max_images: int | None = None, workers: int = 0, desc: str = "evaluate",
+                   log_every: int = 20) -> list[EvalAccumulator]:
     """Evaluate `model` on the labelled `data` once per rho (None: the model's own); one accumulator each.
 
-    A routed cascade's stage-2/3 features depend on which neighbours are routed with a pixel, so
-    each rho is a forward of its own (no pass is shared between thresholds). Time per image covers
-    the forward passes of every view, upsampling, averaging and the CRF, not data loading.
+    protocol: views, fusion and CRF (default: single scale, no CRF). A routed cascade's stage-2/3
+    features depend on which neighbours are routed with a pixel, so each rho is a forward of its
+    own (no pass is shared between thresholds). Time per image covers the forward passes of every
+    view, upsampling, fusion and the CRF, not data loading.
     """
+    protocol = protocol or Protocol()
     device = torch.device(device)
     count = len(data) if max_images is None else min(len(data), int(max_images))
     if count == 0:
@@ -152,28 +140,23 @@ def evaluate_model(model: nn.Module, data: Dataset, rhos: Sequence[float | None]
         raise ValueError(f"{getattr(data, 'list_file', 'the split')} has no labels; evaluation needs a "
                          "labelled split (val), test predictions go through `lc export`")
     loader = DataLoader(Subset(data, range(count)), batch_size=1, num_workers=workers)
-    accumulators = [EvalAccumulator(model.num_classes) for _ in rhos]
+    accumulators = [EvalAccumulator(model.num_classes, output_stride(model)) for _ in rhos]
     timer = StageTimer(model, device)
     with torch.inference_mode():  # warm-up (kernel selection, allocator): the first image, untimed
-        predict(model, first["image"][None].to(device), rho=rhos[0], views=views)
+        predict(model, first["image"][None].to(device), rho=rhos[0], views=protocol.views,
+                fusion=protocol.fusion)
     with timer, torch.inference_mode():
-        for item in tqdm(loader, total=count, desc=desc, unit="img", leave=False):
+        for item in progress(loader, count, desc, log_every):
             images, label = item["image"].to(device), item["label"][0].to(device)
             for rho, acc in zip(rhos, accumulators, strict=True):
                 timer.seconds[:] = 0.0
                 _sync(device)
                 start = time.perf_counter()
-                prediction = predict(model, images, rho=rho, views=views, timer=timer)
-                if crf_cfg is None:
-                    pred = prediction.labels[0]
-                else:
-                    rgb = denormalize(item["image"][0])
-                    probs = prediction.probs[0].cpu().numpy()
-                    pred = torch.from_numpy(dense_crf(rgb, probs, crf_cfg)).to(device)
+                labels, prediction = run_protocol(model, images, protocol, rho=rho, timer=timer)
                 _sync(device)
                 acc.seconds += time.perf_counter() - start
                 acc.stage_seconds += timer.seconds
-                acc.add(pred, label, prediction.output)
+                acc.add(labels[0], label, prediction.output)
     if not timer.available:
         for acc in accumulators:
             acc.stage_seconds[:] = np.nan
@@ -196,26 +179,28 @@ def run_evaluation(cfg: dict, checkpoint: str | Path, dataset: str, split: str =
     """`lc evaluate`: evaluate one checkpoint, return the report dict and write it to `out` (JSON)."""
     ev = cfg["evaluate"]
     device_t = resolve_device(device or cfg.get("device"))
-    model = load_evaluation_model(checkpoint, dataset, device_t)
+    model, model_info = load_for_evaluation(cfg, checkpoint, dataset, device_t)
     data = build_dataset(cfg, dataset, split)
-    views = protocol_views(ev["scales"], bool(ev["flip"])) if multi_scale else list(SINGLE_VIEW)
-    crf_cfg = dict(ev["crf"]) if crf else None
+    protocol = protocol_from_config(ev, multi_scale, crf)
     max_images = max_images if max_images is not None else ev.get("max_images")
-    (acc,) = evaluate_model(model, data, [rho], views, crf_cfg, device_t, max_images,
-                            workers=int(cfg["train"].get("workers", 0)), desc=f"evaluate {dataset} {split}")
+    (acc,) = evaluate_model(model, data, [rho], protocol, device_t, max_images,
+                            workers=int(cfg["train"].get("workers", 0)), desc=f"evaluate {dataset} {split}",
+                            log_every=int(cfg["train"].get("log_every", 20)))
     stage_time, notes = _stage_time(acc, f"not measurable for a {type(model).__name__}")
     effective_rho = float(model.rho if rho is None else rho)
     variant = model_variant(model)
-    if variant in ("irnet", "dsn", "dsn_dropout"):
+    if not routes_at_eval(variant):
         notes.append(f"rho: a {variant} model does not route at evaluation; every pixel goes through every "
                      "stage it has")
+    if not model_info["matches_config"]:
+        notes.append("model: the checkpoint's architecture differs from the config's model section "
+                     f"({', '.join(model_info['differences_from_config'])}); the checkpoint's was evaluated")
     report = {
         "dataset": dataset, "split": split, "variant": variant, "preset": cfg["preset"],
         "device": device_name(device_t), "checkpoint": str(checkpoint), "num_images": acc.num_images,
         "rho": effective_rho,
-        "protocol": {"scales": [v.scale for v in views if not v.flip], "flip": any(v.flip for v in views),
-                     "crf": crf, "crf_params": crf_cfg, "upsampling": "bilinear",
-                     "ignore_index": IGNORE_INDEX},
+        "protocol": {**protocol.describe(), "ignore_index": IGNORE_INDEX},
+        "model": model_info,
         "class_names": list(CLASS_NAMES[dataset]),
         **acc.metrics(),
         "stage_share": acc.stage_share,
@@ -224,6 +209,9 @@ def run_evaluation(cfg: dict, checkpoint: str | Path, dataset: str, split: str =
         "stage_time_ms": stage_time,
         "notes": notes,
     }
+    log.info("%s %s %s: mIoU %s on %d images (protocol: scales %s, flip %s, fusion %s, crf %s)", dataset,
+             split, variant, report["miou"], acc.num_images, protocol.scales, protocol.flip, protocol.fusion,
+             protocol.crf is not None)
     if out is not None:
         write_json(out, report)
     return report

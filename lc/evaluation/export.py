@@ -7,13 +7,17 @@
   cityscapesscripts' label table) per test image, named `<city>/<city>_<seq>_<frame>_pred_labelIds.png`
   (the server matches on `<city>_<seq>_<frame>*.png`), in a .zip.
 Beside the archive a JSON summary (`<archive stem>.json`): image count, predicted pixels per class,
-checkpoint and protocol. Both are written to temporary names and renamed when complete.
+checkpoint, protocol and the split that trained the model. The VOC export model's training split
+is `evaluate.export_train_split` (DeepLab's custom, and the paper preset's: `trainval_aug`); a VOC
+checkpoint whose run records another split is refused, as the archive would be mislabelled. Both
+files are written to temporary names and renamed when complete.
 """
 
 from __future__ import annotations
 
 import gzip
 import io
+import logging
 import re
 import tarfile
 import time
@@ -21,23 +25,28 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from lc.bench.timing import device_name
-from lc.data import CLASS_NAMES, VOC_PALETTE, build_dataset, denormalize, trainid_to_labelid
+from lc.data import CLASS_NAMES, VOC_PALETTE, build_dataset, trainid_to_labelid
 from lc.data.io import atomic_path, encode_png
-from lc.evaluation.crf import dense_crf
-from lc.evaluation.evaluate import load_evaluation_model, model_variant, write_json
-from lc.evaluation.inference import SINGLE_VIEW, predict, protocol_views
+from lc.evaluation.evaluate import write_json
+from lc.evaluation.inference import protocol_from_config, run_protocol
+from lc.evaluation.loading import load_for_evaluation, model_variant, training_split
+from lc.evaluation.progress import progress
 from lc.training.distributed import resolve_device
 
-__all__ = ["ARCHIVE_SUFFIXES", "VOC_MEMBER", "cityscapes_member", "run_export", "summary_path"]
+__all__ = ["ARCHIVE_SUFFIXES", "VOC_MEMBER", "cityscapes_member", "export_training_split", "run_export",
+           "summary_path"]
 
 VOC_MEMBER = "results/VOC2012/Segmentation/comp6_test_cls/{name}.png"
 ARCHIVE_SUFFIXES = {"voc": (".tar.gz", ".tgz"), "cityscapes": (".zip",)}
 _CITYSCAPES_NAME = re.compile(r"^(?P<city>[a-z_]+)_(?P<seq>\d{6})_(?P<frame>\d{6})$")
 # Fixed member timestamps make an export of the same predictions byte-identical.
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+# What a run that records no split trained on: `lc train` used train_aug (VOC) / train (Cityscapes)
+# before it took --split.
+_DEFAULT_TRAIN_SPLIT = {"voc": "train_aug", "cityscapes": "train"}
+log = logging.getLogger(__name__)
 
 
 def summary_path(archive: str | Path) -> Path:
@@ -101,21 +110,37 @@ def _check_archive_name(dataset: str, out: Path) -> None:
                          f"{ARCHIVE_SUFFIXES[dataset][0]})")
 
 
+def export_training_split(cfg: dict, checkpoint: str | Path, dataset: str) -> dict:
+    """The "training" entry of the export summary: the split that trained the model and where that was
+    read. For VOC, refuses a model trained on another split than `evaluate.export_train_split`."""
+    split, source = training_split(checkpoint)
+    if dataset == "voc" and split == "train":
+        split = "train_aug"  # `build_dataset(cfg, "voc", "train")` reads train_aug
+    if split is None:
+        split, source = _DEFAULT_TRAIN_SPLIT[dataset], f"{source}; {_DEFAULT_TRAIN_SPLIT[dataset]} assumed"
+    wanted = cfg["evaluate"].get("export_train_split") if dataset == "voc" else None
+    if wanted is not None and split != wanted:
+        raise ValueError(f"checkpoint {checkpoint} was trained on {split} ({source}) but "
+                         f"evaluate.export_train_split is {wanted}; export the model trained with "
+                         f"`lc train --split {wanted}` or set evaluate.export_train_split: {split}")
+    return {"split": split, "source": source, "config_export_train_split": wanted}
+
+
 def run_export(cfg: dict, checkpoint: str | Path, dataset: str, out: str | Path, split: str = "test",
                rho: float | None = None, multi_scale: bool = False, crf: bool = False,
                device: str | None = None) -> dict:
     """Predict every image of `split` and write the server archive `out` and its summary JSON."""
     out = Path(out)
     _check_archive_name(dataset, out)
-    ev = cfg["evaluate"]
     device_t = resolve_device(device or cfg.get("device"))
     data = build_dataset(cfg, dataset, split)
     if len(data) == 0:
         raise ValueError(f"{dataset} {split} has no images ({data.list_file} is empty); nothing to export. "
                          "Provide the test images (README, Data) and re-run `lc prepare`")
-    model = load_evaluation_model(checkpoint, dataset, device_t)
-    views = protocol_views(ev["scales"], bool(ev["flip"])) if multi_scale else list(SINGLE_VIEW)
-    crf_cfg = dict(ev["crf"]) if crf else None
+    model, model_info = load_for_evaluation(cfg, checkpoint, dataset, device_t)
+    training = export_training_split(cfg, checkpoint, dataset)
+    log.info("exporting %s %s with %s, trained on %s", dataset, split, checkpoint, training["split"])
+    protocol = protocol_from_config(cfg["evaluate"], multi_scale, crf)
     num_classes = len(CLASS_NAMES[dataset])
     pixels = np.zeros(num_classes, dtype=np.int64)
     seconds = 0.0
@@ -123,17 +148,15 @@ def run_export(cfg: dict, checkpoint: str | Path, dataset: str, out: str | Path,
     with atomic_path(out) as tmp:
         writer = _TarGzWriter(tmp) if dataset == "voc" else _ZipWriter(tmp)
         try:
-            for index in tqdm(range(len(data)), desc=f"export {dataset} {split}", unit="img", leave=False):
+            for index in progress(range(len(data)), len(data), f"export {dataset} {split}",
+                                  int(cfg["train"].get("log_every", 20))):
                 item = data[index]
                 if item["name"] in names:
                     raise ValueError(f"{data.list_file} lists {item['name']!r} twice; re-run `lc prepare`")
                 names.add(item["name"])
                 start = time.perf_counter()
-                prediction = predict(model, item["image"][None].to(device_t), rho=rho, views=views)
-                if crf_cfg is None:
-                    labels = prediction.labels[0].cpu().numpy()
-                else:
-                    labels = dense_crf(denormalize(item["image"]), prediction.probs[0].cpu().numpy(), crf_cfg)
+                labels, _ = run_protocol(model, item["image"][None].to(device_t), protocol, rho=rho)
+                labels = labels[0].cpu().numpy()
                 seconds += time.perf_counter() - start  # .cpu() above waited for the GPU
                 pixels += np.bincount(labels.ravel(), minlength=num_classes)[:num_classes]
                 writer.add(*_encode(dataset, item["name"], labels))
@@ -145,9 +168,9 @@ def run_export(cfg: dict, checkpoint: str | Path, dataset: str, out: str | Path,
         "values": "VOC class indices 0..20 (palette PNG)" if dataset == "voc"
         else "Cityscapes labelIds (trainIds mapped through cityscapesscripts)",
         "checkpoint": str(checkpoint), "variant": model_variant(model), "preset": cfg["preset"],
+        "train_split": training["split"], "training": training, "model": model_info,
         "device": device_name(device_t), "rho": float(model.rho if rho is None else rho),
-        "protocol": {"scales": [v.scale for v in views if not v.flip], "flip": any(v.flip for v in views),
-                     "crf": crf, "crf_params": crf_cfg},
+        "protocol": protocol.describe(),
         "predicted_pixels": dict(zip(CLASS_NAMES[dataset], pixels.tolist(), strict=True)),
         "ms_per_image": seconds / len(names) * 1000.0,
     }

@@ -1,16 +1,23 @@
-"""Test-time inference: one cascade forward per view (scale, mirror), probabilities averaged at full size.
+"""Test-time inference: the protocol's views (scales, mirror), their fusion, and the optional dense CRF.
 
-The single-scale protocol is one view (scale 1, not mirrored). Multi-scale testing (Table 6) resizes
-the image to every scale of `evaluate.scales` (and mirrors each when `evaluate.flip`), upsamples
-each view's stride-8 class probabilities bilinearly to the image size, un-mirrors them and takes
-the mean. Stage statistics (which pixels each stage processed) come from one reference view: the
-unmirrored view whose scale is closest to 1.
+The single-scale protocol is one view (scale 1, not mirrored). Multi-scale testing resizes the
+image to every scale of `evaluate.scales` (and mirrors each when `evaluate.flip`), upsamples each
+view's stride-8 class probabilities to the image size with the alignment of
+`lc.evaluation.alignment` (logit i at pixel 8i of its view), un-mirrors them and fuses them by
+`evaluate.fusion`:
+- `max`: per class, the largest probability over the views, renormalised per pixel to sum to 1
+  (DeepLab-v2's fusion, which takes the maximum of its scales' score maps; a cascade exposes one
+  probability map per pixel's deciding stage, so the maximum is taken over probabilities);
+- `mean`: the average of the views' probabilities.
+The paper preset uses DeepLab-v2's protocol: scales {0.5, 0.75, 1}, max, no flip. Stage statistics
+(which pixels each stage processed) come from one reference view: the unmirrored view whose scale
+is closest to 1. `Protocol` bundles views, fusion and CRF; `run_protocol` is the one function that
+evaluation, the test export and the Table 6 benchmark all run.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,14 +25,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lc.models.cascade import CascadeOutput, LayerCascade
-from lc.models.mc import ModelCascade
+from lc.evaluation.alignment import UPSAMPLING, output_stride, upsample_probs
+from lc.evaluation.crf import dense_crf
+from lc.evaluation.stage_timer import StageTimer
+from lc.models.cascade import CascadeOutput
 
-__all__ = ["Prediction", "StageTimer", "View", "predict", "protocol_views", "reference_view",
-           "resize_image", "upsample_probs"]
+__all__ = ["FUSIONS", "SINGLE_VIEW", "Prediction", "Protocol", "StageTimer", "View", "crf_labels", "predict",
+           "protocol_from_config", "protocol_views", "reference_view", "resize_image", "run_protocol",
+           "upsample_probs"]
+
+FUSIONS = ("max", "mean")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class View:
     """One test-time view of an image: resized by `scale`, mirrored left-right when `flip`."""
 
@@ -60,129 +72,129 @@ def resize_image(images: torch.Tensor, scale: float) -> torch.Tensor:
     return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
 
 
-def upsample_probs(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(B, K, h, w) stride-8 probabilities -> (B, K, H, W), bilinear (as DeepLab evaluates)."""
-    if tuple(probs.shape[-2:]) == tuple(size):
-        return probs
-    return F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
-
-
 @dataclass
 class Prediction:
     """The protocol's output for a batch of images."""
 
-    probs: torch.Tensor  # (B, K, H, W) float32: class probabilities averaged over the views
+    probs: torch.Tensor  # (B, K, H, W) float32: class probabilities fused over the views
     output: CascadeOutput  # the reference view's cascade output (stride 8)
     view: View  # the reference view
 
     @property
     def labels(self) -> torch.Tensor:
-        """(B, H, W) int64: argmax of the averaged probabilities."""
+        """(B, H, W) int64: argmax of the fused probabilities."""
         return self.probs.argmax(dim=1)
 
 
-class StageTimer:
-    """Wall time per stage of a cascade's forward passes, summed over the passes it saw.
-
-    It wraps the per-stage calls of the model instance while active (`with timer:`): for a
-    LayerCascade the end of each stage's head (stage k = from the end of head k-1, or the start of
-    the forward, to the end of head k, routing included); for a ModelCascade each member's
-    forward. On CUDA it records events (no synchronisation inside the forward), on the CPU reads
-    the clock. `available` is False for models of another kind.
-    """
-
-    def __init__(self, model: nn.Module, device: torch.device):
-        self.model, self.device = model, torch.device(device)
-        if isinstance(model, ModelCascade):
-            self._target = "_member_logits"
-        elif isinstance(model, LayerCascade):
-            self._target = "_run_head"
-        else:
-            self._target = None
-        self.seconds = np.zeros(3)
-        self._marks: list[tuple[int | None, object]] = []
-
-    @property
-    def available(self) -> bool:
-        return self._target is not None and hasattr(self.model, self._target)
-
-    def _mark(self, stage: int | None) -> None:
-        if self.device.type == "cuda":
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            self._marks.append((stage, event))
-        else:
-            self._marks.append((stage, time.perf_counter()))
-
-    def begin(self) -> None:
-        """Call right before a forward: the start of stage 1 (LayerCascade)."""
-        self._marks = []
-        self._mark(None)
-
-    def collect(self) -> None:
-        """Call after a forward: add each stage's time to `seconds`."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        for (_, before), (stage, after) in zip(self._marks, self._marks[1:], strict=False):
-            if stage is None:
-                continue  # a "begin" mark: the time before it belongs to no stage
-            if self.device.type == "cuda":
-                self.seconds[stage] += before.elapsed_time(after) / 1000.0
-            else:
-                self.seconds[stage] += after - before
-        self._marks = []
-
-    def __enter__(self) -> StageTimer:
-        if not self.available:
-            return self
-        original = getattr(self.model, self._target)
-        if self._target == "_run_head":
-            def timed(stage: int, *args, **kwargs):
-                result = original(stage, *args, **kwargs)
-                self._mark(stage - 1)
-                return result
-        else:
-            def timed(k: int, *args, **kwargs):
-                self._mark(None)
-                result = original(k, *args, **kwargs)
-                self._mark(k)
-                return result
-        setattr(self.model, self._target, timed)  # an instance attribute shadows the method
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.available and self._target in vars(self.model):
-            delattr(self.model, self._target)
+def _check_fusion(fusion: str) -> str:
+    if fusion not in FUSIONS:
+        raise ValueError(f"evaluate.fusion must be one of {FUSIONS}, got {fusion!r}")
+    return fusion
 
 
 @torch.inference_mode()
 def predict(model: nn.Module, images: torch.Tensor, rho: float | None = None,
-            views: Sequence[View] = SINGLE_VIEW, timer: StageTimer | None = None) -> Prediction:
-    """Run the cascade on every view of `images` (B, 3, H, W) and average the upsampled probabilities.
+            views: Sequence[View] = SINGLE_VIEW, timer: StageTimer | None = None, fusion: str = "mean",
+            on_view: Callable[[View], None] | None = None) -> Prediction:
+    """Run the cascade on every view of `images` (B, 3, H, W) and fuse the upsampled probabilities.
 
     rho overrides the model's threshold (None: the model's own). `timer`, if given and active,
-    accumulates the per-stage time of every view's forward.
+    accumulates the per-stage time of every view's forward. `on_view(view)` is called right before
+    each view's forward (the Table 6 benchmark selects that view's routing masks there).
     """
     if not views:
         raise ValueError("predict needs at least one view")
+    _check_fusion(fusion)
     height, width = images.shape[-2:]
+    stride = output_stride(model)
     ref = reference_view(views)
-    total: torch.Tensor | None = None
+    fused: torch.Tensor | None = None
     ref_output: CascadeOutput | None = None
     for view in views:
         x = resize_image(images, view.scale)
         if view.flip:
             x = x.flip(-1)
+        if on_view is not None:
+            on_view(view)
         if timer is not None:
             timer.begin()
         output = model(x, rho=rho)
         if timer is not None:
             timer.collect()
-        probs = upsample_probs(output.probs.float(), (height, width))
+        probs = upsample_probs(output.probs.float(), (height, width), tuple(x.shape[-2:]), stride)
         if view.flip:
             probs = probs.flip(-1)
-        total = probs.clone() if total is None else total.add_(probs)
+        if fused is None:
+            fused = probs.clone()
+        elif fusion == "max":
+            torch.maximum(fused, probs, out=fused)
+        else:
+            fused.add_(probs)
         if view == ref:
             ref_output = output
-    assert total is not None and ref_output is not None
-    return Prediction(probs=total.div_(len(views)), output=ref_output, view=ref)
+    assert fused is not None and ref_output is not None
+    if len(views) > 1 and fusion == "max":
+        fused.div_(fused.sum(dim=1, keepdim=True).clamp_(min=torch.finfo(fused.dtype).tiny))
+    elif len(views) > 1:
+        fused.div_(len(views))
+    return Prediction(probs=fused, output=ref_output, view=ref)
+
+
+def crf_labels(images: torch.Tensor, probs: torch.Tensor, crf_cfg: Mapping) -> torch.Tensor:
+    """(B, H, W) int64 labels of the dense CRF (`lc.evaluation.crf`) on each image of the batch, on the
+    probabilities' device; images are the normalised (B, 3, H, W) network inputs."""
+    from lc.data import denormalize
+
+    host = probs.float().cpu().numpy()
+    labels = [dense_crf(denormalize(images[b]), host[b], crf_cfg) for b in range(host.shape[0])]
+    return torch.from_numpy(np.stack(labels)).to(probs.device)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A test protocol: the views, how they are fused, and the dense CRF parameters (None: no CRF)."""
+
+    views: tuple[View, ...] = SINGLE_VIEW
+    fusion: str = "mean"
+    crf: Mapping | None = None
+
+    def __post_init__(self) -> None:
+        _check_fusion(self.fusion)
+        if not self.views:
+            raise ValueError("a protocol needs at least one view")
+
+    @property
+    def scales(self) -> list[float]:
+        return [v.scale for v in self.views if not v.flip]
+
+    @property
+    def flip(self) -> bool:
+        return any(v.flip for v in self.views)
+
+    def describe(self) -> dict:
+        """What the JSON reports record under "protocol"."""
+        return {"scales": self.scales, "flip": self.flip,
+                "fusion": self.fusion if len(self.views) > 1 else "none (one view)",
+                "crf": self.crf is not None, "crf_params": None if self.crf is None else dict(self.crf),
+                "upsampling": UPSAMPLING}
+
+
+def protocol_from_config(evaluate_cfg: Mapping, multi_scale: bool = False, crf: bool = False) -> Protocol:
+    """The protocol of the config's `evaluate` section: single scale, or multi-scale (evaluate.scales,
+    evaluate.flip, evaluate.fusion), with or without the dense CRF (evaluate.crf)."""
+    views = (tuple(protocol_views(evaluate_cfg["scales"], bool(evaluate_cfg.get("flip", False))))
+             if multi_scale else SINGLE_VIEW)
+    return Protocol(views=views, fusion=str(evaluate_cfg.get("fusion", "mean")),
+                    crf=dict(evaluate_cfg["crf"]) if crf else None)
+
+
+def run_protocol(model: nn.Module, images: torch.Tensor, protocol: Protocol, rho: float | None = None,
+                 timer: StageTimer | None = None,
+                 on_view: Callable[[View], None] | None = None) -> tuple[torch.Tensor, Prediction]:
+    """(labels (B, H, W) int64, fused prediction) of `images` under `protocol`: the views, their fusion,
+    then the argmax or the dense CRF."""
+    prediction = predict(model, images, rho=rho, views=protocol.views, timer=timer, fusion=protocol.fusion,
+                         on_view=on_view)
+    if protocol.crf is None:
+        return prediction.labels, prediction
+    return crf_labels(images, prediction.probs, protocol.crf), prediction

@@ -1,13 +1,13 @@
 """Layer Cascade (LC): IRNet cut into three stages, each with a head, routed by confidence.
 
-A pixel is decided at stage k when its top softmax probability at stage k is at least rho; only
+A pixel is decided at stage k when its top softmax probability at stage k is larger than rho; only
 undecided pixels go on to stage k+1, which runs on them alone (region convolution). Variants:
 - `irnet`: one head after the last stage, no routing (the single-loss baseline);
 - `dsn`: deep supervision, a head after every stage and every pixel through every stage;
 - `dsn_dropout`: as dsn, but in training stages 2 and 3 see a random subset of pixels of exactly
   the size LC's rule would pass, per image (our reading of the paper's "DSN + Dropout"): stage 2
-  gets as many pixels as have stage-1 confidence < rho; stage 3 as many of stage 2's pixels as
-  have stage-2 confidence < rho. At evaluation it behaves as dsn;
+  gets as many pixels as have stage-1 confidence <= rho; stage 3 as many of stage 2's pixels as
+  have stage-2 confidence <= rho. At evaluation it behaves as dsn;
 - `lc`: the Layer Cascade, rho routing in training and evaluation.
 """
 
@@ -42,11 +42,12 @@ class CascadeOutput:
 
 
 def undecided_mask(logits: torch.Tensor, rho: float) -> torch.Tensor:
-    """(B, h, w) bool: pixels whose top softmax probability is below rho (rho >= 1: every pixel)."""
+    """(B, h, w) bool: pixels whose top softmax probability is not larger than rho (the paper accepts a
+    pixel when its score is larger than rho); rho >= 1: every pixel."""
     if rho >= 1.0:
         return torch.ones(logits.shape[0], *logits.shape[2:], dtype=torch.bool, device=logits.device)
     with torch.no_grad():
-        return logits.detach().softmax(dim=1).amax(dim=1) < rho
+        return logits.detach().softmax(dim=1).amax(dim=1) <= rho
 
 
 def random_subset(candidates: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:

@@ -31,10 +31,13 @@ def _palette(dataset: str) -> tuple[np.ndarray, tuple[str, ...]]:
 
 
 def _upsample(label: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of an (h, w) map to `shape` (stride-8 maps to image size)."""
-    rows = (np.arange(shape[0]) * label.shape[0] // shape[0]).clip(0, label.shape[0] - 1)
-    cols = (np.arange(shape[1]) * label.shape[1] // shape[1]).clip(0, label.shape[1] - 1)
-    return label[rows][:, cols]
+    """Nearest-neighbour resize of an (h, w) stride-s map to `shape`: pixel y shows the logit nearest to
+    it, logit i sitting at pixel s*i as in training and evaluation (lc.evaluation.alignment)."""
+    def nearest(size: int, cells: int) -> np.ndarray:
+        stride = -(-size // cells)  # h = ceil(H / stride)
+        return np.minimum((np.arange(size) + stride // 2) // stride, cells - 1)
+
+    return label[nearest(shape[0], label.shape[0])][:, nearest(shape[1], label.shape[1])]
 
 
 def content_size(data, index: int) -> tuple[int, int]:
