@@ -5,14 +5,14 @@
     snakemake --profile workflow/profiles/slurm reproduce_tables --config preset=paper
 
 config.yaml is read through lc.config (base merged with the chosen preset; `--config` values
-override both) and validated against workflow/schemas/config.schema.yaml.
+override both) and validated against the schema shipped with the package (lc/config.schema.yaml).
 """
 
 from pathlib import Path
 
 from snakemake.utils import min_version, validate
 
-from lc.config import load_config
+from lc.config import SCHEMA_PATH, load_config
 
 min_version("8.0")
 
@@ -23,7 +23,7 @@ report: "workflow/report/workflow.rst"
 # values: the preset to use and overrides applied on top of it.
 _overrides = {k: v for k, v in config.items() if k != "preset"}
 CFG = load_config("config.yaml", preset=config.get("preset"), overrides=_overrides)
-validate(CFG, schema="workflow/schemas/config.schema.yaml")
+validate(CFG, schema=str(SCHEMA_PATH))
 config.clear()
 config.update(CFG)
 

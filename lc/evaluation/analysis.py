@@ -23,12 +23,11 @@ from scipy import ndimage
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from lc.bench.timing import device_name
 from lc.data import CLASS_NAMES, build_dataset, denormalize
 from lc.data.io import atomic_path
+from lc.device import device_name, resolve_device
 from lc.evaluation.evaluate import load_evaluation_model, model_variant, write_json
 from lc.evaluation.inference import predict
-from lc.training.distributed import resolve_device
 
 __all__ = ["DIFFICULTY_COLUMNS", "DifficultyCounter", "boundary_band", "difficulty_masks", "run_difficulty",
            "run_stage_examples", "stage_examples"]

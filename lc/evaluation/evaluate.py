@@ -21,16 +21,15 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from lc.bench.timing import device_name
 from lc.data import CLASS_NAMES, NUM_CLASSES, build_dataset, denormalize
 from lc.data.io import write_text_atomic
+from lc.device import device_name, resolve_device
 from lc.evaluation.crf import dense_crf
 from lc.evaluation.inference import SINGLE_VIEW, StageTimer, View, predict, protocol_views
 from lc.evaluation.metrics import ConfusionMeter
 from lc.models.cascade import CascadeOutput
 from lc.models.mc import ModelCascade
 from lc.training.checkpoint import load_model
-from lc.training.distributed import resolve_device
 from lc.training.losses import downsample_labels
 
 __all__ = ["EvalAccumulator", "evaluate_model", "load_evaluation_model", "model_variant", "run_evaluation",

@@ -23,13 +23,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from lc.bench.timing import device_name
 from lc.data import CLASS_NAMES, VOC_PALETTE, build_dataset, denormalize, trainid_to_labelid
 from lc.data.io import atomic_path, encode_png
+from lc.device import device_name, resolve_device
 from lc.evaluation.crf import dense_crf
 from lc.evaluation.evaluate import load_evaluation_model, model_variant, write_json
 from lc.evaluation.inference import SINGLE_VIEW, predict, protocol_views
-from lc.training.distributed import resolve_device
 
 __all__ = ["ARCHIVE_SUFFIXES", "VOC_MEMBER", "cityscapes_member", "run_export", "summary_path"]
 

@@ -16,12 +16,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from lc.bench.timing import device_name
 from lc.data import build_dataset
 from lc.data.io import atomic_path
+from lc.device import device_name, resolve_device
 from lc.evaluation.evaluate import evaluate_model, load_evaluation_model, model_variant
 from lc.training.checkpoint import load_checkpoint
-from lc.training.distributed import resolve_device
 
 __all__ = ["SWEEP_COLUMNS", "run_sweep", "sweep_plan"]
 
