@@ -176,7 +176,7 @@ def _lookup(cfg: dict, key: str) -> Any:
 def _check_raw(raw: Any, source: str) -> None:
     """A config file's shape: a mapping of settings whose `presets:` maps names to mappings."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source} holds a {type(raw).__name__} ({raw!r:.60}), not a mapping of settings; "
+        raise ConfigError(f"{source} holds {raw!r:.60} ({type(raw).__name__}), not a mapping of settings; "
                           "a config file is `key: value` lines such as config.yaml's")
     presets = raw.get("presets", {})
     if not isinstance(presets, dict):

@@ -4,14 +4,19 @@
 a driver too old for this torch build, a GPU this build has no kernels for) it raises `DeviceError`
 with torch's own reason, so a GPU job on a cluster fails at once instead of running for days on
 the CPU. Only "auto" (or None) picks the CPU when there is no GPU.
+
+torch is imported inside the functions so that the command line's parser (which lists
+DEVICE_CHOICES) starts without loading it.
 """
 
 from __future__ import annotations
 
 import platform
 import warnings
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["DEVICE_CHOICES", "DeviceError", "device_name", "resolve_device"]
 
@@ -25,6 +30,8 @@ class DeviceError(RuntimeError):
 
 def _cuda_problem() -> str | None:
     """Why CUDA cannot be used here, or None when it can (initialises CUDA)."""
+    import torch
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -53,6 +60,8 @@ def resolve_device(requested: str | torch.device | None) -> torch.device:
     "cuda" or "cuda:N" raises DeviceError when CUDA is not usable (never falls back); anything
     else torch does not know raises DeviceError naming the accepted values.
     """
+    import torch
+
     if requested is None or str(requested) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -79,6 +88,8 @@ def resolve_device(requested: str | torch.device | None) -> torch.device:
 
 def device_name(device: torch.device) -> str:
     """What reports record: the GPU's name, or the CPU model and the torch thread count."""
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     model = platform.processor() or platform.machine()
