@@ -136,6 +136,30 @@ def test_train_on_cuda_without_a_gpu_is_a_clear_error(tmp_path, monkeypatch, cap
     assert err.startswith("lc train: error: device 'cuda'") and "Traceback" not in err
 
 
+def test_download_error_exits_2(monkeypatch, capsys):
+    import lc.data.download
+
+    def refuse(cfg, key, out=None):
+        raise lc.data.download.DownloadError(f"{key}: HTTP 500 from the mirror")
+
+    monkeypatch.setattr(lc.data.download, "fetch_archive", refuse)
+    assert main(["download", *BASE, "sbd"]) == 2
+    assert capsys.readouterr().err.strip() == "lc download: error: sbd: HTTP 500 from the mirror"
+
+
+def test_value_error_from_a_third_party_library_is_a_bug(monkeypatch):
+    import lc.cli.data
+
+    def broken(args):
+        import numpy as np
+
+        np.zeros(3).reshape(2, 2)  # ValueError raised inside numpy: a bug, not a user error
+
+    monkeypatch.setattr(lc.cli.data, "_cmd_config", broken)
+    with pytest.raises(ValueError, match="reshape"):
+        main(["config", *BASE])
+
+
 def test_unexpected_exceptions_keep_their_traceback(monkeypatch):
     import lc.cli.data
 

@@ -6,6 +6,7 @@ import argparse
 import errno
 import logging
 import sys
+from pathlib import Path
 
 from lc.config import add_config_arguments, rho_arg
 from lc.device import DEVICE_CHOICES, DeviceError
@@ -20,6 +21,7 @@ VARIANT_NAMES = ("irnet", "dsn", "dsn_dropout", "lc", "mc")
 EVAL_SPLITS = ("train", "val", "test")
 
 _HANDLER_FLAG = "_lc_cli_handler"
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # lc/
 
 
 def common_options() -> argparse.ArgumentParser:
@@ -80,12 +82,23 @@ def configure_logging(verbosity: int = 0, stream=None) -> None:
     logger.setLevel({-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}[max(-1, min(1, verbosity))])
 
 
+def _raised_by_lc(exc: BaseException) -> bool:
+    """Whether the innermost frame of the traceback is this package's code (not torch's, numpy's...)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(PACKAGE_DIR)
+
+
 def is_user_error(exc: BaseException) -> bool:
     """Errors whose message is the whole story (bad config, missing input, no GPU...): no traceback.
 
     Library errors that mean "fix your input" derive from ValueError (ConfigError, CheckpointError,
-    UnsafeArchiveError...) or are listed here; anything else is a bug and keeps its traceback.
+    UnsafeArchiveError...) or are listed here. A plain ValueError counts when lc raised it (its
+    checks of inputs), not when torch or numpy did (a bug). Anything else keeps its traceback.
     """
+    if type(exc) is ValueError:
+        return _raised_by_lc(exc)
     if isinstance(exc, (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, DeviceError)):
         return True
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
