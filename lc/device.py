@@ -24,6 +24,11 @@ __all__ = ["DEVICE_CHOICES", "DeviceError", "device_name", "resolve_device"]
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
+# Phrases of torch's warnings for a GPU it sees but cannot use (driver too old, GPU architecture
+# missing from the build).
+UNUSABLE_MARKERS = ("too old", "not compatible", "incompatible", "no kernel image", "not supported")
+
+
 class DeviceError(RuntimeError):
     """The requested device cannot be used; the message says why and what to do."""
 
@@ -49,9 +54,9 @@ def _cuda_problem() -> str | None:
         if torch.version.cuda is None:
             return f"this torch build ({torch.__version__}) has no CUDA support"
         return "torch sees no CUDA device (none installed, or CUDA_VISIBLE_DEVICES hides them)"
-    if reasons:
-        return reasons[0]
-    return None
+    # with a device present, only warnings saying this build cannot drive it (benign ones pass)
+    fatal = [r for r in reasons if any(marker in r.lower() for marker in UNUSABLE_MARKERS)]
+    return fatal[0] if fatal else None
 
 
 def resolve_device(requested: str | torch.device | None) -> torch.device:

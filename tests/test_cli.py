@@ -253,6 +253,27 @@ def test_resolve_device_checks_the_device_index(monkeypatch):
         resolve_device("cuda:3")
 
 
+def _cuda_with_init_warning(monkeypatch, message: str) -> None:
+    def init() -> None:
+        warnings.warn(message, UserWarning, stacklevel=1)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "init", init)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+
+
+def test_resolve_device_refuses_a_gpu_the_build_cannot_drive(monkeypatch):
+    _cuda_with_init_warning(monkeypatch, "\nNVIDIA X with CUDA capability sm_120 is not compatible with the "
+                                         "current PyTorch installation.")
+    with pytest.raises(DeviceError, match="sm_120 is not compatible"):
+        resolve_device("cuda")
+
+
+def test_resolve_device_ignores_benign_cuda_warnings(monkeypatch):
+    _cuda_with_init_warning(monkeypatch, "CUDA matmul TF32 is enabled by default")
+    assert resolve_device("cuda") == torch.device("cuda")
+
+
 @pytest.mark.parametrize("name", ["foo", "tpu"])
 def test_resolve_device_refuses_unknown_devices(name):
     with pytest.raises(DeviceError, match="use one of auto, cpu, cuda"):
