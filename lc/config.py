@@ -148,7 +148,7 @@ def _non_finite(value: Any, key: str = "") -> list[str]:
 def check_values(cfg: dict) -> None:
     """Checks beyond the schema's types and bounds; ConfigError naming the key and the fix."""
     problems = [f"  {key}: {_lookup(cfg, key)!r} is not a finite number" for key in _non_finite(cfg)]
-    low, high = cfg.get("train", {}).get("scale_range", [0, 0])
+    low, high = (list(cfg.get("train", {}).get("scale_range", [])) + [0, 0])[:2]
     if low > high:
         problems.append(f"  train.scale_range: [{low}, {high}] is upside down; give [low, high], "
                         f"e.g. [{high}, {low}]")
