@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import io
 import logging
 import subprocess
@@ -158,6 +159,22 @@ def test_value_error_from_a_third_party_library_is_a_bug(monkeypatch):
     monkeypatch.setattr(lc.cli.data, "_cmd_config", broken)
     with pytest.raises(ValueError, match="reshape"):
         main(["config", *BASE])
+
+
+@pytest.mark.parametrize("exc, code", [
+    (OSError(errno.ENOSPC, "No space left on device", "results/x.csv"), 2),
+    (KeyboardInterrupt(), 130),
+])
+def test_disk_full_and_interrupt_end_without_traceback(monkeypatch, capsys, exc, code):
+    import lc.cli.data
+
+    def fail(args):
+        raise exc
+
+    monkeypatch.setattr(lc.cli.data, "_cmd_config", fail)
+    assert main(["config", *BASE]) == code
+    err = capsys.readouterr().err
+    assert err.startswith("lc config: ") and "Traceback" not in err
 
 
 def test_unexpected_exceptions_keep_their_traceback(monkeypatch):
