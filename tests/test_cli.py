@@ -62,14 +62,6 @@ def test_every_command_takes_the_common_options():
         assert {"--config", "--preset", "--quiet", "--verbose"} <= options, name
 
 
-def test_choice_lists_match_the_library():
-    from lc.data import NUM_CLASSES
-    from lc.models.variants import VARIANTS
-
-    assert set(common.VARIANT_NAMES) == set(VARIANTS)
-    assert set(common.DATASETS) == set(NUM_CLASSES)
-
-
 # --- choices and argument types ---------------------------------------------------------------------
 @pytest.mark.parametrize("argv, fragment", [
     (["train", *BASE, "--dataset", "voc", "--variant", "lc", "--out", "r", "--device", "foo"],

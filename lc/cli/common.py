@@ -9,16 +9,17 @@ import sys
 from pathlib import Path
 
 from lc.config import add_config_arguments, rho_arg
+from lc.data.labels import NUM_CLASSES
 from lc.device import DEVICE_CHOICES, DeviceError
+from lc.models.variants import VARIANTS
 
 __all__ = ["DATASETS", "DEVICE_CHOICES", "EVAL_SPLITS", "VARIANT_NAMES", "add_device_argument",
            "common_options", "configure_logging", "is_user_error", "nonneg_int", "positive_int", "rho_arg"]
 
-# Kept here (not imported from lc.data / lc.models) so that `lc --help` does not import torch;
-# tests/test_cli.py checks they match the library's lists.
-DATASETS = ("voc", "cityscapes")
-VARIANT_NAMES = ("irnet", "dsn", "dsn_dropout", "lc", "mc")
-EVAL_SPLITS = ("train", "val", "test")
+# The choices of --dataset and --variant (neither module imports torch, so `lc --help` stays fast).
+DATASETS = tuple(NUM_CLASSES)
+VARIANT_NAMES = tuple(VARIANTS)
+EVAL_SPLITS = ("train", "val", "test")  # prepared splits a checkpoint can be scored or exported on
 
 _HANDLER_FLAG = "_lc_cli_handler"
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # lc/
