@@ -5,14 +5,14 @@
     snakemake --profile workflow/profiles/slurm reproduce_tables --config preset=paper
 
 config.yaml is read through lc.config (base merged with the chosen preset; `--config` values
-override both) and validated against workflow/schemas/config.schema.yaml.
+override both) and validated against the schema shipped with the package (lc/config.schema.yaml).
 """
 
 from pathlib import Path
 
 from snakemake.utils import min_version, validate
 
-from lc.config import load_config
+from lc.config import SCHEMA_PATH, check_startup, load_config, write_resolved_config
 
 min_version("8.0")
 
@@ -23,7 +23,8 @@ report: "workflow/report/workflow.rst"
 # values: the preset to use and overrides applied on top of it.
 _overrides = {k: v for k, v in config.items() if k != "preset"}
 CFG = load_config("config.yaml", preset=config.get("preset"), overrides=_overrides)
-validate(CFG, schema="workflow/schemas/config.schema.yaml")
+validate(CFG, schema=str(SCHEMA_PATH))
+check_startup(CFG)  # what every `lc` command checks too
 config.clear()
 config.update(CFG)
 
@@ -39,25 +40,10 @@ wildcard_constraints:
 
 
 onstart:
-    # config.yaml with the command line's overrides applied to the base and to every preset (they
-    # win over presets, as in lc.config.resolve_config; commands that read another preset, such as
-    # model-info's full-size comparison, still find it). Written only when it changed, so its
+    # config.yaml with the command line's overrides applied to the base and to every preset
+    # (lc.config.resolved_config_text); every job reads it. Written only when it changed, so its
     # timestamp never makes anything look outdated.
-    import yaml
-
-    from lc.config import deep_merge
-
-    raw = yaml.safe_load(Path("config.yaml").read_text())
-    resolved = deep_merge(raw, _overrides)
-    resolved["preset"] = PRESET
-    resolved["presets"] = {name: deep_merge(block or {}, _overrides) for name, block in raw["presets"].items()}
-    text = yaml.safe_dump(resolved, sort_keys=False)
-    path = Path(RESOLVED_CONFIG)
-    if not path.exists() or path.read_text() != text:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+    write_resolved_config("config.yaml", PRESET, _overrides, RESOLVED_CONFIG)
 
 
 include: "workflow/rules/data.smk"

@@ -301,7 +301,7 @@ def test_corrupted_checkpoint_gives_a_clear_error(cfg, lc_ckpt, tmp_path, capsys
     rc = main(["evaluate", "--config", str(write_config(cfg, tmp_path)), "--preset", "test",
                "--checkpoint", str(broken), "--dataset", "voc", "--out", str(out)])
     err = capsys.readouterr().err
-    assert rc == 1 and str(broken) in err and "corrupt" in err and "lc train" in err
+    assert rc == 2 and str(broken) in err and "corrupt" in err and "lc train" in err
     assert not out.exists()
 
 

@@ -17,7 +17,7 @@ from lc.report.figures import FIGURES
 from lc.report.tables import TABLE_FILES
 
 REPO = Path(__file__).resolve().parent.parent
-SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
+SCHEMA = REPO / "lc/config.schema.yaml"
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 

@@ -26,12 +26,11 @@ from lc.bench.timing import (
     MASK_SOURCE_PAPER,
     RoutingMasks,
     TrainedMasks,
-    device_name,
     mask_shares,
     measure,
-    resolve_device,
     routing_mask_sets,
 )
+from lc.device import device_name, resolve_device
 from lc.models.cascade import LayerCascade, undecided_mask
 from lc.models.complexity import count_parameters, network_costs, predicted_cost, stage_costs
 from lc.models.region_irnet import run_stage_compressed

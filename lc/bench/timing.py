@@ -13,7 +13,6 @@ The benchmarks themselves are in `lc.bench.models` (models, stages, rho) and `lc
 
 from __future__ import annotations
 
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,38 +26,15 @@ import torch.nn.functional as F
 from lc.data.io import atomic_path
 from lc.report.paper import load_paper_table
 
-__all__ = ["MASK_SOURCE_PAPER", "RoutingMasks", "Timing", "TrainedMasks", "device_name", "measure",
-           "paper_share_masks", "paper_stage_shares", "resolve_device", "write_csv"]
+__all__ = ["MASK_SOURCE_PAPER", "RoutingMasks", "Timing", "TrainedMasks", "measure",
+           "paper_share_masks", "paper_stage_shares", "write_csv"]
 
 MASK_SOURCE_PAPER = "paper_stage_shares"
 # coarse grid of the random field whose upsampling makes the blobs (cells per image side)
 BLOB_GRID = 6
 
 
-# --- devices and timing -----------------------------------------------------------------------
-def resolve_device(requested: str | None) -> torch.device:
-    """'auto' (or None): CUDA when available, else the CPU; 'cuda' without a GPU is an error."""
-    if requested in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested (config `device:` or --device) but torch sees no GPU; "
-                         "use --device cpu or auto")
-    return torch.device(requested)
-
-
-def device_name(device: torch.device) -> str:
-    """What the CSVs record: the GPU's name, or the CPU model and the torch thread count."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            model = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"cpu: {model}, {torch.get_num_threads()} threads"
-
-
+# --- timing -----------------------------------------------------------------------------------
 @dataclass
 class Timing:
     """Per-run times in ms of one benchmark case."""

@@ -1,3 +1,4 @@
+"""`python -m lc.cli` (what torchrun launches): the `lc` command."""
 from lc.cli.main import main
 
-main()
+raise SystemExit(main())

@@ -22,14 +22,13 @@ import torch
 from scipy import ndimage
 from torch.utils.data import Dataset
 
-from lc.bench.timing import device_name
 from lc.data import CLASS_NAMES, IGNORE_INDEX, build_dataset, denormalize
 from lc.data.io import atomic_path
+from lc.device import device_name, resolve_device
 from lc.evaluation.evaluate import write_json
 from lc.evaluation.inference import predict
 from lc.evaluation.loading import load_for_evaluation, model_variant
 from lc.evaluation.progress import progress
-from lc.training.distributed import resolve_device
 
 __all__ = ["DIFFICULTY_COLUMNS", "DifficultyCounter", "boundary_band", "difficulty_masks", "run_difficulty",
            "run_stage_examples", "stage_examples"]

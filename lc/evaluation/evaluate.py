@@ -22,16 +22,15 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from lc.bench.timing import device_name
 from lc.data import CLASS_NAMES, IGNORE_INDEX, build_dataset
 from lc.data.io import write_text_atomic
+from lc.device import device_name, resolve_device
 from lc.evaluation.alignment import output_stride, subsample_labels
 from lc.evaluation.inference import Protocol, StageTimer, predict, protocol_from_config, run_protocol
 from lc.evaluation.loading import load_evaluation_model, load_for_evaluation, model_variant, routes_at_eval
 from lc.evaluation.metrics import ConfusionMeter
 from lc.evaluation.progress import progress
 from lc.models.cascade import CascadeOutput
-from lc.training.distributed import resolve_device
 
 __all__ = ["EvalAccumulator", "evaluate_model", "load_evaluation_model", "model_variant", "run_evaluation",
            "write_json"]

@@ -26,14 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-from lc.bench.timing import device_name
 from lc.data import CLASS_NAMES, VOC_PALETTE, build_dataset, trainid_to_labelid
 from lc.data.io import atomic_path, encode_png
+from lc.device import device_name, resolve_device
 from lc.evaluation.evaluate import write_json
 from lc.evaluation.inference import protocol_from_config, run_protocol
 from lc.evaluation.loading import load_for_evaluation, model_variant, training_split
 from lc.evaluation.progress import progress
-from lc.training.distributed import resolve_device
 
 __all__ = ["ARCHIVE_SUFFIXES", "VOC_MEMBER", "cityscapes_member", "export_training_split", "run_export",
            "summary_path"]

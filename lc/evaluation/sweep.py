@@ -21,13 +21,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from lc.bench.timing import device_name
 from lc.data import build_dataset
 from lc.data.io import atomic_path
+from lc.device import device_name, resolve_device
 from lc.evaluation.evaluate import evaluate_model
 from lc.evaluation.loading import checkpoint_meta, load_for_evaluation, model_variant, routes_at_eval
 from lc.training.checkpoint import load_checkpoint
-from lc.training.distributed import resolve_device
 
 __all__ = ["SWEEP_COLUMNS", "run_sweep", "sweep_plan"]
 

@@ -21,7 +21,9 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-__all__ = ["DistContext", "EpochSampler", "SeededSamples", "infinite_batches", "resolve_device",
+from lc.device import resolve_device
+
+__all__ = ["DistContext", "EpochSampler", "SeededSamples", "infinite_batches",
            "setup_distributed", "teardown_distributed"]
 
 
@@ -42,17 +44,6 @@ class DistContext:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """"auto" or None: CUDA when available, else CPU; otherwise the named device."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested (config `device:` or --device) but CUDA is not "
-                         "available; set device: cpu or auto")
-    return device
 
 
 def setup_distributed(device: str | torch.device | None = None) -> DistContext:

@@ -8,8 +8,8 @@ BENCH_OUTPUTS = {
     "rho": f"{R}/bench/rho_speed.csv",
     "table6": f"{R}/bench/table6_fps.csv",
 }
-# `lc bench-op` times region convolution alone; the others are `lc bench <kind>`.
-BENCH_COMMANDS = {"op": "bench-op", "models": "bench models", "stages": "bench stages", "rho": "bench rho",
+# `lc bench op` times region convolution alone; the others are model-level `lc bench <kind>`.
+BENCH_COMMANDS = {"op": "bench op", "models": "bench models", "stages": "bench stages", "rho": "bench rho",
                   "table6": "bench table6"}
 # The trained LC supplies real routing masks (mask_source) for the model-level timings.
 BENCH_NEEDS_MODEL = {"models", "stages", "rho", "table6"}

@@ -1,39 +1,14 @@
-"""`lc train | evaluate | sweep | export | analyze`: the training and evaluation subcommands."""
+"""`lc evaluate | sweep | export | analyze`: scoring, Table 1's sweep, test-set exports, analyses."""
 
 from __future__ import annotations
 
 import argparse
 
-from lc.config import add_config_arguments, config_from_args
+from lc.cli.common import DATASETS, EVAL_SPLITS, add_device_argument, positive_int, rho_arg
+from lc.config import config_from_args
 
+RHO_HELP = "routing threshold in (0, 1] (default: the checkpoint's)"
 
-def _cmd_train(args: argparse.Namespace) -> None:
-    from lc.training.loop import train
-
-    result = train(config_from_args(args), args.dataset, args.variant, args.out, init=args.init,
-                   resume=not args.no_resume, device=args.device, rho=args.rho, stop_after=args.stop_after)
-    if result.rank == 0:
-        print(f"{args.dataset}/{args.variant}: {result.iterations} iterations, final loss "
-              f"{result.final_loss}, {result.checkpoint}")
-
-
-def add_engine_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train one variant (torchrun for several processes); resumes by default")
-    add_config_arguments(p)
-    p.add_argument("--dataset", required=True, choices=["voc", "cityscapes"])
-    p.add_argument("--variant", required=True, choices=["irnet", "dsn", "dsn_dropout", "lc", "mc"])
-    p.add_argument("--out", required=True, help="run folder: checkpoint.pt, train_log.csv, train_done.json")
-    p.add_argument("--init", default=None, help="pretrained irnet checkpoint the cascade variants start from")
-    p.add_argument("--no-resume", action="store_true", help="start afresh even if RUN/checkpoint.pt exists")
-    p.add_argument("--rho", type=float, default=None, help="rho while training (default: train.rho)")
-    p.add_argument("--device", default=None, help="cpu | cuda | auto (default: the config's device)")
-    p.add_argument("--stop-after", type=int, default=None,
-                   help="checkpoint and exit after this many iterations (a later call resumes)")
-    p.set_defaults(func=_cmd_train)
-    _add_evaluation_commands(sub)
-
-
-# --- evaluation, sweep, export, analyses ------------------------------------------------------
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from lc.evaluation.evaluate import run_evaluation
 
@@ -93,15 +68,14 @@ def _cmd_analyze_stages(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
-def _add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
     def common(q: argparse.ArgumentParser, split: str, checkpoint: bool = True) -> None:
-        add_config_arguments(q)
         if checkpoint:
             q.add_argument("--checkpoint", required=True, help="checkpoint.pt written by `lc train`")
-        q.add_argument("--dataset", required=True, choices=["voc", "cityscapes"])
-        q.add_argument("--split", default=split, choices=["train", "val", "test"],
+        q.add_argument("--dataset", required=True, choices=DATASETS)
+        q.add_argument("--split", default=split, choices=EVAL_SPLITS,
                        help=f"prepared split (default: {split})")
-        q.add_argument("--device", default=None, help="cpu | cuda | auto (default: the config's device)")
+        add_device_argument(q)
 
     def protocol(q: argparse.ArgumentParser) -> None:
         q.add_argument("--multi-scale", action="store_true",
@@ -110,48 +84,53 @@ def _add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--crf", action="store_true", help="dense CRF post-processing (evaluate.crf)")
 
     def max_images(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--max-images", type=int, default=None,
+        q.add_argument("--max-images", type=positive_int, default=None,
                        help="first N images only (default: evaluate.max_images)")
 
-    p = sub.add_parser("evaluate", help="mIoU, per-class IoU, stage shares and timing of one checkpoint")
+    p = sub.add_parser("evaluate", parents=[parent],
+                       help="mIoU, per-class IoU, stage shares and timing of one checkpoint")
     common(p, "val")
     p.add_argument("--out", required=True, help="JSON report to write")
-    p.add_argument("--rho", type=float, default=None, help="routing threshold (default: the checkpoint's)")
+    p.add_argument("--rho", type=rho_arg, default=None, help=RHO_HELP)
     protocol(p)
     max_images(p)
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("sweep", help="Table 1: stage shares and mIoU at every rho of evaluate.rho_sweep")
+    p = sub.add_parser("sweep", parents=[parent],
+                       help="Table 1: stage shares and mIoU at every rho of evaluate.rho_sweep")
     common(p, "val", checkpoint=False)
     p.add_argument("--checkpoint", required=True, nargs="+", action="extend",
                    help="one LC checkpoint (re-thresholded at every rho), or one per rho "
                         "(evaluate.sweep_retrain; repeat the option or list several)")
-    p.add_argument("--rho", type=float, action="append", default=None,
+    p.add_argument("--rho", type=rho_arg, action="append", default=None,
                    help="threshold(s): with one checkpoint the rhos to sweep (default evaluate.rho_sweep); "
                         "with several, one per checkpoint (default: each checkpoint's own rho)")
     p.add_argument("--out", required=True, help="CSV to write")
     max_images(p)
     p.set_defaults(func=_cmd_sweep)
 
-    p = sub.add_parser("export", help="test-set predictions as the evaluation server's archive (+ .json)")
+    p = sub.add_parser("export", parents=[parent],
+                       help="test-set predictions as the evaluation server's archive (+ .json)")
     common(p, "test")
     p.add_argument("--out", required=True, help="voc: .tar.gz (comp6 layout); cityscapes: .zip (labelIds)")
-    p.add_argument("--rho", type=float, default=None, help="routing threshold (default: the checkpoint's)")
+    p.add_argument("--rho", type=rho_arg, default=None, help=RHO_HELP)
     protocol(p)
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("analyze", help="analyses for the figures: pixel difficulty, stage examples")
     kinds = p.add_subparsers(dest="kind", required=True)
-    q = kinds.add_parser("difficulty", help="Fig. 1: easy/moderate/hard pixels per class of a baseline, "
-                                            "and the share of hard pixels near boundaries")
+    q = kinds.add_parser("difficulty", parents=[parent],
+                         help="Fig. 1: easy/moderate/hard pixels per class of a baseline, "
+                              "and the share of hard pixels near boundaries")
     common(q, "val")
     q.add_argument("--out-csv", "--out", required=True, dest="out_csv", help="per-class CSV")
     q.add_argument("--out-json", default=None, help="summary JSON (default: the CSV path with .json)")
     max_images(q)
     q.set_defaults(func=_cmd_analyze_difficulty)
-    q = kinds.add_parser("stages", help="Figs. 4/6: stage masks and predictions of LC on a few images (.npz)")
+    q = kinds.add_parser("stages", parents=[parent],
+                         help="Figs. 4/6: stage masks and predictions of LC on a few images (.npz)")
     common(q, "val")
     q.add_argument("--out", required=True, help="npz to write (analysis/stage_examples_<dataset>.npz)")
-    q.add_argument("--num-images", type=int, default=4, help="how many images (default 4)")
-    q.add_argument("--rho", type=float, default=None, help="routing threshold (default: the checkpoint's)")
+    q.add_argument("--num-images", type=positive_int, default=4, help="how many images (default 4)")
+    q.add_argument("--rho", type=rho_arg, default=None, help=RHO_HELP)
     q.set_defaults(func=_cmd_analyze_stages)

@@ -1,0 +1,57 @@
+"""`lc bench <kind>`: one entry point per command, from the config and the command's options to a CSV."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from lc.device import resolve_device
+
+__all__ = ["BENCH_KINDS", "run_benchmark", "run_op_benchmark", "speedup_lines"]
+
+# The model-level benchmarks (`op`, the region-conv op alone, is `run_op_benchmark`).
+BENCH_KINDS = ("models", "stages", "rho", "table6")
+
+
+def run_op_benchmark(cfg: dict, out: str | Path, png: str | Path | None = None, device: str = "all",
+                     warmup: int | None = None, runs: int | None = None,
+                     threads: int | None = 2) -> pd.DataFrame:
+    """Region convolution against dense (`lc.bench.op`) on `device` ("all": the CPU, plus CUDA when
+    usable); writes the CSV and its plot. A named device that cannot be used raises DeviceError."""
+    from lc.bench.op import run_op_bench, save_op_bench
+
+    devices = None if device == "all" else [str(resolve_device(device))]
+    table = run_op_bench(cfg, devices=devices, warmup=warmup, runs=runs, threads=threads)
+    save_op_bench(table, out, png)
+    return table
+
+
+def run_benchmark(kind: str, cfg: dict, full_cfg: dict, out: str | Path,
+                  checkpoint: str | Path | None = None, device: str | None = None,
+                  warmup: int | None = None, runs: int | None = None) -> pd.DataFrame:
+    """Run one model-level benchmark (`BENCH_KINDS`) and write its CSV atomically.
+
+    full_cfg: the config whose `model:` is "full size" (the paper preset's).
+    """
+    from lc.bench.models import BenchSetup, run_models_bench, run_rho_bench, run_stages_bench
+    from lc.bench.table6 import run_table6_bench
+    from lc.bench.timing import write_csv
+
+    runners = {"models": run_models_bench, "stages": run_stages_bench, "rho": run_rho_bench,
+               "table6": run_table6_bench}
+    if kind not in runners:
+        raise ValueError(f"unknown benchmark {kind!r}; choose one of {', '.join(BENCH_KINDS)} (or op)")
+    setup = BenchSetup.from_config(cfg, full_cfg["model"], checkpoint=checkpoint, device=device,
+                                   warmup=warmup, runs=runs)
+    table = runners[kind](setup)
+    write_csv(table, out)
+    return table
+
+
+def speedup_lines(table: pd.DataFrame) -> list[str]:
+    """Measured vs FLOP-predicted speedup of LC over dense IRNet (Table 3's claim), one line per row."""
+    return [f"{row['method']:>10} rho={row['rho']:<6g} speedup over dense IRNet: measured "
+            f"x{row['speedup_vs_irnet']:.2f}, FLOP-predicted x{row['predicted_speedup_vs_irnet']:.2f} "
+            f"(ratio {row['speedup_vs_irnet'] / row['predicted_speedup_vs_irnet']:.2f}; target on GPU >= 0.9)"
+            for row in table.to_dict("records") if row["method"] in ("lc", "lc_fast")]

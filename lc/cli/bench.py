@@ -1,0 +1,89 @@
+"""`lc bench op | models | stages | rho | table6` and `lc model-info`: speed and model size."""
+
+from __future__ import annotations
+
+import argparse
+
+from lc.cli.common import add_device_argument, nonneg_int, positive_int
+from lc.config import config_from_args, load_config
+
+# The model-level benchmarks (lc.bench.run.BENCH_KINDS) and what each measures.
+BENCH_HELP = {"models": "ms and FPS of bench.models (DeepLab-v2, SegNet, dense IRNet, LC, LC fast)",
+              "stages": "ms per stage of LC at evaluate.rho and fast_rho, and of dense IRNet",
+              "rho": "LC's ms per image at every rho of evaluate.rho_sweep",
+              "table6": "LC's FPS single scale, multi-scale + flip, and multi-scale + dense CRF"}
+FULL_SIZE_PRESET = "paper"  # "full size" = the paper preset's model
+
+
+def _print_table(table, float_format: str = "{:.4g}") -> None:
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        print(table.to_string(index=False, float_format=float_format.format))
+
+
+def _cmd_model_info(args: argparse.Namespace) -> None:
+    from lc.report.model_info import run_model_info
+
+    table, savings = run_model_info(config_from_args(args), load_config(args.config, preset=FULL_SIZE_PRESET),
+                                    args.out)
+    _print_table(table.drop(columns=["preset"]))
+    print("\n".join(savings))
+    if args.out:
+        print(f"wrote {args.out}")
+
+
+def _cmd_bench_op(args: argparse.Namespace) -> None:
+    from lc.bench.run import run_op_benchmark
+
+    table = run_op_benchmark(config_from_args(args), args.out, args.png, device=args.device,
+                             warmup=args.warmup, runs=args.runs, threads=args.threads)
+    _print_table(table, "{:.3f}")
+    print(f"wrote {args.out}")
+
+
+def _cmd_bench(args: argparse.Namespace) -> None:
+    from lc.bench.run import run_benchmark, speedup_lines
+
+    full_cfg = load_config(args.config, preset=FULL_SIZE_PRESET)
+    table = run_benchmark(args.kind, config_from_args(args), full_cfg, args.out, checkpoint=args.checkpoint,
+                          device=args.device, warmup=args.warmup, runs=args.runs)
+    _print_table(table)
+    if args.kind == "models":
+        print("\n".join(speedup_lines(table)))
+    print(f"wrote {args.out}")
+
+
+def _add_repeats(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--warmup", type=nonneg_int, default=None, help="warm-up runs (default: bench.warmup)")
+    p.add_argument("--runs", type=positive_int, default=None, help="timed runs (default: bench.runs)")
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("model-info", parents=[common], help="parameters and GFLOPs per stage (configured and "
+                       "full-size IRNet-LC, DeepLab-v2, SegNet) beside the paper's")
+    p.add_argument("--out", default=None, help="also write the table to this CSV")
+    p.set_defaults(func=_cmd_model_info)
+
+    p = sub.add_parser("bench", help="speed benchmarks: op (region conv), models (Table 3), stages "
+                                     "(Fig. 7b), rho (Fig. 7a), table6 (Table 6 FPS)")
+    kinds = p.add_subparsers(dest="kind", required=True)
+    q = kinds.add_parser("op", parents=[common], help="region conv speed: full-width IRNet stage 2 and "
+                         "single convs, dense vs masked vs compressed, over active fractions")
+    q.add_argument("--out", required=True, help="CSV to write (a PNG plot goes beside it)")
+    q.add_argument("--png", default=None, help="plot path (default: the CSV path with .png)")
+    add_device_argument(q, choices=("all", "cpu", "cuda"), default="all",
+                        help_text="all: the CPU, plus CUDA when usable")
+    _add_repeats(q)
+    q.add_argument("--threads", type=positive_int, default=2,
+                   help="CPU threads (default 2, as in the CPU target)")
+    q.set_defaults(func=_cmd_bench_op)
+    for kind, text in BENCH_HELP.items():
+        q = kinds.add_parser(kind, parents=[common], help=text)
+        q.add_argument("--out", required=True, help="CSV to write")
+        q.add_argument("--checkpoint", default=None,
+                       help="trained LC checkpoint: route with its masks on VOC val images (default, or "
+                            "when the file is missing: masks with the paper's Table 1 stage shares)")
+        add_device_argument(q)
+        _add_repeats(q)
+        q.set_defaults(func=_cmd_bench)

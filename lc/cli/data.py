@@ -1,0 +1,61 @@
+"""`lc config | synth | download | prepare`: the resolved config and the data sets."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from lc.cli.common import DATASETS
+from lc.config import config_from_args
+
+log = logging.getLogger(__name__)
+
+
+def _cmd_config(args: argparse.Namespace) -> None:
+    import yaml
+
+    print(yaml.safe_dump(config_from_args(args), sort_keys=False))
+
+
+def _cmd_synth(args: argparse.Namespace) -> None:
+    from lc.data.synthetic import make_synthetic_mirror
+
+    cfg = config_from_args(args)
+    for name, md5 in make_synthetic_mirror(cfg).items():
+        print(f"{md5}  {cfg['data']['mirror']}/{name}")
+
+
+def _cmd_download(args: argparse.Namespace) -> None:
+    from lc.data.download import fetch_archive
+
+    fetch_archive(config_from_args(args), args.key, args.out)
+
+
+def _cmd_prepare(args: argparse.Namespace) -> None:
+    from lc.data.cityscapes import prepare_cityscapes
+    from lc.data.voc import prepare_voc
+
+    prepare = {"voc": prepare_voc, "cityscapes": prepare_cityscapes}[args.dataset]
+    for split, path in prepare(config_from_args(args)).items():
+        print(f"{split}: {path}")
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("config", parents=[common],
+                       help="print the resolved (preset-merged, validated) config")
+    p.set_defaults(func=_cmd_config)
+
+    p = sub.add_parser("synth", parents=[common],
+                       help="demo/test presets: write synthetic archives + MD5SUMS into data.mirror")
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("download", parents=[common],
+                       help="fetch one archive of data.archives, MD5-verified (resumes, retries)")
+    p.add_argument("key", help="archive key under data.archives (e.g. voc2012_trainval, sbd)")
+    p.add_argument("--out", default=None, help="target file (default: <data.root>/archives/<filename>)")
+    p.set_defaults(func=_cmd_download)
+
+    p = sub.add_parser("prepare", parents=[common],
+                       help="extract the archives and write the prepared labels and split lists")
+    p.add_argument("dataset", choices=DATASETS)
+    p.set_defaults(func=_cmd_prepare)

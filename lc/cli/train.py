@@ -1,0 +1,38 @@
+"""`lc train`: train one variant (torchrun for several processes)."""
+
+from __future__ import annotations
+
+import argparse
+
+from lc.cli.common import DATASETS, VARIANT_NAMES, add_device_argument, positive_int, rho_arg
+from lc.config import config_from_args
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from lc.training.loop import train
+
+    result = train(config_from_args(args), args.dataset, args.variant, args.out, init=args.init,
+                   resume=not args.no_resume, device=args.device, rho=args.rho, stop_after=args.stop_after)
+    if result.rank == 0:
+        print(f"{args.dataset}/{args.variant}: {result.iterations} iterations, final loss "
+              f"{result.final_loss}, {result.checkpoint}")
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("train", parents=[common],
+                       help="train one variant (torchrun for several processes); resumes by default")
+    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--variant", required=True, choices=VARIANT_NAMES)
+    p.add_argument("--out", required=True,
+                   help="run folder: resume.pt (rolling state), checkpoint.pt, train_log.csv, "
+                        "train_done.json")
+    p.add_argument("--init", default=None, help="pretrained irnet checkpoint the cascade variants start from")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start afresh instead of continuing from OUT/resume.pt (the rolling training state "
+                        "written every train.checkpoint_every iterations)")
+    p.add_argument("--rho", type=rho_arg, default=None,
+                   help="routing threshold in (0, 1] while training (default: train.rho)")
+    add_device_argument(p)
+    p.add_argument("--stop-after", type=positive_int, default=None,
+                   help="checkpoint and exit after this many iterations (a later call resumes)")
+    p.set_defaults(func=_cmd_train)
