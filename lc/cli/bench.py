@@ -11,7 +11,7 @@ from lc.config import config_from_args, load_config
 BENCH_HELP = {"models": "ms and FPS of bench.models (DeepLab-v2, SegNet, dense IRNet, LC, LC fast)",
               "stages": "ms per stage of LC at evaluate.rho and fast_rho, and of dense IRNet",
               "rho": "LC's ms per image at every rho of evaluate.rho_sweep",
-              "table6": "LC's FPS single scale, multi-scale + flip, and multi-scale + dense CRF"}
+              "table6": "LC's FPS single scale, multi-scale (evaluate protocol), and multi-scale + dense CRF"}
 FULL_SIZE_PRESET = "paper"  # "full size" = the paper preset's model
 
 
