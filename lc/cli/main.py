@@ -273,13 +273,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lc.data.errors import DataError  # user-fixable data problems (e.g. a full disk, a bad archive)
+
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except ConfigError as exc:
         print(f"lc: config error: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, DataError) as exc:
         print(f"lc: error: {exc}", file=sys.stderr)
         return 1
     return 0

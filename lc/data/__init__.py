@@ -19,6 +19,7 @@ _EXPORTS = {
     "NUM_CLASSES": "labels", "VOC_CLASS_NAMES": "labels", "VOC_PALETTE": "labels",
     "labelid_to_trainid": "labels", "trainid_to_labelid": "labels",
     "archive_path": "paths", "data_root": "paths", "prepared_dir": "paths", "prepared_list_files": "paths",
+    "weights_path": "paths", "DataError": "errors",
     "IMAGE_MEAN": "transforms", "IMAGE_STD": "transforms", "TrainTransform": "transforms",
     "denormalize": "transforms", "normalize": "transforms", "seeded_generator": "transforms",
     "worker_init_fn": "transforms",
