@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import netrc
 import os
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -60,6 +61,19 @@ def stored_credentials_file() -> Path:
     return Path(downloader.appdirs.user_data_dir(appname, "cityscapes")) / "credentials.json"
 
 
+def _netrc_error_line(path: Path, exc: netrc.NetrcParseError) -> int:
+    """The line holding the token netrc complains about (its own line number is often the next line,
+    where its look-ahead stopped). The token is used to find the line, never shown."""
+    match = re.search(r"token '(.*)'", exc.msg or "")
+    if match is None:
+        return int(exc.lineno or 0)
+    found = int(exc.lineno or 0)
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if number <= (exc.lineno or number) and match.group(1) in line.split():
+            found = number
+    return found
+
+
 def _from_netrc(path: Path) -> Credentials | None:
     mode = path.stat().st_mode
     if mode & 0o077:
@@ -71,7 +85,7 @@ def _from_netrc(path: Path) -> Credentials | None:
     try:
         entry = netrc.netrc(str(path)).authenticators(CITYSCAPES_HOST)
     except netrc.NetrcParseError as exc:
-        problem = (f"{path}, line {exc.lineno}: cannot parse this line. Write it as "
+        problem = (f"{path}, line {_netrc_error_line(path, exc)}: cannot parse this line. Write it as "
                    f"`machine {CITYSCAPES_HOST} login USER password PASSWORD` (both keywords are required)")
     except UnicodeDecodeError:
         problem = f"{path} is not UTF-8 text; rewrite it as plain text"

@@ -100,9 +100,11 @@ def expected_md5(cfg: dict, key: str) -> tuple[str | None, str]:
     spec = archive_spec(cfg, key)
     mirror = mirror_location(cfg)
     dl = cfg["data"]["download"]
+    filename = spec["filename"]
+    if spec.get("md5") and not cfg["data"].get("synthetic"):
+        return str(spec["md5"]).lower(), f"config data.archives.{key}.md5"
     sums = (read_md5sums(mirror, float(dl["timeout_s"]), int(dl["retries"]), float(dl["backoff_s"]))
             if mirror else None)
-    filename = spec["filename"]
     if cfg["data"].get("synthetic"):
         if sums is None or filename not in sums:
             raise DownloadError(
@@ -110,8 +112,6 @@ def expected_md5(cfg: dict, key: str) -> tuple[str | None, str]:
                 "generate the synthetic archives first with `lc synth --preset <preset>`"
             )
         return sums[filename], f"{mirror}/{MD5SUMS_NAME}"
-    if spec.get("md5"):
-        return str(spec["md5"]).lower(), f"config data.archives.{key}.md5"
     if sums is not None and filename in sums:
         return sums[filename], f"{mirror}/{MD5SUMS_NAME}"
     if spec.get("package_id") is not None and not mirror:
