@@ -240,6 +240,17 @@ def test_netrc_credentials_are_used_and_never_shown(cityscapes_site, monkeypatch
     _assert_no_canary(capfd, caplog, tmp_path, skip=(netrc_file,))
 
 
+def test_stored_cityscapesscripts_credentials_are_used(cityscapes_site, tmp_path, capfd, caplog):
+    site = cityscapes_site()
+    stored = tmp_path / "xdg" / "cityscapesscripts" / "credentials.json"  # where csDownload keeps them
+    stored.parent.mkdir(parents=True)
+    stored.write_text(f'{{"username": "{USER}", "password": "{CANARY}"}}')
+    stored.chmod(0o600)
+    assert fetch_archive(_cityscapes_cfg(tmp_path), "cityscapes_gtfine").read_bytes() == PACKAGE
+    assert site.logins[0]["password"] == [CANARY] and site.login_calls == [1]
+    _assert_no_canary(capfd, caplog, tmp_path, skip=(stored,))
+
+
 def test_netrc_without_password_keyword_names_file_and_line_only(cityscapes_site, monkeypatch, tmp_path,
                                                                  capfd, caplog):
     cityscapes_site()
@@ -577,7 +588,7 @@ def test_cityscapes_label_size_must_match_the_image(tmp_path, mirror):
     assert not any(p.exists() for p in prepared_list_files(cfg, "cityscapes").values())
 
 
-def test_disk_full_during_prepare_names_the_file(tmp_path, mirror, monkeypatch):
+def test_disk_full_during_prepare_names_the_file(tmp_path, mirror, monkeypatch, capfd):
     cfg = _prepared(tmp_path, mirror)
     real_write = Path.write_bytes
 
@@ -588,7 +599,10 @@ def test_disk_full_during_prepare_names_the_file(tmp_path, mirror, monkeypatch):
 
     monkeypatch.setattr(Path, "write_bytes", write_bytes)
     config = _cli_config(tmp_path, root=str(tmp_path / "data"), mirror=str(mirror), synthetic=True)
+    capfd.readouterr()
     assert lc_main(["prepare", "voc", "--config", str(config), "--preset", "test"]) == 1
+    err = capfd.readouterr().err
+    assert "no space left on device" in err and "SegmentationClassAug" in err and "Traceback" not in err
     assert not any(p.exists() for p in prepared_list_files(cfg, "voc").values())
     labels = tmp_path / "data" / "voc_aug" / "SegmentationClassAug"
     assert not list(labels.glob(".*.tmp"))

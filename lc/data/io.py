@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lc.data.errors import CorruptFileError, NoSpaceError
+from lc.data.errors import CorruptFileError, DataError, NoSpaceError
 from lc.data.labels import VOC_PALETTE
 
 _UMASK = os.umask(0)
@@ -124,7 +124,7 @@ def translate_no_space(path: str | Path, what: str = "nothing half-written is ke
     """Turn a full-disk failure inside the block into `NoSpaceError` naming `path`."""
     try:
         yield
-    except NoSpaceError:
+    except DataError:  # already says what happened (a full disk included)
         raise
     except (OSError, RuntimeError) as exc:
         if is_no_space(exc, Path(path).parent):
