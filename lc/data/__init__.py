@@ -2,8 +2,10 @@
 
 Public API (the README's data contract): `build_dataset(cfg, dataset, split, train=False)`,
 `CLASS_NAMES`, `NUM_CLASSES`, `denormalize`, `worker_init_fn`, `seeded_generator`,
-`prepared_list_files(cfg, dataset)`, `trainid_to_labelid`. Download, preparation and synthesis live
-in `lc.data.download`, `lc.data.voc`, `lc.data.cityscapes`, `lc.data.synthetic`.
+`prepared_list_files(cfg, dataset)`, `weights_path(cfg)`, `trainid_to_labelid`. Download, verification,
+credentials, preparation and synthesis live in `lc.data.download`, `lc.data.verify`,
+`lc.data.credentials`, `lc.data.voc`, `lc.data.cityscapes`, `lc.data.synthetic`. Problems a user can
+fix raise `lc.data.errors.DataError` (or a subclass) with the file and the fix in the message.
 
 Names are imported lazily (PEP 562) so that `lc download` / `lc synth` / `lc prepare` start without
 importing torch.

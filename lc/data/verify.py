@@ -149,8 +149,12 @@ def cached_md5(archive: str | Path) -> dict | None:
 def record_verified(archive: str | Path, digest: str, source: str) -> None:
     """Write the sidecar after `archive` was hashed and found to have `digest`."""
     archive = Path(archive)
-    write_text_atomic(sidecar_path(archive), json.dumps({"md5": digest, "source": source,
-                                                         **_stamp(archive)}) + "\n")
+    record = json.dumps({"md5": digest, "source": source, **_stamp(archive)}) + "\n"
+    try:
+        write_text_atomic(sidecar_path(archive), record)
+    except PermissionError:  # e.g. a shared, read-only archive folder: verify by hashing every time
+        log.warning("cannot write %s; %s will be hashed again before its next use", sidecar_path(archive),
+                    archive)
 
 
 def archive_md5(archive: str | Path) -> str:
