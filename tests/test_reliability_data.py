@@ -54,7 +54,7 @@ from lc.data.errors import (
     UnsafeArchiveError,
 )
 from lc.data.extract import extract_archive, safe_extract
-from lc.data.io import atomic_path, disk_full, md5_file, read_index_png, write_text_atomic
+from lc.data.io import atomic_path, disk_full, md5_file, read_index_png, temp_prefix, write_text_atomic
 from lc.data.paths import prepared_list_files, weights_path
 from lc.data.synthetic import make_synthetic_mirror
 from lc.data.verify import read_md5sums, sidecar_path
@@ -623,6 +623,21 @@ def test_temp_left_by_sigkill_is_removed_by_the_next_write(tmp_path):
     write_text_atomic(target, "done")
     assert target.read_text() == "done"
     assert sorted(target.parent.iterdir()) == sorted([target, live])
+
+
+def test_extraction_temp_left_by_a_killed_run_is_removed(tmp_path):
+    good = _tar_bytes(MEMBERS)
+    cfg, _ = _hand_placed(tmp_path, good, hashlib.md5(good).hexdigest())
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+    dead_pid = int(finished.stdout)  # a process that has exited
+    raw = tmp_path / "data" / "raw"
+    prefix = temp_prefix(raw / "blob.staging").replace(f"-{os.getpid()}-", f"-{dead_pid}-")
+    stale = raw / f"{prefix}abc.tmp"
+    (stale / "set").mkdir(parents=True)
+    (stale / "set" / "half.txt").write_bytes(b"")
+    extract_archive(cfg, "blob")
+    assert not stale.exists() and sorted(p.name for p in raw.iterdir()) == ["blob"]
 
 
 def test_weights_path_is_under_data_root(tmp_path):

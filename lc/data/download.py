@@ -30,6 +30,7 @@ from lc.data.verify import (
     mirror_location,
     read_md5sums,
     record_verified,
+    sidecar_path,
 )
 
 log = logging.getLogger(__name__)
@@ -191,6 +192,7 @@ def _verified_in_place(out: Path, digest: str, digest_source: str) -> bool:
     log.warning("%s: MD5 %s differs from %s (%s); deleting it and fetching again", out, actual, digest,
                 digest_source)
     out.unlink()
+    sidecar_path(out).unlink(missing_ok=True)
     return False
 
 
