@@ -92,7 +92,10 @@ def _md5(data: bytes) -> str:
 
 
 def _leftovers(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+    """Files in `directory`, less the verified-digest sidecars (.<name>.md5.json)."""
+    if not directory.exists():
+        return []
+    return sorted(p.name for p in directory.iterdir() if not p.name.endswith(".md5.json"))
 
 
 def test_http_download_verifies_and_is_not_fetched_twice(tmp_path):
@@ -102,6 +105,7 @@ def test_http_download_verifies_and_is_not_fetched_twice(tmp_path):
         assert out == tmp_path / "data" / "archives" / "blob.bin"
         assert out.read_bytes() == PAYLOAD
         assert _leftovers(out.parent) == ["blob.bin"]
+        assert (out.parent / ".blob.bin.md5.json").exists()  # the verified digest, cached by size and mtime
         fetch_archive(cfg, "blob")
         assert len(server.requests) == 1  # already present and verified: no second request
 
@@ -190,6 +194,7 @@ def _no_credentials(monkeypatch, tmp_path):
     monkeypatch.delenv("CITYSCAPES_USERNAME", raising=False)
     monkeypatch.delenv("CITYSCAPES_PASSWORD", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))  # no cityscapesscripts stored credentials
 
 
 def test_missing_cityscapes_credentials_message(tmp_path, monkeypatch):
@@ -209,10 +214,13 @@ def test_cityscapes_credentials_from_netrc_and_env(tmp_path, monkeypatch):
     netrc_file.write_text("machine www.cityscapes-dataset.com login alice password s3cret\n")
     netrc_file.chmod(0o600)
     monkeypatch.setenv("NETRC", str(netrc_file))
-    assert cityscapes_credentials() == ("alice", "s3cret")
+    found = cityscapes_credentials()
+    assert (found.user, found.password, found.source) == ("alice", "s3cret", str(netrc_file))
+    assert "s3cret" not in repr(found)
     monkeypatch.setenv("CITYSCAPES_USERNAME", "bob")
     monkeypatch.setenv("CITYSCAPES_PASSWORD", "hunter2")
-    assert cityscapes_credentials() == ("bob", "hunter2")
+    found = cityscapes_credentials()
+    assert (found.user, found.password) == ("bob", "hunter2") and "CITYSCAPES_USERNAME" in found.source
 
 
 def test_file_placed_by_hand_is_used_without_a_url(tmp_path):

@@ -94,6 +94,15 @@ def test_train_aug_list_rule_and_counts(prepared):
     assert lists["train"].name == "train_aug.txt"
     assert set(train_names) == expected and len(train_names) == len(expected)
     assert set(read_id_list(lists["val"])) == voc_val
+    # trainval_aug: train_aug + VOC val (the fine-tuning set for the test-server submission)
+    trainval_names = read_id_list(lists["trainval_aug"])
+    assert lists["trainval_aug"].name == "trainval_aug.txt"
+    assert sorted(trainval_names) == trainval_names and set(trainval_names) == expected | voc_val
+    assert len(trainval_names) == len(expected) + len(voc_val)
+    assert len(build_dataset(cfg, "voc", "trainval_aug")) == len(trainval_names)
+    assert len(build_dataset(cfg, "voc", "train_aug")) == len(train_names)  # alias of "train"
+    with pytest.raises(ValueError, match="unknown split 'trainval_aug' for cityscapes"):
+        build_dataset(cfg, "cityscapes", "trainval_aug")
     sizes = cfg["data"]["synthetic_sizes"]
     ids = voc_id_sets(sizes)
     assert len(read_id_list(lists["test"])) == len(ids["voc_test"]) == sizes["voc_test"]
@@ -104,7 +113,7 @@ def test_prepared_sets_load_through_build_dataset(prepared, dataset):
     cfg = prepared[0]
     sizes = cfg["data"]["synthetic_sizes"]
     lists = prepared_list_files(cfg, dataset)
-    assert set(lists) == {"train", "val", "test"}
+    assert set(lists) == {"train", "val", "test"} | ({"trainval_aug"} if dataset == "voc" else set())
     for split, list_file in lists.items():
         rows = [line.split() for line in list_file.read_text().splitlines()]
         data = build_dataset(cfg, dataset, split)

@@ -104,5 +104,5 @@ def is_user_error(exc: BaseException) -> bool:
         return True
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return True
-    download = sys.modules.get("lc.data.download")  # only loaded when a command downloaded something
-    return download is not None and isinstance(exc, download.DownloadError)
+    errors = sys.modules.get("lc.data.errors")  # only loaded when a command touched data
+    return errors is not None and isinstance(exc, errors.DataError)

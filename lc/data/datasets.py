@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lc.data.io import check_label_values, read_index_png, read_rgb, read_sample_list
+from lc.data.io import ARCHIVE_FIX, check_label_values, read_index_png, read_rgb, read_sample_list
 from lc.data.labels import IGNORE_INDEX, NUM_CLASSES
-from lc.data.paths import SPLITS, data_root, prepared_list_files
+from lc.data.paths import canonical_split, data_root, prepared_list_files
 from lc.data.transforms import TrainTransform, normalize
 
 
@@ -42,7 +42,7 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         row = self.samples[index]
         image_path = self.root / row[1]
-        image = normalize(read_rgb(image_path))
+        image = normalize(read_rgb(image_path, ARCHIVE_FIX))
         item: dict = {"name": row[0]}
         if self.has_labels:
             label_path = self.root / row[2]
@@ -60,13 +60,13 @@ class SegmentationDataset(Dataset):
 
 
 def build_dataset(cfg: dict, dataset: str, split: str, train: bool = False) -> SegmentationDataset:
-    """Prepared `dataset` ("voc" | "cityscapes"), `split` ("train" | "val" | "test"; VOC train = train_aug).
+    """Prepared `dataset` ("voc" | "cityscapes"), `split` ("train" | "val" | "test"; VOC train = train_aug,
+    also VOC "trainval_aug" = train_aug + val; "train_aug" is accepted for "train").
 
     `train=True` applies random scale (train.scale_range), crop (train.crop_size) and flip; otherwise
     every item is the full image.
     """
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    split = canonical_split(dataset, split)
     lists = prepared_list_files(cfg, dataset)
     if split not in lists:
         raise FileNotFoundError(

@@ -1,8 +1,16 @@
-"""Safe extraction of tar and zip archives into a temp folder renamed into place."""
+"""Safe extraction of tar and zip archives into a temp folder renamed into place.
+
+An archive's MD5 is checked (`lc.data.verify`, cached by size and mtime) before every extraction;
+a damaged archive (truncated stream, a tar without its end-of-archive block, bad CRC) or a hostile
+one (members or links leaving the folder, device files) fails with the file named and nothing
+extracted.
+"""
 
 from __future__ import annotations
 
+import gzip
 import json
+import lzma
 import os
 import posixpath
 import shutil
@@ -10,17 +18,37 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 from tqdm import tqdm
 
+from lc.data.errors import CorruptFileError, UnsafeArchiveError
+from lc.data.io import remove_stale_temps, temp_prefix, translate_no_space
 from lc.data.paths import archive_path, extracted_dir
+from lc.data.verify import verify_archive
 
 _MARKER = ".extracted_from.json"
+# What a damaged compressed stream or container raises while being read
+_DAMAGED = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, zipfile.BadZipFile, gzip.BadGzipFile)
+
+__all__ = ["CorruptFileError", "UnsafeArchiveError", "extract_archive", "safe_extract"]
 
 
-class UnsafeArchiveError(ValueError):
-    """An archive member would land outside the extraction folder (or is a device file)."""
+class _EndCheckingTarInfo(tarfile.TarInfo):
+    """Records on the TarFile whether reading stopped at an end-of-archive (all-zero) block.
+
+    tarfile ends its member iteration quietly at end of file, so a tar cut at a member boundary
+    would otherwise look complete.
+    """
+
+    @classmethod
+    def fromtarfile(cls, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        try:
+            return super().fromtarfile(tar)
+        except tarfile.EOFHeaderError:
+            tar.lc_saw_end_block = True  # type: ignore[attr-defined]
+            raise
 
 
 def _escapes(relative: str) -> bool:
@@ -49,47 +77,82 @@ def _check_tar_member(member: tarfile.TarInfo, archive: Path) -> None:
                                  "extract this archive")
 
 
+def _damaged(archive: Path, detail: str) -> CorruptFileError:
+    return CorruptFileError(f"{archive} is damaged ({detail}); nothing was extracted. Delete it and download "
+                            "it again (`lc download`), or place a good copy there")
+
+
+def _extract_tar(archive: Path, tmp: Path) -> None:
+    # One pass over the (possibly compressed) stream: check each member before writing it.
+    with tarfile.open(archive, "r:*", tarinfo=_EndCheckingTarInfo) as tf:
+        tf.lc_saw_end_block = False  # type: ignore[attr-defined]
+        for member in tqdm(tf, desc=f"extract {archive.name}", unit="file", leave=False, file=sys.stderr,
+                           disable=not sys.stderr.isatty()):
+            _check_tar_member(member, archive)
+            try:
+                tf.extract(member, tmp, filter="data")
+            except tarfile.FilterError as exc:  # e.g. a link reaching outside through other links
+                raise UnsafeArchiveError(f"{archive}: member {member.name!r} would be written outside the "
+                                         f"target folder ({type(exc).__name__}); refusing to extract this "
+                                         "archive") from None
+        if not tf.lc_saw_end_block:  # type: ignore[attr-defined]
+            raise _damaged(archive, f"the tar stream ends after {len(tf.getmembers())} members without its "
+                                    "end-of-archive block: the file is truncated")
+
+
+def _extract_zip(archive: Path, tmp: Path) -> None:
+    with zipfile.ZipFile(archive) as zf:
+        infos = zf.infolist()
+        for info in infos:
+            if _escapes(info.filename):
+                raise UnsafeArchiveError(
+                    f"{archive}: member {info.filename!r} would be written outside the target "
+                    "folder (absolute path or '..'); refusing to extract this archive")
+        for info in tqdm(infos, desc=f"extract {archive.name}", unit="file", leave=False, file=sys.stderr,
+                         disable=not sys.stderr.isatty()):
+            zf.extract(info, tmp)
+
+
 def safe_extract(archive: str | Path, dest: str | Path) -> Path:
     """Extract a tar (any compression) or zip file to `dest`, which appears only when complete.
 
     Members with absolute paths, `..` components, links leaving the folder, or device files make
-    the whole extraction fail (nothing is left behind).
+    the whole extraction fail (`UnsafeArchiveError`), as does a damaged archive (`CorruptFileError`);
+    nothing is left behind. A full disk raises `NoSpaceError`.
     """
     archive, dest = Path(archive), Path(dest)
     if dest.exists():
         raise FileExistsError(f"{dest} exists; remove it before extracting {archive} there")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    try:
-        if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as zf:
-                infos = zf.infolist()
-                for info in infos:
-                    if _escapes(info.filename):
-                        raise UnsafeArchiveError(
-                            f"{archive}: member {info.filename!r} would be written outside the target "
-                            "folder (absolute path or '..'); refusing to extract this archive")
-                for info in tqdm(infos, desc=f"extract {archive.name}", unit="file", leave=False,
-                                 file=sys.stderr):
-                    zf.extract(info, tmp)
-        elif tarfile.is_tarfile(archive):
-            # One pass over the (possibly compressed) stream: check each member before writing it.
-            with tarfile.open(archive, "r:*") as tf:
-                for member in tqdm(tf, desc=f"extract {archive.name}", unit="file", leave=False,
-                                   file=sys.stderr):
-                    _check_tar_member(member, archive)
-                    tf.extract(member, tmp, filter="data")
-        else:
-            raise ValueError(f"{archive} is neither a tar nor a zip file; delete it and download again")
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    with translate_no_space(dest):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(dest)
+        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(dest), suffix=".tmp", dir=dest.parent))
+        try:
+            try:
+                if zipfile.is_zipfile(archive):
+                    _extract_zip(archive, tmp)
+                elif tarfile.is_tarfile(archive):
+                    _extract_tar(archive, tmp)
+                else:
+                    raise _damaged(archive, "neither a tar nor a zip file; a truncated zip looks like this")
+            except _DAMAGED as exc:
+                raise _damaged(archive, f"{type(exc).__name__}: {exc}") from None
+            except OSError as exc:
+                if exc.errno is not None:  # the file system's complaint (e.g. a full disk), not the archive's
+                    raise
+                raise _damaged(archive, f"{type(exc).__name__}: {exc}") from None  # e.g. bz2's bad stream
+            os.replace(tmp, dest)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
     return dest
 
 
 def extract_archive(cfg: dict, key: str) -> Path:
-    """<data.root>/raw/<key>/ holding the contents of archive `key` (re-extracted if the archive changed)."""
+    """<data.root>/raw/<key>/ holding the contents of archive `key`, MD5-verified first.
+
+    Re-extracted when the archive changed (size or mtime) or was extracted without verification.
+    """
     source = archive_path(cfg, key)
     if not source.exists():
         raise FileNotFoundError(f"{source} is missing; fetch it first with `lc download {key} "
@@ -98,14 +161,21 @@ def extract_archive(cfg: dict, key: str) -> Path:
     stat = source.stat()
     stamp = {"archive": source.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     marker = dest / _MARKER
-    if marker.exists() and json.loads(marker.read_text()) == stamp:
-        return dest
+    if marker.exists():
+        try:
+            previous = json.loads(marker.read_text())
+        except ValueError:
+            previous = {}
+        if previous.get("md5") and {k: previous.get(k) for k in stamp} == stamp:
+            return dest
+    stamp["md5"] = verify_archive(cfg, key, source)
     if dest.exists():
         shutil.rmtree(dest)
     staging = dest.with_name(dest.name + ".staging")
     if staging.exists():
         shutil.rmtree(staging)
     safe_extract(source, staging)
-    (staging / _MARKER).write_text(json.dumps(stamp))
+    with translate_no_space(staging / _MARKER):
+        (staging / _MARKER).write_text(json.dumps(stamp))
     os.replace(staging, dest)
     return dest

@@ -1,28 +1,42 @@
 """PASCAL VOC 2012 + SBD -> the VOC-aug set (`lc prepare voc`).
 
 train_aug = SBD train + SBD val + VOC train, minus VOC val (10,582 images on the real data);
-val = VOC val (1,449). Labels come from VOC's SegmentationClass PNG where one exists (it has the
+val = VOC val (1,449); trainval_aug = train_aug + val (12,031), DeepLab's fine-tuning set for the
+test-server submission. Labels come from VOC's SegmentationClass PNG where one exists (it has the
 255 boundary band and wins) and from SBD's dataset/cls/<id>.mat (GTcls.Segmentation) otherwise,
 and are written as single-channel palette PNGs to <data.root>/voc_aug/SegmentationClassAug/.
-Images are read in place from the extracted archives.
+Images are read in place from the extracted archives. The list files mean "prepared": they are
+deleted first and written last, so a failed run leaves none.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from scipy.io import loadmat
 from scipy.io.matlab import MatReadError
 from tqdm import tqdm
 
+from lc.data.errors import DataError
 from lc.data.extract import extract_archive
-from lc.data.io import check_label_values, read_id_list, write_sample_list, write_voc_label_png
+from lc.data.io import (
+    ARCHIVE_FIX,
+    check_label_values,
+    image_size,
+    load_image,
+    read_id_list,
+    remove_files,
+    write_sample_list,
+    write_voc_label_png,
+)
 from lc.data.labels import IGNORE_INDEX, NUM_CLASSES, voc_rgb_to_index
 from lc.data.paths import data_root, prepared_dir, prepared_list_files, voc_test_available
+
+log = logging.getLogger(__name__)
 
 VOC_NUM_CLASSES = NUM_CLASSES["voc"]
 
@@ -34,7 +48,7 @@ def read_voc_label(path: str | Path) -> np.ndarray:
     through the VOC palette and refused if any colour is off the palette.
     """
     path = Path(path)
-    with Image.open(path) as image:
+    with load_image(path, ARCHIVE_FIX) as image:
         mode = image.mode
         if mode in ("RGB", "RGBA"):
             index, off_palette = voc_rgb_to_index(np.asarray(image.convert("RGB")))
@@ -100,6 +114,8 @@ def _require_dir(path: Path, archive_key: str) -> Path:
 def prepare_voc(cfg: dict) -> dict[str, Path]:
     """Extract VOC 2012 and SBD, merge their labels, write the lists; returns split -> list file."""
     root = data_root(cfg)
+    lists = prepared_list_files(cfg, "voc")
+    remove_files(list(lists.values()))
     voc_dir = _require_dir(extract_archive(cfg, "voc2012_trainval") / "VOCdevkit" / "VOC2012",
                            "voc2012_trainval")
     sbd_dir = _require_dir(extract_archive(cfg, "sbd") / "benchmark_RELEASE" / "dataset", "sbd")
@@ -107,12 +123,18 @@ def prepare_voc(cfg: dict) -> dict[str, Path]:
     voc_train, voc_val = read_id_list(voc_sets / "train.txt"), read_id_list(voc_sets / "val.txt")
     sbd_train, sbd_val = read_id_list(sbd_dir / "train.txt"), read_id_list(sbd_dir / "val.txt")
     splits = {"train": train_aug_ids(sbd_train, sbd_val, voc_train, voc_val), "val": sorted(voc_val)}
+    for split, ids in splits.items():
+        if not ids:
+            raise DataError(f"the VOC {lists[split].stem} split is empty: the id lists in {voc_sets} and "
+                            f"{sbd_dir} hold no images for it; the archives are incomplete, download them "
+                            "again")
 
     label_dir = prepared_dir(cfg, "voc") / "SegmentationClassAug"
     rows: dict[str, list[tuple[str, ...]]] = {}
     for split, ids in splits.items():
         rows[split] = []
-        for image_id in tqdm(ids, desc=f"prepare voc {split}", unit="img", file=sys.stderr, leave=False):
+        for image_id in tqdm(ids, desc=f"prepare voc {split}", unit="img", file=sys.stderr, leave=False,
+                             disable=not sys.stderr.isatty()):
             voc_png = voc_dir / "SegmentationClass" / f"{image_id}.png"
             label_source = voc_png if voc_png.exists() else sbd_dir / "cls" / f"{image_id}.mat"
             if not label_source.exists():
@@ -120,16 +142,14 @@ def prepare_voc(cfg: dict) -> dict[str, Path]:
                                         "exists")
             label = read_voc_label(voc_png) if voc_png.exists() else read_sbd_label(label_source)
             image_path = _image_path(image_id, voc_dir, sbd_dir)
-            with Image.open(image_path) as image:
-                width, height = image.size
+            height, width = image_size(image_path)
             if label.shape != (height, width):
                 raise ValueError(f"{label_source}: label size {label.shape} differs from image {image_path} "
-                                 f"size {(height, width)}")
+                                 f"size {(height, width)}; the archive is inconsistent, download it again")
             target = label_dir / f"{image_id}.png"
             write_voc_label_png(target, label)
             rows[split].append((image_id, os.path.relpath(image_path, root), os.path.relpath(target, root)))
-
-    lists = prepared_list_files(cfg, "voc")
+    rows["trainval_aug"] = sorted(rows["train"] + rows["val"])
     if voc_test_available(cfg):
         test_dir = _require_dir(extract_archive(cfg, "voc2012_test") / "VOCdevkit" / "VOC2012",
                                 "voc2012_test")
@@ -144,5 +164,5 @@ def prepare_voc(cfg: dict) -> dict[str, Path]:
     # The train list last: its existence means the whole set is prepared.
     for split in sorted(lists, key=lambda s: s == "train"):
         write_sample_list(lists[split], rows[split])
-    print(", ".join(f"voc {s}: {len(rows[s])} images" for s in lists), file=sys.stderr)
+    log.info("%s", ", ".join(f"voc {s}: {len(rows[s])} images" for s in lists))
     return lists
