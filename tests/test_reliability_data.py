@@ -600,7 +600,7 @@ def test_disk_full_during_prepare_names_the_file(tmp_path, mirror, monkeypatch, 
     monkeypatch.setattr(Path, "write_bytes", write_bytes)
     config = _cli_config(tmp_path, root=str(tmp_path / "data"), mirror=str(mirror), synthetic=True)
     capfd.readouterr()
-    assert lc_main(["prepare", "voc", "--config", str(config), "--preset", "test"]) == 1
+    assert lc_main(["prepare", "voc", "--config", str(config), "--preset", "test"]) == 2
     err = capfd.readouterr().err
     assert "no space left on device" in err and "SegmentationClassAug" in err and "Traceback" not in err
     assert not any(p.exists() for p in prepared_list_files(cfg, "voc").values())
