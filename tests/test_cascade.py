@@ -38,9 +38,9 @@ def routed():
     images = torch.randn(2, 3, 64, 56, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     rho = 0.6
     with torch.no_grad():
-        f1 = model.backbone.forward_stage(0, images)
-        f2 = model.backbone.forward_stage(1, f1)
-        f3 = model.backbone.forward_stage(2, f2)
+        f1 = model.backbone.forward_stage(1, images)
+        f2 = model.backbone.forward_stage(2, f1)
+        f3 = model.backbone.forward_stage(3, f2)
     for head, feats in ((model.head1, f1), (model.head2, f2), (model.head3, f3)):
         _scale_head_to_median(head, feats, rho)
     return model, images, rho
@@ -223,6 +223,6 @@ def test_model_cascade_chains_members_by_rho():
 
 def _stage_features(member: LayerCascade, images: torch.Tensor, k: int) -> torch.Tensor:
     x = images
-    for stage in range(k + 1):
+    for stage in range(1, k + 2):
         x = member.backbone.forward_stage(stage, x)
     return x

@@ -9,14 +9,13 @@ dilation 2). Implementations:
 - gather (convs): `region_conv2d(impl="gather")`, dense input to dense output;
 - compressed: stage: `ActiveSet` + `run_stage_compressed`, dense stage input to the (N, C) output
   (what the cascade passes on); convs: `compressed_conv` on (N, C) features, tables prebuilt.
-Masks hold exactly round(f * H * W) random pixels per image. Times are medians after warm-up, the
-runs of all cases of a level interleaved round by round.
+Masks hold exactly round(f * H * W) random pixels per image. Times are medians after warm-up
+(`lc.bench.timing.measure`), at `bench.threads` CPU threads (or `--threads`).
 """
 
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from lc.bench.timing import measure, set_threads, write_csv
 from lc.data.io import atomic_path
 from lc.models.irnet import IRNet
 from lc.models.region_irnet import run_stage_compressed, run_stage_masked_dense
@@ -34,7 +34,7 @@ from lc.ops.region_conv import compressed_conv, region_conv2d
 COLUMNS = ["level", "impl", "active_fraction", "ms_median", "speedup", "speedup_x_fraction", "device"]
 ALWAYS_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 
-__all__ = ["COLUMNS", "median_times", "random_mask", "run_op_bench", "save_op_bench", "time_ms"]
+__all__ = ["COLUMNS", "level_titles", "random_mask", "run_op_bench", "save_op_bench"]
 
 
 def random_mask(batch: int, height: int, width: int, fraction: float, generator: torch.Generator,
@@ -44,36 +44,6 @@ def random_mask(batch: int, height: int, width: int, fraction: float, generator:
     scores = torch.rand(batch, height * width, generator=generator)
     ranks = scores.argsort(dim=1).argsort(dim=1)
     return (ranks < count).view(batch, height, width).to(device)
-
-
-def time_ms(fn: Callable[[], object], device: str) -> float:
-    """Wall time of one call in ms: perf_counter on CPU, CUDA events on GPU."""
-    if device == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        return float(start.elapsed_time(end))
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
-
-
-def median_times(fns: Sequence[Callable[[], object]], device: str, warmup: int, runs: int,
-                 progress: tqdm | None = None) -> list[float]:
-    """Median ms of each fn; the runs are interleaved (one call of each fn per round), so that a
-    load change on a shared machine affects every case alike instead of a few of them."""
-    for fn in fns:
-        for _ in range(warmup):
-            fn()
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(runs):
-        for fn, ts in zip(fns, times, strict=True):
-            ts.append(time_ms(fn, device))
-        if progress is not None:
-            progress.update()
-    return [float(pd.Series(ts).median()) for ts in times]
 
 
 def _dense_variants(module_fn: Callable[[str], Callable[[], object]]) -> dict[str, Callable[[], object]]:
@@ -92,13 +62,13 @@ def _stage_cases(net: IRNet, x: torch.Tensor, fractions: Sequence[float], gen: t
     nets = {"nchw": net, "channels_last": copy.deepcopy(net).to(memory_format=torch.channels_last)}
 
     def dense(fmt: str):
-        return lambda: nets[fmt].forward_stage(1, inputs[fmt])
+        return lambda: nets[fmt].forward_stage(2, inputs[fmt])
 
     cases = [(impl, 1.0, fn) for impl, fn in _dense_variants(dense).items()]
     for f in fractions:
         mask = random_mask(x.shape[0], x.shape[2], x.shape[3], f, gen, device)
-        cases.append(("masked_dense", f, lambda m=mask: run_stage_masked_dense(net, 1, x, m)))
-        cases.append(("compressed", f, lambda m=mask: run_stage_compressed(net, 1, x, ActiveSet(m))))
+        cases.append(("masked_dense", f, lambda m=mask: run_stage_masked_dense(net, 2, x, m)))
+        cases.append(("compressed", f, lambda m=mask: run_stage_compressed(net, 2, x, ActiveSet(m))))
     return cases
 
 
@@ -124,9 +94,18 @@ def _conv_cases(weight: torch.Tensor, bias: torch.Tensor, padding, dilation, x: 
     return cases
 
 
+def level_titles(cfg: dict) -> dict[str, str]:
+    """Plot titles of the benchmark levels, from the layers they time."""
+    blocks = int(cfg["model"]["block_counts"][1])
+    return {"stage2": f"stage 2 (mixed_6a + {blocks} Block17), width 1",
+            "conv3x3": "3x3 conv 256 -> 256 (mixed_6a)",
+            "conv1x7": "1x7 conv 128 -> 160, dilation 2 (Block17)"}
+
+
 def run_op_bench(cfg: dict, devices: Sequence[str] | None = None, warmup: int | None = None,
-                 runs: int | None = None, threads: int | None = 2, seed: int = 0) -> pd.DataFrame:
-    """Time the op benchmark on each device (default: cpu, plus cuda when present)."""
+                 runs: int | None = None, threads: int | None = None, seed: int = 0) -> pd.DataFrame:
+    """Time the op benchmark on each device (default: cpu, plus cuda when present) at `threads`
+    CPU threads (default `bench.threads`)."""
     bench = cfg["bench"]
     size = int(bench["op_image_size"])
     blocks = int(cfg["model"]["block_counts"][1])
@@ -137,8 +116,7 @@ def run_op_bench(cfg: dict, devices: Sequence[str] | None = None, warmup: int | 
     fractions = sorted({float(f) for f in bench["fractions"]} | set(ALWAYS_FRACTIONS))
     if devices is None:
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    if threads:
-        torch.set_num_threads(int(threads))
+    set_threads(int(bench["threads"] if threads is None else threads))
     rows = []
     for device in devices:
         gen = torch.Generator().manual_seed(seed)
@@ -152,13 +130,11 @@ def run_op_bench(cfg: dict, devices: Sequence[str] | None = None, warmup: int | 
             bias = torch.randn(conv.out_channels, generator=gen).to(device)
             levels[level] = _conv_cases(conv.weight.detach(), bias, conv.padding, conv.dilation, x,
                                         fractions, gen, device)
-        with torch.no_grad(), tqdm(total=runs * len(levels), desc=f"bench op ({device})",
-                                   unit="round") as bar:
-            for level, cases in levels.items():
-                medians = median_times([fn for _, _, fn in cases], device, warmup, runs, bar)
-                for (impl, fraction, _), ms in zip(cases, medians, strict=True):
-                    rows.append({"level": level, "impl": impl, "active_fraction": fraction,
-                                 "ms_median": ms, "device": device})
+        cases = [(level, *case) for level, level_cases in levels.items() for case in level_cases]
+        for level, impl, fraction, fn in tqdm(cases, desc=f"bench op ({device})", unit="case"):
+            timing = measure(lambda _i, fn=fn: fn(), device, warmup, runs)
+            rows.append({"level": level, "impl": impl, "active_fraction": fraction,
+                         "ms_median": timing.median, "device": device})
     df = pd.DataFrame(rows)
     dense = df[df.impl.str.startswith("dense")].groupby(["device", "level"]).ms_median.min()
     df["speedup"] = [dense[(d, lv)] / ms for d, lv, ms in zip(df.device, df.level, df.ms_median, strict=True)]
@@ -166,16 +142,18 @@ def run_op_bench(cfg: dict, devices: Sequence[str] | None = None, warmup: int | 
     return df[COLUMNS]
 
 
-def save_op_bench(df: pd.DataFrame, out_csv: str | Path, out_png: str | Path | None = None) -> None:
-    """Write the CSV and a speedup-vs-fraction plot (with the ideal 1/f line), each atomically."""
+def save_op_bench(df: pd.DataFrame, out_csv: str | Path, out_png: str | Path | None = None,
+                  titles: dict[str, str] | None = None) -> None:
+    """Write the CSV and a speedup-vs-fraction plot (with the ideal 1/f line), each atomically.
+
+    titles: panel title per level (`level_titles(cfg)`; default: the level names)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out_csv = Path(out_csv)
-    with atomic_path(out_csv) as tmp:
-        df.to_csv(tmp, index=False, float_format="%.6g")
+    out_csv = write_csv(df, out_csv)
+    titles = titles or {}
 
     out_png = Path(out_png) if out_png is not None else out_csv.with_suffix(".png")
     region = df[df.impl.isin(["compressed", "gather"])]
@@ -188,8 +166,8 @@ def save_op_bench(df: pd.DataFrame, out_csv: str | Path, out_png: str | Path | N
             part = part.sort_values("active_fraction")
             ax.plot(part.active_fraction, part.speedup, "o-", ms=3, label=f"{impl} ({device})")
         ax.axhline(1.0, color="grey", lw=0.5)
-        ax.set(xscale="log", yscale="log", title=level, xlabel="active fraction",
-               ylabel="speedup over best dense")
+        ax.set(xscale="log", yscale="log", xlabel="active fraction", ylabel="speedup over best dense")
+        ax.set_title(titles.get(level, level), fontsize=9)
         ax.legend(fontsize=7)
     fig.suptitle("region convolution: speedup over the best dense implementation\n"
                  + "; ".join(sorted(df.device.unique())), fontsize=9)

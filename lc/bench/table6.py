@@ -61,7 +61,7 @@ def _protocol_step(setup: BenchSetup, model: LayerCascade, routing: prescribed_r
             if flip:
                 x = x.flip(-1)
             routing.select(i, masks[(scale, flip)])
-            probs = model(x, rho=rho).probs
+            probs = model(x, rho=rho, router=routing).probs
             probs = F.interpolate(probs, size=(height, width), mode="bilinear", align_corners=False)
             if flip:
                 probs = probs.flip(-1)
@@ -89,14 +89,14 @@ def run_table6_bench(setup: BenchSetup) -> pd.DataFrame:
     masks = {(s, f): setup.mask_sets_for(rho, model, (round(size[0] * s), round(size[1] * s)), flip=f)
              for s, f in all_views}
     rows = []
-    with prescribed_routing(model, masks[all_views[0]]) as routing:
-        for name, scales, flip, crf in tqdm(settings, desc="bench table6", unit="setting"):
-            step = _protocol_step(setup, model, routing, rho, _views(scales, flip), masks, images, rgb,
-                                  dict(ev["crf"]) if crf else None)
-            warmup = setup.warmup_for(masks[all_views[0]])
-            timing = measure(step, setup.device, warmup, setup.runs).row(setup.batch_size)
-            rows.append({"setting": name, "scales": " ".join(f"{s:g}" for s in scales), "flip": flip,
-                         "crf": crf, **timing,
-                         "device": setup.device_name, "mask_source": setup.mask_source,
-                         "image_size": setup.image_size})
+    routing = prescribed_routing(masks[all_views[0]])
+    for name, scales, flip, crf in tqdm(settings, desc="bench table6", unit="setting"):
+        step = _protocol_step(setup, model, routing, rho, _views(scales, flip), masks, images, rgb,
+                              dict(ev["crf"]) if crf else None)
+        warmup = setup.warmup_for(masks[all_views[0]])
+        timing = measure(step, setup.device, warmup, setup.runs).row(setup.batch_size)
+        rows.append({"setting": name, "scales": " ".join(f"{s:g}" for s in scales), "flip": flip,
+                     "crf": crf, **timing,
+                     "device": setup.device_name, "mask_source": setup.mask_source,
+                     "image_size": setup.image_size})
     return pd.DataFrame(rows)[TABLE6_COLUMNS]

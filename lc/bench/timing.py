@@ -1,18 +1,23 @@
-"""Speed measurement shared by the model-level benchmarks (Tables 3 and 6, Fig. 7).
+"""Speed measurement shared by every benchmark (`lc bench op|models|stages|rho|table6`).
 
-- `measure`: warm-up, then timed runs; CUDA events + synchronize on the GPU, perf_counter on the
-  CPU; median and spread (p25/p75) of the per-run times, all under `torch.inference_mode`.
+- `measure`: warm-up, then timed runs under `torch.inference_mode`: on the CPU
+  `torch.utils.benchmark.Timer.blocked_autorange` at the torch thread count the benchmark set
+  (`--threads` / `bench.threads`), on the GPU one pair of CUDA events per call; median and spread
+  (p25/p75) of the per-call times.
 - Routing masks for timing LC without training it: `paper_share_masks` draws spatially coherent
-  random blobs holding exactly the paper's Table 1 stage shares at a rho; `TrainedMasks` takes them
-  from a trained LC model run on real (prepared val) images. Either way a benchmark cycles through
-  `bench.mask_sets` different mask sets over its timed runs.
-- `write_csv`: an atomic CSV write (temp name, then rename).
+  random blobs holding exactly the paper's Table 1 stage shares at a rho (the published table is
+  passed in: this layer reads no report files); `TrainedMasks` takes them from a trained LC model
+  run on real (prepared val) images. Either way a benchmark cycles through `bench.mask_sets`
+  different mask sets over its timed runs.
+- `write_csv`: the one atomic CSV writer of the bench CSVs (temp name, then rename).
 
-The benchmarks themselves are in `lc.bench.models` (models, stages, rho) and `lc.bench.table6`.
+The benchmarks themselves are in `lc.bench.op` (region conv), `lc.bench.models` (models, stages,
+rho) and `lc.bench.table6`.
 """
 
 from __future__ import annotations
 
+import itertools
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -23,12 +28,12 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch.utils.benchmark import Timer
 
 from lc.data.io import atomic_path
-from lc.report.paper import load_paper_table
 
 __all__ = ["MASK_SOURCE_PAPER", "RoutingMasks", "Timing", "TrainedMasks", "device_name", "measure",
-           "paper_share_masks", "paper_stage_shares", "resolve_device", "write_csv"]
+           "paper_share_masks", "paper_stage_shares", "resolve_device", "set_threads", "write_csv"]
 
 MASK_SOURCE_PAPER = "paper_stage_shares"
 # coarse grid of the random field whose upsampling makes the blobs (cells per image side)
@@ -36,6 +41,8 @@ BLOB_GRID = 6
 
 
 # --- devices and timing -----------------------------------------------------------------------
+# resolve_device and device_name move to lc.device (the cli area); evaluation imports them from
+# here until then. Do not copy them.
 def resolve_device(requested: str | None) -> torch.device:
     """'auto' (or None): CUDA when available, else the CPU; 'cuda' without a GPU is an error."""
     if requested in (None, "auto"):
@@ -59,11 +66,19 @@ def device_name(device: torch.device) -> str:
     return f"cpu: {model}, {torch.get_num_threads()} threads"
 
 
+def set_threads(threads: int) -> None:
+    """Set torch's CPU thread count for the benchmark (the value every timing runs and records)."""
+    if int(threads) < 1:
+        raise ValueError(f"benchmark threads must be >= 1, got {threads} (--threads or bench.threads)")
+    torch.set_num_threads(int(threads))
+
+
 @dataclass
 class Timing:
-    """Per-run times in ms of one benchmark case."""
+    """Per-call times in ms of one benchmark case (on the CPU, the mean call of each timed block)."""
 
     times_ms: list[float]
+    calls: int
 
     @property
     def median(self) -> float:
@@ -78,49 +93,69 @@ class Timing:
         return float(np.percentile(self.times_ms, 75))
 
     def row(self, batch_size: int = 1) -> dict:
-        """ms per forward (median, p25, p75) and images per second at the median."""
+        """ms per forward (median, p25, p75), images per second at the median, timed calls."""
         return {"ms_median": self.median, "ms_p25": self.p25, "ms_p75": self.p75,
-                "fps": 1e3 * batch_size / self.median, "runs": len(self.times_ms)}
+                "fps": 1e3 * batch_size / self.median, "runs": self.calls}
 
 
-def measure(step: Callable[[int], object], device: torch.device, warmup: int, runs: int) -> Timing:
-    """Time `step(i)` for i = 0..runs-1 after `warmup` untimed calls, under inference_mode."""
+def _measure_cuda(step: Callable[[int], object], device: torch.device, runs: int) -> Timing:
+    times = []
+    for i in range(runs):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step(i)
+        end.record()
+        torch.cuda.synchronize(device)
+        times.append(start.elapsed_time(end))
+    return Timing(times, runs)
+
+
+def _measure_cpu(step: Callable[[int], object], runs: int, seconds_per_call: float) -> Timing:
+    """`torch.utils.benchmark`'s blocked_autorange for about `runs` calls: it sizes the blocks
+    (one call per block for anything slower than ~10 ms) and runs blocks for runs x the warm-up's
+    time per call."""
+    timer = Timer(stmt="step(next(index))", globals={"step": step, "index": itertools.count()},
+                  num_threads=torch.get_num_threads())
+    measurement = timer.blocked_autorange(min_run_time=runs * seconds_per_call)
+    return Timing([1e3 * t for t in measurement.times],
+                  len(measurement.raw_times) * measurement.number_per_run)
+
+
+def measure(step: Callable[[int], object], device: torch.device | str, warmup: int, runs: int) -> Timing:
+    """Time `step(i)` (i counts the calls from 0) after `warmup` untimed calls, under inference_mode.
+
+    CUDA: exactly `runs` calls, each between two events. CPU: about `runs` calls (see
+    `_measure_cpu`); at least one warm-up call, whose duration sets the time budget.
+    """
     if runs < 1:
         raise ValueError(f"runs must be >= 1, got {runs}")
-    times = []
+    device = torch.device(device)
     with torch.inference_mode():
-        for i in range(warmup):
+        seconds = 0.0
+        for i in range(max(warmup, 0 if device.type == "cuda" else 1)):
+            start = time.perf_counter()
             step(i)
+            seconds = time.perf_counter() - start
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        for i in range(runs):
-            if device.type == "cuda":
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                step(i)
-                end.record()
-                torch.cuda.synchronize(device)
-                times.append(start.elapsed_time(end))
-            else:
-                t0 = time.perf_counter()
-                step(i)
-                times.append((time.perf_counter() - t0) * 1e3)
-    return Timing(times)
+            return _measure_cuda(step, device, runs)
+        return _measure_cpu(step, runs, seconds)
 
 
 # --- routing masks ----------------------------------------------------------------------------
 RoutingMasks = tuple[torch.Tensor, torch.Tensor]  # (stage-2 mask, stage-3 mask), (B, h, w) bool each
 
 
-def paper_stage_shares(rho: float) -> tuple[float, float]:
+def paper_stage_shares(rho: float, table1: pd.DataFrame) -> tuple[float, float]:
     """(decided at stage 1, decided at stage 2) as fractions, from the paper's Table 1.
 
-    Between the published thresholds the shares are interpolated linearly in rho; rho >= 1 means
-    nothing leaves early.
+    table1: the published table (`lc.report.paper.load_paper_table(1)`: columns rho, stage1_pct,
+    stage2_pct). Between the published thresholds the shares are interpolated linearly in rho;
+    rho >= 1 means nothing leaves early.
     """
     if rho >= 1.0:
         return 0.0, 0.0
-    table = load_paper_table(1).sort_values("rho")
+    table = table1.sort_values("rho")
     rhos = table["rho"].to_numpy(float)
     if not rhos[0] <= rho <= rhos[-1]:
         raise ValueError(f"rho {rho} lies outside the paper's Table 1 range [{rhos[0]}, {rhos[-1]}]; "
@@ -130,14 +165,14 @@ def paper_stage_shares(rho: float) -> tuple[float, float]:
     return stage1, stage2
 
 
-def paper_share_masks(rho: float, batch: int, height: int, width: int, generator: torch.Generator,
-                      device: torch.device | str = "cpu") -> RoutingMasks:
+def paper_share_masks(rho: float, table1: pd.DataFrame, batch: int, height: int, width: int,
+                      generator: torch.Generator, device: torch.device | str = "cpu") -> RoutingMasks:
     """Stage-2 and stage-3 masks holding the paper's shares at rho, as spatially coherent blobs.
 
     One smooth random field per image; the round(share * h * w) highest pixels go on, so every
     image holds exactly the requested counts and the stage-3 pixels are a subset of stage 2's.
     """
-    stage1, stage2 = paper_stage_shares(rho)
+    stage1, stage2 = paper_stage_shares(rho, table1)
     pixels = height * width
     passed2 = int(round((1.0 - stage1) * pixels))
     passed3 = int(round((1.0 - stage1 - stage2) * pixels))
@@ -200,14 +235,14 @@ class TrainedMasks:
         return masks[0], masks[1] & masks[0]
 
 
-def routing_mask_sets(source: TrainedMasks | None, rho: float, batch: int, image_hw: tuple[int, int],
-                      grid_hw: tuple[int, int], count: int, seed: int, device: torch.device,
-                      flip: bool = False) -> list[RoutingMasks]:
-    """`count` mask sets at rho: from the trained model when given, else the paper's shares."""
-    if source is not None:
+def routing_mask_sets(source: TrainedMasks | pd.DataFrame, rho: float, batch: int,
+                      image_hw: tuple[int, int], grid_hw: tuple[int, int], count: int, seed: int,
+                      device: torch.device, flip: bool = False) -> list[RoutingMasks]:
+    """`count` mask sets at rho: from a trained model, or with the shares of a published Table 1."""
+    if isinstance(source, TrainedMasks):
         return [source.masks(rho, batch, image_hw, grid_hw, i, flip) for i in range(count)]
     generator = torch.Generator().manual_seed(seed)
-    return [paper_share_masks(rho, batch, *grid_hw, generator, device) for _ in range(count)]
+    return [paper_share_masks(rho, source, batch, *grid_hw, generator, device) for _ in range(count)]
 
 
 # --- output -----------------------------------------------------------------------------------

@@ -75,7 +75,7 @@ def _cmd_model_info(args: argparse.Namespace) -> None:
 
     from lc.data import NUM_CLASSES
     from lc.data.io import atomic_path
-    from lc.models.complexity import FULL_SIZE_BLOCK_COUNTS, model_info_rows, predicted_cost
+    from lc.models.complexity import FULL_SIZE_BLOCK_COUNTS, lc_cost_vs_irnet, model_info_rows
     from lc.report.paper import load_paper_table
 
     cfg = config_from_args(args)
@@ -89,11 +89,11 @@ def _cmd_model_info(args: argparse.Namespace) -> None:
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table.drop(columns=["preset"]).to_string(index=False, float_format="{:.4g}".format))
 
-    # What region convolution could save at the paper's own routing (Table 1 shares)
+    # What region convolution could save at the paper's own routing (Table 1 shares), against
+    # dense IRNet (one head) as in Table 3
     sweep = load_paper_table(1)
     for counts in FULL_SIZE_BLOCK_COUNTS:
-        rows = table[(table["network"] == "IRNet-LC") & (table["block_counts"] == "/".join(map(str, counts)))]
-        flops = rows[rows["stage"] != "total"]["gflops"].tolist()
+        full_cfg = {**paper_cfg["model"], "width_mult": 1.0, "block_counts": list(counts)}
         for rho in (cfg["evaluate"]["rho"], cfg["evaluate"]["fast_rho"]):
             matches = sweep[(sweep["rho"] - rho).abs() < 1e-9]
             if matches.empty:
@@ -101,10 +101,12 @@ def _cmd_model_info(args: argparse.Namespace) -> None:
             share = matches.iloc[0]
             passed2 = 1 - share["stage1_pct"] / 100
             passed3 = passed2 - share["stage2_pct"] / 100
-            cost = predicted_cost(flops, [1.0, passed2, passed3])
+            cost = lc_cost_vs_irnet(full_cfg, NUM_CLASSES["voc"], paper_cfg["bench"]["image_size"],
+                                    [1.0, passed2, passed3])
             print(f"IRNet-LC {'/'.join(map(str, counts))} at the paper's rho={rho} shares "
-                  f"(stage 2 {passed2:.0%}, stage 3 {passed3:.0%}): {cost['flops']:.1f} of "
-                  f"{cost['dense_flops']:.1f} GFLOPs, predicted speedup x{cost['speedup']:.2f}")
+                  f"(stage 2 {passed2:.0%}, stage 3 {passed3:.0%}): {cost['flops'] / 1e9:.1f} GFLOPs "
+                  f"against dense IRNet's {cost['irnet_flops'] / 1e9:.1f}, predicted speedup "
+                  f"x{cost['speedup']:.2f}")
     if args.out:
         with atomic_path(args.out) as tmp:
             table.to_csv(tmp, index=False)
@@ -112,12 +114,12 @@ def _cmd_model_info(args: argparse.Namespace) -> None:
 
 
 def _cmd_bench_op(args: argparse.Namespace) -> None:
-    from lc.bench.op import run_op_bench, save_op_bench
+    from lc.bench.op import level_titles, run_op_bench, save_op_bench
 
+    cfg = config_from_args(args)
     devices = None if args.device == "all" else [args.device]
-    df = run_op_bench(config_from_args(args), devices=devices, warmup=args.warmup, runs=args.runs,
-                      threads=args.threads)
-    save_op_bench(df, args.out, args.png)
+    df = run_op_bench(cfg, devices=devices, warmup=args.warmup, runs=args.runs, threads=args.threads)
+    save_op_bench(df, args.out, args.png, level_titles(cfg))
     print(df.to_string(index=False, float_format="{:.3f}".format))
     print(f"wrote {args.out}")
 
@@ -133,8 +135,13 @@ def _add_bench_op_parser(sub: argparse._SubParsersAction, name: str) -> None:
                    help="all: the CPU, plus CUDA when present")
     p.add_argument("--warmup", type=int, default=None, help="warm-up runs (default: bench.warmup)")
     p.add_argument("--runs", type=int, default=None, help="timed runs (default: bench.runs)")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2, as in the CPU target)")
+    _add_threads_argument(p)
     p.set_defaults(func=_cmd_bench_op)
+
+
+def _add_threads_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads of the timings (default: bench.threads)")
 
 
 def _add_model_commands(sub: argparse._SubParsersAction) -> None:
@@ -164,11 +171,13 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     from lc.bench.models import BenchSetup, run_models_bench, run_rho_bench, run_stages_bench
     from lc.bench.table6 import run_table6_bench
     from lc.bench.timing import write_csv
+    from lc.report.paper import load_paper_table
 
     cfg = config_from_args(args)
     full_model_cfg = load_config(args.config, preset="paper")["model"]  # full size = the paper's model
     setup = BenchSetup.from_config(cfg, full_model_cfg, checkpoint=args.checkpoint, device=args.device,
-                                   warmup=args.warmup, runs=args.runs)
+                                   warmup=args.warmup, runs=args.runs, paper_table1=load_paper_table(1),
+                                   threads=args.threads)
     run = {"models": run_models_bench, "stages": run_stages_bench, "rho": run_rho_bench,
            "table6": run_table6_bench}[args.kind]
     df = run(setup)
@@ -200,6 +209,7 @@ def _add_bench_commands(sub: argparse._SubParsersAction) -> None:
                        help="default: the config's `device:`")
         q.add_argument("--warmup", type=int, default=None, help="warm-up runs (default: bench.warmup)")
         q.add_argument("--runs", type=int, default=None, help="timed runs (default: bench.runs)")
+        _add_threads_argument(q)
         q.set_defaults(func=_cmd_bench, kind=kind)
 
 
