@@ -93,4 +93,6 @@ def test_region_execution_refuses_training_bn_and_strided_stages():
         run_stage_compressed(net.eval(), 1, x, active)
     strided = IRNet(width_mult=0.0625, block_counts=(1, 1, 1), output_stride=16).eval()
     with pytest.raises(ValueError, match="output_stride 8"):
-        run_stage_compressed(strided, 1, x, active)
+        run_stage_compressed(strided, 2, x, active)
+    with pytest.raises(ValueError, match="stages 2 and 3"):
+        run_stage_masked_dense(net.eval(), 1, x, active.mask)
