@@ -22,10 +22,11 @@ import torch.nn.functional as F
 
 from lc.models.irnet import STAGE_LAYERS, ConvBN, IRNet, _pair, freeze_batchnorm
 from lc.models.region_irnet import run_stage_compressed, run_stage_masked_dense
+from lc.models.variants import VARIANTS as VARIANT_TABLE
 from lc.ops.active_set import ActiveSet
 from lc.ops.region_conv import compressed_conv, linear_rows
 
-VARIANTS = ("irnet", "dsn", "dsn_dropout", "lc")
+VARIANTS = tuple(name for name, v in VARIANT_TABLE.items() if v.model_kind == "cascade")
 EXECUTIONS = ("auto", "compressed", "masked_dense", "dense")
 
 __all__ = ["CascadeOutput", "LayerCascade", "Router", "StageEndHook", "StageHead", "VARIANTS",
@@ -164,7 +165,8 @@ class LayerCascade(nn.Module):
     @property
     def routes(self) -> bool:
         """Whether this forward selects pixels (lc always, dsn_dropout while training)."""
-        return self.variant == "lc" or (self.variant == "dsn_dropout" and self.training)
+        spec = VARIANT_TABLE[self.variant]
+        return spec.routed and (self.training or spec.routed_at_eval)
 
     # --- routing ------------------------------------------------------------------------------
     def _next_mask(self, logits: torch.Tensor | None, mask: torch.Tensor, rho: float) -> torch.Tensor:
