@@ -16,7 +16,7 @@ def test_random_mask_has_exact_counts_per_image():
 
 def test_run_and_save_op_bench(tmp_path):
     cfg = load_config("config.yaml", preset="test")
-    df = run_op_bench(cfg, devices=["cpu"], warmup=0, runs=1, threads=None)
+    df = run_op_bench(cfg, devices=["cpu"], warmup=0, runs=1, threads=1)
     assert list(df.columns) == COLUMNS
     assert set(df.level) == {"stage2", "conv3x3", "conv1x7"}
     fractions = sorted({*cfg["bench"]["fractions"], 0.1, 0.25, 0.5, 1.0})

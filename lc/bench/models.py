@@ -1,4 +1,6 @@
-"""Model-level speed: Table 3 (whole networks), Fig. 7(b) (time per stage), Fig. 7(a) (time per rho).
+"""Model-level speed, Table 3 (whole networks), and what every model benchmark shares: `BenchSetup`,
+`build_network`, `prescribed_routing`. Fig. 7(b) is `lc.bench.stages`, Fig. 7(a) `lc.bench.rho`,
+Table 6 `lc.bench.table6`.
 
 Networks get random weights (timing needs none): DeepLab-v2 and SegNet always at full size; dense
 IRNet (the `irnet` variant, output stride 8) and IRNet-LC at the paper's `model:` settings when
@@ -35,20 +37,15 @@ from lc.bench.timing import (
     routing_mask_sets,
     set_threads,
 )
-from lc.models.cascade import LayerCascade, undecided_mask
+from lc.models.cascade import LayerCascade
 from lc.models.complexity import count_parameters, network_costs, predicted_cost, stage_costs
-from lc.models.region_irnet import run_stage_compressed
-from lc.ops.active_set import ActiveSet
 
-__all__ = ["MODEL_COLUMNS", "RHO_COLUMNS", "STAGE_COLUMNS", "BenchSetup", "build_network",
-           "prescribed_routing", "run_models_bench", "run_rho_bench", "run_stages_bench"]
+__all__ = ["MODEL_COLUMNS", "BenchSetup", "build_network", "prescribed_routing", "run_models_bench",
+           "time_lc"]
 
 MODEL_COLUMNS = ["method", "rho", "image_size", "batch_size", "ms_median", "ms_p25", "ms_p75", "fps",
                  "params_m", "stage1_pct", "stage2_pct", "mask_source", "device", "full_size", "runs",
                  "gflops", "speedup_vs_irnet", "predicted_speedup_vs_irnet"]
-STAGE_COLUMNS = ["method", "rho", "stage", "ms_median", "active_pct", "device", "mask_source"]
-RHO_COLUMNS = ["rho", "ms_median", "ms_p25", "ms_p75", "fps", "stage1_pct", "stage2_pct", "mask_source",
-               "device"]
 NUM_CLASSES = 21  # the VOC networks of Tables 3 and 6
 
 log = logging.getLogger(__name__)
@@ -178,7 +175,8 @@ def _lc_step(model: LayerCascade, images: torch.Tensor, routing: prescribed_rout
     return step
 
 
-def _time_lc(setup: BenchSetup, model: LayerCascade, rho: float) -> tuple[dict, list[RoutingMasks]]:
+def time_lc(setup: BenchSetup, model: LayerCascade, rho: float) -> tuple[dict, list[RoutingMasks]]:
+    """Timing row of LC's forward at rho with prescribed masks, and the mask sets it cycled through."""
     mask_sets = setup.mask_sets_for(rho, model)
     routing = prescribed_routing(mask_sets)
     timing = measure(_lc_step(model, setup.images(), routing, rho), setup.device,
@@ -208,7 +206,7 @@ def run_models_bench(setup: BenchSetup) -> pd.DataFrame:
                "mask_source": "none", "full_size": setup.full_size or method in ("deeplab_v2", "segnet")}
         flops = _flops(method, setup.model_cfg, setup.image_size)
         if method in rhos:
-            timing, mask_sets = _time_lc(setup, model, rho)
+            timing, mask_sets = time_lc(setup, model, rho)
             row["stage1_pct"], row["stage2_pct"] = mask_shares(mask_sets)
             passed2 = 1 - row["stage1_pct"] / 100
             passed3 = passed2 - row["stage2_pct"] / 100
@@ -232,98 +230,3 @@ def run_models_bench(setup: BenchSetup) -> pd.DataFrame:
     df["speedup_vs_irnet"] = irnet_ms / df["ms_median"]
     df["predicted_speedup_vs_irnet"] = irnet_gflops / df["gflops"]
     return df[MODEL_COLUMNS]
-
-
-# --- time per stage (Fig. 7b) -----------------------------------------------------------------
-def _lc_stage_steps(model: LayerCascade, images: torch.Tensor, mask_sets: Sequence[RoutingMasks],
-                    rho: float) -> list[Callable[[int], object]]:
-    """One step per stage of LC's forward, each fed the previous stage's precomputed output.
-
-    Stage k: the stage's layers on its active pixels (dense when all are active), its head and the
-    routing decision; fresh ActiveSets per call, so building neighbour tables is counted.
-    """
-    backbone = model.backbone
-    with torch.inference_mode():
-        f1 = backbone.forward_stage(1, images)
-        stage2_out = []
-        for mask2, _ in mask_sets:
-            active2 = ActiveSet(mask2)
-            feat2 = (run_stage_compressed(backbone, 2, f1, active2) if active2.num_active
-                     else f1.new_zeros(0, backbone.stage_channels[1]))
-            stage2_out.append((active2, feat2))
-
-    def route(head_logits: torch.Tensor):
-        return undecided_mask(head_logits, rho)
-
-    def stage1(i: int):
-        return route(model.head(1)(backbone.forward_stage(1, images)))
-
-    def region_stage(stage: int, mask: torch.Tensor, x: torch.Tensor, source: ActiveSet | None):
-        if bool(mask.all()) and source is None:
-            return route(model.head(stage)(backbone.forward_stage(stage, x)))
-        active = ActiveSet(mask)
-        if active.num_active == 0:
-            return None
-        feat = run_stage_compressed(backbone, stage, x, active, source=source)
-        return route(active.scatter(model.head(stage).forward_compressed(feat, active)))
-
-    def stage2(i: int):
-        return region_stage(2, mask_sets[i % len(mask_sets)][0], f1, None)
-
-    def stage3(i: int):
-        active2, feat2 = stage2_out[i % len(mask_sets)]
-        return region_stage(3, mask_sets[i % len(mask_sets)][1], feat2, active2)
-
-    return [stage1, stage2, stage3]
-
-
-def _irnet_stage_steps(model: LayerCascade, images: torch.Tensor) -> list[Callable[[int], object]]:
-    backbone = model.backbone
-    with torch.inference_mode():
-        inputs = {1: images}  # the input of each stage
-        for stage in (1, 2):
-            inputs[stage + 1] = backbone.forward_stage(stage, inputs[stage])
-    steps: list[Callable[[int], object]] = [lambda _i, s=s: backbone.forward_stage(s, inputs[s])
-                                            for s in (1, 2)]
-    steps.append(lambda _i: model.head(3)(backbone.forward_stage(3, inputs[3])))
-    return steps
-
-
-def run_stages_bench(setup: BenchSetup) -> pd.DataFrame:
-    """Fig. 7(b): ms per stage of LC at evaluate.rho and fast_rho, and of dense IRNet."""
-    ev = setup.cfg["evaluate"]
-    images = setup.images()
-    rows = []
-    cases = [("lc", float(ev["rho"])), ("lc_fast", float(ev["fast_rho"])), ("irnet", math.nan)]
-    for method, rho in tqdm(cases, desc="bench stages", unit="net"):
-        model = build_network(method, setup.model_cfg, setup.device, 1.0 if math.isnan(rho) else rho)
-        if method == "irnet":
-            steps, active = _irnet_stage_steps(model, images), [100.0, 100.0, 100.0]
-            source = "none"
-        else:
-            mask_sets = setup.mask_sets_for(rho, model)
-            steps = _lc_stage_steps(model, images, mask_sets, rho)
-            stage1_pct, stage2_pct = mask_shares(mask_sets)
-            active = [100.0, 100.0 - stage1_pct, 100.0 - stage1_pct - stage2_pct]
-            source = setup.mask_source
-        warmup = setup.warmup if method == "irnet" else setup.warmup_for(mask_sets)
-        for stage, step in enumerate(steps, start=1):
-            timing = measure(step, setup.device, warmup, setup.runs)
-            rows.append({"method": method, "rho": rho, "stage": stage, "ms_median": timing.median,
-                         "active_pct": active[stage - 1], "device": setup.device_name, "mask_source": source})
-        del model
-        gc.collect()
-    return pd.DataFrame(rows)[STAGE_COLUMNS]
-
-
-# --- time per rho (Fig. 7a) -------------------------------------------------------------------
-def run_rho_bench(setup: BenchSetup) -> pd.DataFrame:
-    """Fig. 7(a): LC's ms per image at every rho of evaluate.rho_sweep."""
-    model = build_network("lc", setup.model_cfg, setup.device)
-    rows = []
-    for rho in tqdm([float(r) for r in setup.cfg["evaluate"]["rho_sweep"]], desc="bench rho", unit="rho"):
-        timing, mask_sets = _time_lc(setup, model, rho)
-        stage1_pct, stage2_pct = mask_shares(mask_sets)
-        rows.append({"rho": rho, **timing, "stage1_pct": stage1_pct, "stage2_pct": stage2_pct,
-                     "mask_source": setup.mask_source, "device": setup.device_name})
-    return pd.DataFrame(rows)[RHO_COLUMNS]

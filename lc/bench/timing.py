@@ -1,9 +1,9 @@
 """Speed measurement shared by every benchmark (`lc bench op|models|stages|rho|table6`).
 
 - `measure`: warm-up, then timed runs under `torch.inference_mode`: on the CPU
-  `torch.utils.benchmark.Timer.blocked_autorange` at the torch thread count the benchmark set
-  (`--threads` / `bench.threads`), on the GPU one pair of CUDA events per call; median and spread
-  (p25/p75) of the per-call times.
+  `torch.utils.benchmark.Timer` at the torch thread count the benchmark set (`--threads` /
+  `bench.threads`), on the GPU one pair of CUDA events per call; median and spread (p25/p75) of
+  the per-call times.
 - Routing masks for timing LC without training it: `paper_share_masks` draws spatially coherent
   random blobs holding exactly the paper's Table 1 stage shares at a rho (the published table is
   passed in: this layer reads no report files); `TrainedMasks` takes them from a trained LC model
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import itertools
 import platform
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,36 +109,34 @@ def _measure_cuda(step: Callable[[int], object], device: torch.device, runs: int
     return Timing(times, runs)
 
 
-def _measure_cpu(step: Callable[[int], object], runs: int, seconds_per_call: float) -> Timing:
-    """`torch.utils.benchmark`'s blocked_autorange for about `runs` calls: it sizes the blocks
-    (one call per block for anything slower than ~10 ms) and runs blocks for runs x the warm-up's
-    time per call."""
+def _measure_cpu(step: Callable[[int], object], runs: int) -> Timing:
+    """`runs` samples of `torch.utils.benchmark.Timer.blocked_autorange(min_run_time=0)`: each
+    is one untimed call (the library's block-size probe, which stops at one call) and one timed
+    call. (One blocked_autorange over all runs would time blocks of 10-1000 calls of anything
+    faster than ~10 ms, and its probe grows with the load of a shared machine.)"""
     timer = Timer(stmt="step(next(index))", globals={"step": step, "index": itertools.count()},
                   num_threads=torch.get_num_threads())
-    measurement = timer.blocked_autorange(min_run_time=runs * seconds_per_call)
-    return Timing([1e3 * t for t in measurement.times],
-                  len(measurement.raw_times) * measurement.number_per_run)
+    samples = [timer.blocked_autorange(min_run_time=0.0) for _ in range(runs)]
+    return Timing([1e3 * t for m in samples for t in m.times],
+                  sum(len(m.raw_times) * m.number_per_run for m in samples))
 
 
 def measure(step: Callable[[int], object], device: torch.device | str, warmup: int, runs: int) -> Timing:
-    """Time `step(i)` (i counts the calls from 0) after `warmup` untimed calls, under inference_mode.
+    """Time `runs` calls of `step(i)` after `warmup` untimed ones, under inference_mode.
 
-    CUDA: exactly `runs` calls, each between two events. CPU: about `runs` calls (see
-    `_measure_cpu`); at least one warm-up call, whose duration sets the time budget.
+    i counts the warm-up calls from 0, then the measured calls (with their untimed companions on
+    the CPU, see `_measure_cpu`) from 0 again. CUDA: each timed call between two events.
     """
     if runs < 1:
         raise ValueError(f"runs must be >= 1, got {runs}")
     device = torch.device(device)
     with torch.inference_mode():
-        seconds = 0.0
-        for i in range(max(warmup, 0 if device.type == "cuda" else 1)):
-            start = time.perf_counter()
+        for i in range(warmup):
             step(i)
-            seconds = time.perf_counter() - start
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             return _measure_cuda(step, device, runs)
-        return _measure_cpu(step, runs, seconds)
+        return _measure_cpu(step, runs)
 
 
 # --- routing masks ----------------------------------------------------------------------------

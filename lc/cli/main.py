@@ -168,7 +168,9 @@ def _print_speedups(df) -> None:
 def _cmd_bench(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from lc.bench.models import BenchSetup, run_models_bench, run_rho_bench, run_stages_bench
+    from lc.bench.models import BenchSetup, run_models_bench
+    from lc.bench.rho import run_rho_bench
+    from lc.bench.stages import run_stages_bench
     from lc.bench.table6 import run_table6_bench
     from lc.bench.timing import write_csv
     from lc.report.paper import load_paper_table
