@@ -94,12 +94,28 @@ def _conv_cases(weight: torch.Tensor, bias: torch.Tensor, padding, dilation, x: 
     return cases
 
 
+def _op_net(cfg: dict) -> IRNet:
+    """The full-width IRNet whose stage 2 (at the config's block count) the benchmark times."""
+    return IRNet(width_mult=1.0, block_counts=(1, int(cfg["model"]["block_counts"][1]), 1), output_stride=8)
+
+
+def _single_convs(net: IRNet) -> dict[str, torch.nn.Conv2d]:
+    """The conv levels: a reduction's 3x3 and a residual block's dilated 1x7."""
+    return {"conv3x3": net.mixed_6a.branch1[1].conv, "conv1x7": net.repeat_1[0].branch1[1].conv}
+
+
 def level_titles(cfg: dict) -> dict[str, str]:
-    """Plot titles of the benchmark levels, from the layers they time."""
-    blocks = int(cfg["model"]["block_counts"][1])
-    return {"stage2": f"stage 2 (mixed_6a + {blocks} Block17), width 1",
-            "conv3x3": "3x3 conv 256 -> 256 (mixed_6a)",
-            "conv1x7": "1x7 conv 128 -> 160, dilation 2 (Block17)"}
+    """Plot titles of the benchmark levels, read off the layers they time."""
+    with torch.device("meta"):
+        net = _op_net(cfg)
+    titles = {"stage2": f"stage 2 (mixed_6a + {len(net.repeat_1)} Block17), width 1"}
+    where = {"conv3x3": "mixed_6a", "conv1x7": "Block17"}
+    for level, conv in _single_convs(net).items():
+        kh, kw = conv.kernel_size
+        dilation = f", dilation {conv.dilation[0]}" if conv.dilation != (1, 1) else ""
+        titles[level] = (f"{kh}x{kw} conv {conv.in_channels} -> {conv.out_channels}{dilation} "
+                         f"({where[level]})")
+    return titles
 
 
 def run_op_bench(cfg: dict, devices: Sequence[str] | None = None, warmup: int | None = None,
@@ -108,7 +124,6 @@ def run_op_bench(cfg: dict, devices: Sequence[str] | None = None, warmup: int | 
     CPU threads (default `bench.threads`)."""
     bench = cfg["bench"]
     size = int(bench["op_image_size"])
-    blocks = int(cfg["model"]["block_counts"][1])
     warmup = int(bench["warmup"] if warmup is None else warmup)
     runs = int(bench["runs"] if runs is None else runs)
     if runs < 1:
@@ -121,11 +136,10 @@ def run_op_bench(cfg: dict, devices: Sequence[str] | None = None, warmup: int | 
     for device in devices:
         gen = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
-        net = IRNet(width_mult=1.0, block_counts=(1, blocks, 1), output_stride=8).eval().to(device)
+        net = _op_net(cfg).eval().to(device)
         stage_in = torch.randn(1, net.stage_channels[0], size, size, generator=gen).relu().to(device)
         levels = {"stage2": _stage_cases(net, stage_in, fractions, gen, device)}
-        convs = (("conv3x3", net.mixed_6a.branch1[1].conv), ("conv1x7", net.repeat_1[0].branch1[1].conv))
-        for level, conv in convs:
+        for level, conv in _single_convs(net).items():
             x = torch.randn(1, conv.in_channels, size, size, generator=gen).to(device)
             bias = torch.randn(conv.out_channels, generator=gen).to(device)
             levels[level] = _conv_cases(conv.weight.detach(), bias, conv.padding, conv.dilation, x,
