@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
+from lc.bench.masks import MASK_SOURCE_PAPER, mask_shares, paper_share_masks, paper_stage_shares
 from lc.bench.models import (
     MODEL_COLUMNS,
     BenchSetup,
@@ -26,15 +27,7 @@ from lc.bench.models import (
 from lc.bench.rho import RHO_COLUMNS
 from lc.bench.stages import STAGE_COLUMNS, run_stages_bench
 from lc.bench.table6 import TABLE6_COLUMNS, run_table6_bench
-from lc.bench.timing import (
-    MASK_SOURCE_PAPER,
-    mask_shares,
-    measure,
-    paper_share_masks,
-    paper_stage_shares,
-    set_threads,
-    write_csv,
-)
+from lc.bench.timing import measure, set_threads, write_csv
 from lc.config import load_config
 from lc.report.paper import load_paper_table
 

@@ -26,17 +26,8 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from lc.bench.timing import (
-    MASK_SOURCE_PAPER,
-    RoutingMasks,
-    TrainedMasks,
-    device_name,
-    mask_shares,
-    measure,
-    resolve_device,
-    routing_mask_sets,
-    set_threads,
-)
+from lc.bench.masks import MASK_SOURCE_PAPER, RoutingMasks, TrainedMasks, mask_shares, routing_mask_sets
+from lc.bench.timing import device_name, measure, resolve_device, set_threads
 from lc.models.cascade import LayerCascade
 from lc.models.complexity import count_parameters, network_costs, predicted_cost, stage_costs
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 from tqdm import tqdm
 
+from lc.bench.masks import mask_shares
 from lc.bench.models import BenchSetup, build_network, time_lc
-from lc.bench.timing import mask_shares
 
 __all__ = ["RHO_COLUMNS", "run_rho_bench"]
 

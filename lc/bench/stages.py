@@ -15,8 +15,9 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from lc.bench.masks import RoutingMasks, mask_shares
 from lc.bench.models import BenchSetup, build_network
-from lc.bench.timing import RoutingMasks, mask_shares, measure
+from lc.bench.timing import measure
 from lc.models.cascade import LayerCascade, undecided_mask
 from lc.models.region_irnet import run_stage_compressed
 from lc.ops.active_set import ActiveSet

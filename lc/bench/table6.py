@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from lc.bench.masks import RoutingMasks
 from lc.bench.models import BenchSetup, build_network, prescribed_routing
-from lc.bench.timing import RoutingMasks, measure
+from lc.bench.timing import measure
 from lc.evaluation.crf import dense_crf
 from lc.models.cascade import LayerCascade
 
