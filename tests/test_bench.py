@@ -208,6 +208,7 @@ def test_cli_bench_rho_writes_the_sweep(tmp_path) -> None:
     cfg = load_config(REPO / "config.yaml", preset="test")
     assert df["rho"].tolist() == pytest.approx(cfg["evaluate"]["rho_sweep"])
     assert (df["mask_source"] == MASK_SOURCE_PAPER).all()  # the checkpoint does not exist
+    assert df["device"].str.endswith(", 1 threads").all()  # timed at the explicit --threads
     assert df.set_index("rho").loc[1.0, "stage1_pct"] == 0
 
 
