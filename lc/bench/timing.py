@@ -101,9 +101,11 @@ def _measure_cuda(step: Callable[[int], object], device: torch.device, runs: int
 def _measure_cpu(step: Callable[[int], object], runs: int) -> Timing:
     """`runs` samples of `torch.utils.benchmark.Timer.blocked_autorange(min_run_time=0)`: each
     is one untimed call (the library's block-size probe, which stops at one call) and one timed
-    call. (One blocked_autorange over all runs would time blocks of 10-1000 calls of anything
-    faster than ~10 ms, and its probe grows with the load of a shared machine.)"""
-    timer = Timer(stmt="step(next(index))", globals={"step": step, "index": itertools.count()},
+    call, both step(i) for sample i, so the timed calls see i = 0..runs-1 as on the GPU. (One
+    blocked_autorange over all runs would time blocks of 10-1000 calls of anything faster than
+    ~10 ms, and its probe grows with the load of a shared machine.)"""
+    index = itertools.chain.from_iterable((i, i) for i in itertools.count())
+    timer = Timer(stmt="step(next(index))", globals={"step": step, "index": index},
                   num_threads=torch.get_num_threads())
     samples = [timer.blocked_autorange(min_run_time=0.0) for _ in range(runs)]
     return Timing([1e3 * t for m in samples for t in m.times],
@@ -113,8 +115,9 @@ def _measure_cpu(step: Callable[[int], object], runs: int) -> Timing:
 def measure(step: Callable[[int], object], device: torch.device | str, warmup: int, runs: int) -> Timing:
     """Time `runs` calls of `step(i)` after `warmup` untimed ones, under inference_mode.
 
-    i counts the warm-up calls from 0, then the measured calls (with their untimed companions on
-    the CPU, see `_measure_cpu`) from 0 again. CUDA: each timed call between two events.
+    i counts the warm-up calls from 0, then the timed calls from 0 again (LC steps pick their mask
+    set by it); on the CPU each timed call follows an untimed one with the same i (see
+    `_measure_cpu`). CUDA: each timed call between two events.
     """
     if runs < 1:
         raise ValueError(f"runs must be >= 1, got {runs}")
