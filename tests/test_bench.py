@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,31 +16,25 @@ import pandas as pd
 import pytest
 import torch
 
+from lc.bench.masks import MASK_SOURCE_PAPER, mask_shares, paper_share_masks, paper_stage_shares
 from lc.bench.models import (
     MODEL_COLUMNS,
-    RHO_COLUMNS,
-    STAGE_COLUMNS,
     BenchSetup,
     build_network,
     prescribed_routing,
     run_models_bench,
-    run_stages_bench,
 )
+from lc.bench.rho import RHO_COLUMNS
+from lc.bench.stages import STAGE_COLUMNS, run_stages_bench
 from lc.bench.table6 import TABLE6_COLUMNS, run_table6_bench
-from lc.bench.timing import (
-    MASK_SOURCE_PAPER,
-    mask_shares,
-    measure,
-    paper_share_masks,
-    paper_stage_shares,
-    write_csv,
-)
+from lc.bench.timing import measure, set_threads, write_csv
 from lc.config import load_config
 from lc.report.paper import load_paper_table
 
 REPO = Path(__file__).resolve().parents[1]
-# smaller than the test preset: 32 px images (a 4 x 4 LC grid), no extra warm-up, two runs
-FAST = {"bench": {"image_size": 32, "warmup": 0, "runs": 2, "mask_sets": 2}}
+# smaller than the test preset: 32 px images (a 4 x 4 LC grid), no extra warm-up, two runs, one
+# thread (CI's cores are shared by the test processes)
+FAST = {"bench": {"image_size": 32, "warmup": 0, "runs": 2, "mask_sets": 2, "threads": 1}}
 
 
 def _cfg(**bench) -> dict:
@@ -48,8 +43,11 @@ def _cfg(**bench) -> dict:
     return load_config(REPO / "config.yaml", preset="test", overrides=overrides)
 
 
+TABLE1 = load_paper_table(1)
+
+
 def _setup(cfg: dict, checkpoint=None) -> BenchSetup:
-    return BenchSetup.from_config(cfg, checkpoint=checkpoint, device="cpu")
+    return BenchSetup.from_config(cfg, checkpoint=checkpoint, device="cpu", paper_table1=TABLE1)
 
 
 def _check_times(df: pd.DataFrame, columns: list[str], *time_columns: str) -> None:
@@ -65,7 +63,7 @@ def _check_times(df: pd.DataFrame, columns: list[str], *time_columns: str) -> No
 @pytest.mark.parametrize("grid", [(64, 64), (13, 17)])
 def test_paper_share_masks_hold_the_published_shares(rho: float, grid: tuple[int, int]) -> None:
     row = load_paper_table(1).set_index("rho").loc[rho]
-    mask2, mask3 = paper_share_masks(rho, 3, *grid, torch.Generator().manual_seed(0))
+    mask2, mask3 = paper_share_masks(rho, TABLE1, 3, *grid, torch.Generator().manual_seed(0))
     pixels = grid[0] * grid[1]
     passed2 = (1 - row["stage1_pct"] / 100) * pixels
     passed3 = (1 - (row["stage1_pct"] + row["stage2_pct"]) / 100) * pixels
@@ -79,47 +77,81 @@ def test_paper_share_masks_hold_the_published_shares(rho: float, grid: tuple[int
 
 
 def test_paper_share_masks_are_spatially_coherent() -> None:
-    mask2, _ = paper_share_masks(0.8, 4, 64, 64, torch.Generator().manual_seed(1))
+    mask2, _ = paper_share_masks(0.8, TABLE1, 4, 64, 64, torch.Generator().manual_seed(1))
     # share of horizontally adjacent pairs that agree: ~0.5 for independent pixels at 44% active
     agree = (mask2[..., 1:] == mask2[..., :-1]).float().mean()
     assert agree > 0.9
 
 
 def test_paper_stage_shares_between_and_outside_the_table() -> None:
-    assert paper_stage_shares(1.0) == (0.0, 0.0)
-    low, high = paper_stage_shares(0.985), paper_stage_shares(0.995)
-    mid = paper_stage_shares(0.99)
+    assert paper_stage_shares(1.0, TABLE1) == (0.0, 0.0)
+    low, high = paper_stage_shares(0.985, TABLE1), paper_stage_shares(0.995, TABLE1)
+    mid = paper_stage_shares(0.99, TABLE1)
     assert mid[0] == pytest.approx((low[0] + high[0]) / 2)
     with pytest.raises(ValueError, match="Table 1"):
-        paper_stage_shares(0.5)
+        paper_stage_shares(0.5, TABLE1)
+
+
+def test_lc_timing_without_masks_names_the_fix() -> None:
+    cfg = _cfg()
+    setup = BenchSetup.from_config(cfg, device="cpu")  # neither a checkpoint nor Table 1
+    model = build_network("lc", cfg["model"], torch.device("cpu"))
+    with pytest.raises(ValueError, match="checkpoint.*Table 1"):
+        setup.mask_sets_for(0.985, model)
 
 
 # --- timing and routing ---------------------------------------------------------------------------
-def test_measure_calls_warmup_then_runs() -> None:
+def test_measure_warms_up_then_times_with_torch_benchmark() -> None:
     calls = []
-    timing = measure(calls.append, torch.device("cpu"), warmup=2, runs=5)
-    assert calls == [0, 1, 0, 1, 2, 3, 4]
-    assert len(timing.times_ms) == 5 and timing.p25 <= timing.median <= timing.p75
+
+    def step(i: int) -> None:
+        calls.append(i)
+        time.sleep(0.003)
+
+    timing = measure(step, torch.device("cpu"), warmup=2, runs=5)
+    # the warm-up, then per run torch.utils.benchmark's one-call probe and the timed call, both
+    # with the run's index (LC benchmarks cycle their mask sets by it: every set gets timed)
+    assert calls == [0, 1, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    assert timing.calls == 5 and len(timing.times_ms) == 5
+    assert all(t >= 3.0 for t in timing.times_ms)  # the sleep is inside every timed call
+    assert timing.p25 <= timing.median <= timing.p75
     row = timing.row(batch_size=4)
     assert row["fps"] == pytest.approx(4e3 / row["ms_median"]) and row["runs"] == 5
     with pytest.raises(ValueError):
-        measure(calls.append, torch.device("cpu"), warmup=0, runs=0)
+        measure(step, torch.device("cpu"), warmup=0, runs=0)
 
 
-def test_prescribed_routing_replaces_the_masks_then_restores_the_model() -> None:
+def test_measure_times_at_the_threads_the_benchmark_set() -> None:
+    seen = []
+    before = torch.get_num_threads()
+    try:
+        set_threads(1)
+        measure(lambda _i: seen.append(torch.get_num_threads()), "cpu", warmup=1, runs=2)
+        assert set(seen) == {1}  # torch.utils.benchmark's default would be 1 anyway: check 2 as well
+        seen.clear()
+        set_threads(2)
+        measure(lambda _i: seen.append(torch.get_num_threads()), "cpu", warmup=1, runs=2)
+        assert set(seen) == {2}
+        with pytest.raises(ValueError, match="threads"):
+            set_threads(0)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_prescribed_routing_replaces_the_masks_through_the_router_hook() -> None:
     cfg = _cfg()
     model = build_network("lc", cfg["model"], torch.device("cpu"), rho=0.985)
     images = torch.randn(2, 3, 32, 32)
     grid = model.output_size(32, 32)
-    sets = [paper_share_masks(0.8, 2, *grid, torch.Generator().manual_seed(s)) for s in range(2)]
-    with torch.inference_mode(), prescribed_routing(model, sets) as routing:
+    sets = [paper_share_masks(0.8, TABLE1, 2, *grid, torch.Generator().manual_seed(s)) for s in range(2)]
+    routing = prescribed_routing(sets)
+    with torch.inference_mode():
         for i in (1, 0):
             routing.select(i)
-            out = model(images)
+            out = model(images, router=routing)
             assert torch.equal(out.stage_masks[1], sets[i][0]) and torch.equal(out.stage_masks[2], sets[i][1])
-    assert "_next_mask" not in vars(model)
-    with torch.inference_mode():
-        own = model(images, rho=1.0)  # the model's own routing again: nothing leaves early
+        own = model(images, rho=1.0)  # without the router: the model's own routing, nothing leaves early
+    assert not vars(model).keys() & {"_next_mask", "forward"}  # nothing patched on the instance
     assert own.stage_masks[2].all()
 
 
@@ -170,13 +202,14 @@ def test_cli_bench_rho_writes_the_sweep(tmp_path) -> None:
 
     out = tmp_path / "rho_speed.csv"
     assert main(["bench", "rho", "--config", str(REPO / "config.yaml"), "--preset", "test", "--device", "cpu",
-                 "--warmup", "0", "--runs", "1", "--out", str(out), "--checkpoint",
+                 "--warmup", "0", "--runs", "1", "--threads", "1", "--out", str(out), "--checkpoint",
                  str(tmp_path / "missing.pt")]) == 0
     df = pd.read_csv(out)
     _check_times(df, RHO_COLUMNS, "ms_median", "fps")
     cfg = load_config(REPO / "config.yaml", preset="test")
     assert df["rho"].tolist() == pytest.approx(cfg["evaluate"]["rho_sweep"])
     assert (df["mask_source"] == MASK_SOURCE_PAPER).all()  # the checkpoint does not exist
+    assert df["device"].str.endswith(", 1 threads").all()  # timed at the explicit --threads
     assert df.set_index("rho").loc[1.0, "stage1_pct"] == 0
 
 

@@ -3,7 +3,7 @@
 import pandas as pd
 import torch
 
-from lc.bench.op import COLUMNS, random_mask, run_op_bench, save_op_bench
+from lc.bench.op import COLUMNS, level_titles, random_mask, run_op_bench, save_op_bench
 from lc.config import load_config
 
 
@@ -16,7 +16,7 @@ def test_random_mask_has_exact_counts_per_image():
 
 def test_run_and_save_op_bench(tmp_path):
     cfg = load_config("config.yaml", preset="test")
-    df = run_op_bench(cfg, devices=["cpu"], warmup=0, runs=1, threads=None)
+    df = run_op_bench(cfg, devices=["cpu"], warmup=0, runs=1, threads=1)
     assert list(df.columns) == COLUMNS
     assert set(df.level) == {"stage2", "conv3x3", "conv1x7"}
     fractions = sorted({*cfg["bench"]["fractions"], 0.1, 0.25, 0.5, 1.0})
@@ -26,8 +26,11 @@ def test_run_and_save_op_bench(tmp_path):
         assert dense.speedup.max() == 1.0 and (dense.speedup <= 1.0).all()
     assert (df.speedup_x_fraction - df.speedup * df.active_fraction).abs().max() < 1e-12
 
+    titles = level_titles(cfg)
+    assert set(titles) == set(df.level)  # every panel gets a readable title
+    assert f"{cfg['model']['block_counts'][1]} Block17" in titles["stage2"]
     out = tmp_path / "bench" / "op_speedup.csv"
-    save_op_bench(df, out)
+    save_op_bench(df, out, titles=titles)
     assert out.exists() and out.with_suffix(".png").stat().st_size > 0
     pd.testing.assert_frame_equal(pd.read_csv(out)[["level", "impl"]], df[["level", "impl"]])
     assert not list(out.parent.glob(".*tmp*"))  # nothing half-written left behind

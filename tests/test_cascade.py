@@ -38,9 +38,9 @@ def routed():
     images = torch.randn(2, 3, 64, 56, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     rho = 0.6
     with torch.no_grad():
-        f1 = model.backbone.forward_stage(0, images)
-        f2 = model.backbone.forward_stage(1, f1)
-        f3 = model.backbone.forward_stage(2, f2)
+        f1 = model.backbone.forward_stage(1, images)
+        f2 = model.backbone.forward_stage(2, f1)
+        f3 = model.backbone.forward_stage(3, f2)
     for head, feats in ((model.head1, f1), (model.head2, f2), (model.head3, f3)):
         _scale_head_to_median(head, feats, rho)
     return model, images, rho
@@ -223,6 +223,42 @@ def test_model_cascade_chains_members_by_rho():
 
 def _stage_features(member: LayerCascade, images: torch.Tensor, k: int) -> torch.Tensor:
     x = images
-    for stage in range(k + 1):
+    for stage in range(1, k + 2):
         x = member.backbone.forward_stage(stage, x)
     return x
+
+
+# --- the forward's hooks ------------------------------------------------------------------------
+def test_router_hook_replaces_the_masks_and_sees_the_models_own_choice(routed):
+    model, images, rho = routed
+    with torch.no_grad():
+        own = model(images, rho=rho)
+        seen = []
+        prescribed = {2: own.stage_masks[1].clone(), 3: torch.zeros_like(own.stage_masks[2])}
+        prescribed[2][:, 0, 0] = ~prescribed[2][:, 0, 0]  # differ from the model's own choice
+
+        def router(stage: int, proposed: torch.Tensor) -> torch.Tensor:
+            seen.append((stage, proposed.clone()))
+            return prescribed[stage]
+
+        out = model(images, rho=rho, router=router)
+    assert [stage for stage, _ in seen] == [2, 3]
+    assert torch.equal(seen[0][1], own.stage_masks[1])  # stage 2: the model's rule on head 1
+    assert torch.equal(out.stage_masks[1], prescribed[2]) and torch.equal(out.stage_masks[2], prescribed[3])
+    assert not bool((out.decided_at_stage == 3).any())  # nothing reached stage 3
+    with pytest.raises(ValueError, match="router returned"):
+        model(images, rho=rho, router=lambda stage, proposed: proposed.float())
+
+
+def test_on_stage_end_is_called_after_each_stage_in_order(routed):
+    model, images, rho = routed
+    ends = []
+    with torch.no_grad():
+        model(images, rho=rho, on_stage_end=ends.append)
+    assert ends == [1, 2, 3]
+    mc = ModelCascade(5, TINY, rho=0.6).double().eval()
+    ends.clear()
+    with torch.no_grad():
+        out = mc(images, rho=0.0, on_stage_end=ends.append,
+                 router=lambda stage, proposed: torch.ones_like(proposed))  # every pixel goes on
+    assert ends == [1, 2, 3] and bool((out.decided_at_stage == 3).all())

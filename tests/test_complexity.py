@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from lc.models.cascade import LayerCascade
-from lc.models.complexity import count_flops, count_parameters, predicted_cost, stage_costs
+from lc.models.complexity import count_flops, count_parameters, lc_cost_vs_irnet, predicted_cost, stage_costs
 from lc.models.irnet import IRNet
 
 
@@ -149,7 +149,37 @@ def test_model_info_command_writes_the_table(tmp_path, capsys):
     assert total["gflops"] == pytest.approx(full[full["stage"] != "total"]["gflops"].sum())
     assert total["paper_params_m"] == pytest.approx(35.5)
     assert set(table["network"]) == {"IRNet-LC (configured)", "IRNet-LC", "DeepLab-v2", "SegNet"}
-    assert "predicted speedup" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "against dense IRNet's" in printed
+    # the printed speedup is over dense IRNet (one head), as in Table 3, not over dense DSN
+    irnet_total = sum(r["flops"] for r in stage_costs(_meta_cascade("irnet", [5, 10, 5]), 512)) / 1e9
+    assert f"against dense IRNet's {irnet_total:.1f}" in printed
+
+
+def _meta_cascade(variant: str, block_counts: list[int]) -> LayerCascade:
+    from lc.config import load_config
+
+    cfg = {**load_config("config.yaml", preset="paper")["model"], "width_mult": 1.0,
+           "block_counts": block_counts}
+    with torch.device("meta"):
+        return LayerCascade(21, variant, cfg)
+
+
+def test_lc_cost_is_compared_with_dense_irnet_one_head():
+    cfg = {"width_mult": 0.125, "block_counts": [1, 1, 1], "head_channels": 16}
+    irnet = LayerCascade(5, "irnet", cfg)
+    lc = LayerCascade(5, "lc", cfg)
+    irnet_flops = sum(r["flops"] for r in stage_costs(irnet, 64))
+    lc_rows = stage_costs(lc, 64)
+    everyone = lc_cost_vs_irnet(cfg, 5, 64, [1.0, 1.0, 1.0])
+    assert everyone["irnet_flops"] == irnet_flops
+    # every pixel through every stage costs the two extra heads: slower than IRNet, not x1.00
+    assert everyone["flops"] == sum(r["flops"] for r in lc_rows) > irnet_flops
+    assert everyone["speedup"] == pytest.approx(irnet_flops / everyone["flops"]) and everyone["speedup"] < 1
+    routed = lc_cost_vs_irnet(cfg, 5, 64, [1.0, 0.5, 0.2])
+    expected = lc_rows[0]["flops"] + 0.5 * lc_rows[1]["flops"] + 0.2 * lc_rows[2]["flops"]
+    assert routed["flops"] == pytest.approx(expected)
+    assert routed["speedup"] == pytest.approx(irnet_flops / expected)
 
 
 def test_truncated_cascade_counts_only_its_stages():

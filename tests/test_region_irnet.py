@@ -43,18 +43,18 @@ def test_stages_2_and_3_compressed_equal_masked_dense(narrow_irnet, kind):
     weights = [net.mixed_6a.branch0.conv.weight, net.repeat_1[1].branch1[2].conv.weight,
                net.mixed_7a.branch2[1].conv.weight, net.block8.conv2d.weight, net.conv2d_7b.conv.weight]
 
-    ref2 = run_stage_masked_dense(net, 1, x, mask2)
-    ref3 = run_stage_masked_dense(net, 2, ref2, mask3)
+    ref2 = run_stage_masked_dense(net, 2, x, mask2)
+    ref3 = run_stage_masked_dense(net, 3, ref2, mask3)
     assert not ref3[~mask3.unsqueeze(1).expand_as(ref3)].any()
 
     active2, active3 = ActiveSet.from_mask(mask2), ActiveSet.from_mask(mask3)
-    feat2 = run_stage_compressed(net, 1, x, active2)
-    feat3 = run_stage_compressed(net, 2, feat2, active3, source=active2)  # no densifying between
+    feat2 = run_stage_compressed(net, 2, x, active2)
+    feat3 = run_stage_compressed(net, 3, feat2, active3, source=active2)  # no densifying between
     assert feat2.shape == (active2.num_active, net.stage_channels[1])
     torch.testing.assert_close(active2.scatter(feat2), ref2, **TOL)
     torch.testing.assert_close(active3.scatter(feat3), ref3, **TOL)
     # stage 3 from the dense (scattered) stage-2 output gives the same
-    torch.testing.assert_close(run_stage_compressed(net, 2, active2.scatter(feat2), active3), feat3, **TOL)
+    torch.testing.assert_close(run_stage_compressed(net, 3, active2.scatter(feat2), active3), feat3, **TOL)
 
     if kind == "empty":
         return
@@ -70,14 +70,14 @@ def test_full_mask_equals_plain_dense_stage(narrow_irnet):
     x = torch.randn(1, net.stage_channels[0], 6, 5, dtype=torch.float64)
     active = ActiveSet.from_mask(torch.ones(1, 6, 5, dtype=torch.bool))
     with torch.no_grad():
-        dense = net.forward_stage(1, x)
-        torch.testing.assert_close(active.scatter(run_stage_compressed(net, 1, x, active)), dense, **TOL)
+        dense = net.forward_stage(2, x)
+        torch.testing.assert_close(active.scatter(run_stage_compressed(net, 2, x, active)), dense, **TOL)
         # second call: the folded-weight cache is used and still right
-        torch.testing.assert_close(active.scatter(run_stage_compressed(net, 1, x, active)), dense, **TOL)
+        torch.testing.assert_close(active.scatter(run_stage_compressed(net, 2, x, active)), dense, **TOL)
         net.conv2d_7b.conv.weight.mul_(2.0)  # a changed parameter invalidates the cache
         try:
-            dense3 = net.forward_stage(2, dense)
-            torch.testing.assert_close(active.scatter(run_stage_compressed(net, 2, dense, active)),
+            dense3 = net.forward_stage(3, dense)
+            torch.testing.assert_close(active.scatter(run_stage_compressed(net, 3, dense, active)),
                                        dense3, **TOL)
         finally:
             net.conv2d_7b.conv.weight.div_(2.0)
@@ -88,9 +88,11 @@ def test_region_execution_refuses_training_bn_and_strided_stages():
     active = ActiveSet.from_mask(torch.ones(1, 4, 4, dtype=torch.bool))
     x = torch.randn(1, net.stage_channels[0], 4, 4)
     with pytest.raises(RuntimeError, match="eval-mode"):
-        run_stage_compressed(net, 1, x, active)
-    with pytest.raises(ValueError, match="k=1 and k=2"):
-        run_stage_compressed(net.eval(), 0, x, active)
+        run_stage_compressed(net, 2, x, active)
+    with pytest.raises(ValueError, match="stages 2 and 3"):
+        run_stage_compressed(net.eval(), 1, x, active)
     strided = IRNet(width_mult=0.0625, block_counts=(1, 1, 1), output_stride=16).eval()
     with pytest.raises(ValueError, match="output_stride 8"):
-        run_stage_compressed(strided, 1, x, active)
+        run_stage_compressed(strided, 2, x, active)
+    with pytest.raises(ValueError, match="stages 2 and 3"):
+        run_stage_masked_dense(net.eval(), 1, x, active.mask)

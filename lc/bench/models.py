@@ -1,17 +1,21 @@
-"""Model-level speed: Table 3 (whole networks), Fig. 7(b) (time per stage), Fig. 7(a) (time per rho).
+"""Model-level speed, Table 3 (whole networks), and what every model benchmark shares: `BenchSetup`,
+`build_network`, `prescribed_routing`. Fig. 7(b) is `lc.bench.stages`, Fig. 7(a) `lc.bench.rho`,
+Table 6 `lc.bench.table6`.
 
 Networks get random weights (timing needs none): DeepLab-v2 and SegNet always at full size; dense
 IRNet (the `irnet` variant, output stride 8) and IRNet-LC at the paper's `model:` settings when
 `bench.full_size_models`, else at the preset's own. LC runs its real forward (`LayerCascade.forward`,
 execution "auto": region convolution on the stages with inactive pixels) with the routing
 decision computed as usual and then replaced by prescribed masks, from a trained LC model on real
-images or with the paper's Table 1 shares (see `lc.bench.timing`). Next to every measured speedup over
-dense IRNet the CSV gives the one predicted by FLOPs (`lc.models.complexity`).
+images or with the paper's Table 1 shares (see `lc.bench.timing`), through the forward's routing
+hook (`router=`, see `prescribed_routing`). Next to every measured speedup over dense IRNet the CSV
+gives the one predicted by FLOPs (`lc.models.complexity`).
 """
 
 from __future__ import annotations
 
 import gc
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,30 +26,21 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from lc.bench.timing import (
-    MASK_SOURCE_PAPER,
-    RoutingMasks,
-    TrainedMasks,
-    mask_shares,
-    measure,
-    routing_mask_sets,
-)
+from lc.bench.masks import MASK_SOURCE_PAPER, RoutingMasks, TrainedMasks, mask_shares, routing_mask_sets
+from lc.bench.timing import measure, set_threads
 from lc.device import device_name, resolve_device
-from lc.models.cascade import LayerCascade, undecided_mask
+from lc.models.cascade import LayerCascade
 from lc.models.complexity import count_parameters, network_costs, predicted_cost, stage_costs
-from lc.models.region_irnet import run_stage_compressed
-from lc.ops.active_set import ActiveSet
 
-__all__ = ["MODEL_COLUMNS", "RHO_COLUMNS", "STAGE_COLUMNS", "BenchSetup", "build_network",
-           "prescribed_routing", "run_models_bench", "run_rho_bench", "run_stages_bench"]
+__all__ = ["MODEL_COLUMNS", "BenchSetup", "build_network", "prescribed_routing", "run_models_bench",
+           "time_lc"]
 
 MODEL_COLUMNS = ["method", "rho", "image_size", "batch_size", "ms_median", "ms_p25", "ms_p75", "fps",
                  "params_m", "stage1_pct", "stage2_pct", "mask_source", "device", "full_size", "runs",
                  "gflops", "speedup_vs_irnet", "predicted_speedup_vs_irnet"]
-STAGE_COLUMNS = ["method", "rho", "stage", "ms_median", "active_pct", "device", "mask_source"]
-RHO_COLUMNS = ["rho", "ms_median", "ms_p25", "ms_p75", "fps", "stage1_pct", "stage2_pct", "mask_source",
-               "device"]
 NUM_CLASSES = 21  # the VOC networks of Tables 3 and 6
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -63,28 +58,38 @@ class BenchSetup:
     runs: int
     mask_sets: int
     masks: TrainedMasks | None
+    paper_table1: pd.DataFrame | None
+    threads: int
 
     @classmethod
     def from_config(cls, cfg: dict, full_model_cfg: dict | None = None, checkpoint: str | Path | None = None,
-                    device: str | None = None, warmup: int | None = None,
-                    runs: int | None = None) -> BenchSetup:
-        """`full_model_cfg`: the paper preset's `model:` (default: this config's base = its own)."""
+                    device: str | None = None, warmup: int | None = None, runs: int | None = None,
+                    paper_table1: pd.DataFrame | None = None, threads: int | None = None) -> BenchSetup:
+        """`full_model_cfg`: the paper preset's `model:` (default: this config's base = its own).
+
+        paper_table1: the published Table 1 (`lc.report.paper.load_paper_table(1)`), whose stage
+        shares route LC when no trained checkpoint is given. threads: torch CPU threads (default
+        `bench.threads`), set here for every timing that follows.
+        """
         bench = cfg["bench"]
         full_size = bool(bench.get("full_size_models", True))
         model_cfg = dict(full_model_cfg or cfg["model"]) if full_size else dict(cfg["model"])
         dev = resolve_device(device or cfg.get("device", "auto"))
+        threads = int(bench["threads"] if threads is None else threads)
+        set_threads(threads)
         masks = None
         if checkpoint and Path(checkpoint).exists():
             masks = TrainedMasks(checkpoint, cfg, int(bench.get("mask_sets", 8)) * int(bench["batch_size"]),
                                  dev)
         elif checkpoint:
-            print(f"lc bench: {checkpoint} does not exist; timing LC with the paper's stage shares instead")
+            log.warning("%s does not exist; timing LC with the paper's stage shares instead", checkpoint)
         return cls(cfg=cfg, model_cfg=model_cfg, full_size=full_size, device=dev,
                    device_name=device_name(dev), image_size=int(bench["image_size"]),
                    batch_size=int(bench["batch_size"]),
                    warmup=int(bench["warmup"] if warmup is None else warmup),
                    runs=int(bench["runs"] if runs is None else runs),
-                   mask_sets=int(bench.get("mask_sets", 8)), masks=masks)
+                   mask_sets=int(bench.get("mask_sets", 8)), masks=masks, paper_table1=paper_table1,
+                   threads=threads)
 
     def warmup_for(self, mask_sets: Sequence[RoutingMasks]) -> int:
         """Warm-up runs for LC: at least one per mask set, since every set brings new GEMM shapes
@@ -105,7 +110,11 @@ class BenchSetup:
         image_hw = image_hw or (self.image_size, self.image_size)
         grid = model.output_size(*image_hw)
         seed = int(self.cfg.get("seed", 0)) + int(round(rho * 1e4)) + (1 if flip else 0)
-        return routing_mask_sets(self.masks, rho, self.batch_size, image_hw, grid, self.mask_sets, seed,
+        source = self.masks if self.masks is not None else self.paper_table1
+        if source is None:
+            raise ValueError("timing LC needs routing masks: a trained LC checkpoint (--checkpoint) or "
+                             "the paper's Table 1 (BenchSetup.from_config(paper_table1=...))")
+        return routing_mask_sets(source, rho, self.batch_size, image_hw, grid, self.mask_sets, seed,
                                  self.device, flip)
 
 
@@ -125,53 +134,45 @@ def build_network(method: str, model_cfg: dict, device: torch.device, rho: float
     return model.eval().to(device)
 
 
-class prescribed_routing:  # noqa: N801 (used as a context manager, like torch.no_grad)
-    """Within the block, `model`'s routing decides as usual (its cost is timed) but passes on the
-    prescribed masks: `select(i)` picks mask set i for the next forward.
+class prescribed_routing:  # noqa: N801 (a router value, named like the function it replaces)
+    """A `router` for `LayerCascade.forward` that hands each routed stage a prescribed mask.
 
-    Hooks `LayerCascade._next_mask(logits, mask, rho)`, which the forward calls once per later stage.
+    The model's own rule still decides first (the forward computes it before calling the router),
+    so its cost is timed; the stage then runs on the prescribed mask: stage 2 on `set[0]`, stage 3
+    on `set[1]` of the mask set chosen by `select(i)`. Use: `model(x, rho=rho, router=routing)`.
     """
 
-    def __init__(self, model: LayerCascade, mask_sets: Sequence[RoutingMasks]):
-        if not hasattr(model, "_next_mask"):
-            raise TypeError("prescribed_routing needs LayerCascade._next_mask(logits, mask, rho)")
-        self.model, self.mask_sets = model, list(mask_sets)
+    def __init__(self, mask_sets: Sequence[RoutingMasks]):
+        self.mask_sets = list(mask_sets)
+        if not self.mask_sets:
+            raise ValueError("prescribed_routing needs at least one (stage-2, stage-3) mask set")
         self.current: RoutingMasks = self.mask_sets[0]
-        self.calls = 0
 
     def select(self, index: int, mask_sets: Sequence[RoutingMasks] | None = None) -> None:
         """Use mask set `index` (cycling) of `mask_sets` (default: those given at construction)."""
         sets = self.mask_sets if mask_sets is None else mask_sets
-        self.current, self.calls = sets[index % len(sets)], 0
+        self.current = sets[index % len(sets)]
 
-    def _next_mask(self, logits, mask, rho):
-        type(self.model)._next_mask(self.model, logits, mask, rho)
-        chosen = self.current[min(self.calls, 1)]
-        self.calls += 1
-        return chosen
-
-    def __enter__(self) -> prescribed_routing:
-        self.model._next_mask = self._next_mask
-        return self
-
-    def __exit__(self, *exc) -> None:
-        del self.model._next_mask
+    def __call__(self, stage: int, proposed: torch.Tensor) -> torch.Tensor:
+        if stage not in (2, 3):
+            raise ValueError(f"prescribed masks exist for stages 2 and 3, not {stage}")
+        return self.current[stage - 2]
 
 
 def _lc_step(model: LayerCascade, images: torch.Tensor, routing: prescribed_routing,
              rho: float) -> Callable[[int], object]:
     def step(i: int):
         routing.select(i)
-        return model(images, rho=rho)
+        return model(images, rho=rho, router=routing)
     return step
 
 
-def _time_lc(setup: BenchSetup, model: LayerCascade, rho: float) -> tuple[dict, list[RoutingMasks]]:
+def time_lc(setup: BenchSetup, model: LayerCascade, rho: float) -> tuple[dict, list[RoutingMasks]]:
+    """Timing row of LC's forward at rho with prescribed masks, and the mask sets it cycled through."""
     mask_sets = setup.mask_sets_for(rho, model)
-    images = setup.images()
-    with prescribed_routing(model, mask_sets) as routing:
-        timing = measure(_lc_step(model, images, routing, rho), setup.device,
-                         setup.warmup_for(mask_sets), setup.runs)
+    routing = prescribed_routing(mask_sets)
+    timing = measure(_lc_step(model, setup.images(), routing, rho), setup.device,
+                     setup.warmup_for(mask_sets), setup.runs)
     return timing.row(setup.batch_size), mask_sets
 
 
@@ -197,7 +198,7 @@ def run_models_bench(setup: BenchSetup) -> pd.DataFrame:
                "mask_source": "none", "full_size": setup.full_size or method in ("deeplab_v2", "segnet")}
         flops = _flops(method, setup.model_cfg, setup.image_size)
         if method in rhos:
-            timing, mask_sets = _time_lc(setup, model, rho)
+            timing, mask_sets = time_lc(setup, model, rho)
             row["stage1_pct"], row["stage2_pct"] = mask_shares(mask_sets)
             passed2 = 1 - row["stage1_pct"] / 100
             passed3 = passed2 - row["stage2_pct"] / 100
@@ -221,98 +222,3 @@ def run_models_bench(setup: BenchSetup) -> pd.DataFrame:
     df["speedup_vs_irnet"] = irnet_ms / df["ms_median"]
     df["predicted_speedup_vs_irnet"] = irnet_gflops / df["gflops"]
     return df[MODEL_COLUMNS]
-
-
-# --- time per stage (Fig. 7b) -----------------------------------------------------------------
-def _lc_stage_steps(model: LayerCascade, images: torch.Tensor, mask_sets: Sequence[RoutingMasks],
-                    rho: float) -> list[Callable[[int], object]]:
-    """One step per stage of LC's forward, each fed the previous stage's precomputed output.
-
-    Stage k: the stage's layers on its active pixels (dense when all are active), its head and the
-    routing decision; fresh ActiveSets per call, so building neighbour tables is counted.
-    """
-    backbone = model.backbone
-    with torch.inference_mode():
-        f1 = backbone.forward_stage(0, images)
-        stage2_out = []
-        for mask2, _ in mask_sets:
-            active2 = ActiveSet(mask2)
-            feat2 = (run_stage_compressed(backbone, 1, f1, active2) if active2.num_active
-                     else f1.new_zeros(0, backbone.stage_channels[1]))
-            stage2_out.append((active2, feat2))
-
-    def route(head_logits: torch.Tensor):
-        return undecided_mask(head_logits, rho)
-
-    def stage1(i: int):
-        return route(model.head(1)(backbone.forward_stage(0, images)))
-
-    def region_stage(k: int, mask: torch.Tensor, x: torch.Tensor, source: ActiveSet | None):
-        if bool(mask.all()) and source is None:
-            return route(model.head(k + 1)(backbone.forward_stage(k, x)))
-        active = ActiveSet(mask)
-        if active.num_active == 0:
-            return None
-        feat = run_stage_compressed(backbone, k, x, active, source=source)
-        return route(active.scatter(model.head(k + 1).forward_compressed(feat, active)))
-
-    def stage2(i: int):
-        return region_stage(1, mask_sets[i % len(mask_sets)][0], f1, None)
-
-    def stage3(i: int):
-        active2, feat2 = stage2_out[i % len(mask_sets)]
-        return region_stage(2, mask_sets[i % len(mask_sets)][1], feat2, active2)
-
-    return [stage1, stage2, stage3]
-
-
-def _irnet_stage_steps(model: LayerCascade, images: torch.Tensor) -> list[Callable[[int], object]]:
-    backbone = model.backbone
-    with torch.inference_mode():
-        inputs = [images]
-        for k in range(2):
-            inputs.append(backbone.forward_stage(k, inputs[-1]))
-    steps: list[Callable[[int], object]] = [lambda _i, k=k: backbone.forward_stage(k, inputs[k])
-                                            for k in range(2)]
-    steps.append(lambda _i: model.head(3)(backbone.forward_stage(2, inputs[2])))
-    return steps
-
-
-def run_stages_bench(setup: BenchSetup) -> pd.DataFrame:
-    """Fig. 7(b): ms per stage of LC at evaluate.rho and fast_rho, and of dense IRNet."""
-    ev = setup.cfg["evaluate"]
-    images = setup.images()
-    rows = []
-    cases = [("lc", float(ev["rho"])), ("lc_fast", float(ev["fast_rho"])), ("irnet", math.nan)]
-    for method, rho in tqdm(cases, desc="bench stages", unit="net"):
-        model = build_network(method, setup.model_cfg, setup.device, 1.0 if math.isnan(rho) else rho)
-        if method == "irnet":
-            steps, active = _irnet_stage_steps(model, images), [100.0, 100.0, 100.0]
-            source = "none"
-        else:
-            mask_sets = setup.mask_sets_for(rho, model)
-            steps = _lc_stage_steps(model, images, mask_sets, rho)
-            stage1_pct, stage2_pct = mask_shares(mask_sets)
-            active = [100.0, 100.0 - stage1_pct, 100.0 - stage1_pct - stage2_pct]
-            source = setup.mask_source
-        warmup = setup.warmup if method == "irnet" else setup.warmup_for(mask_sets)
-        for stage, step in enumerate(steps, start=1):
-            timing = measure(step, setup.device, warmup, setup.runs)
-            rows.append({"method": method, "rho": rho, "stage": stage, "ms_median": timing.median,
-                         "active_pct": active[stage - 1], "device": setup.device_name, "mask_source": source})
-        del model
-        gc.collect()
-    return pd.DataFrame(rows)[STAGE_COLUMNS]
-
-
-# --- time per rho (Fig. 7a) -------------------------------------------------------------------
-def run_rho_bench(setup: BenchSetup) -> pd.DataFrame:
-    """Fig. 7(a): LC's ms per image at every rho of evaluate.rho_sweep."""
-    model = build_network("lc", setup.model_cfg, setup.device)
-    rows = []
-    for rho in tqdm([float(r) for r in setup.cfg["evaluate"]["rho_sweep"]], desc="bench rho", unit="rho"):
-        timing, mask_sets = _time_lc(setup, model, rho)
-        stage1_pct, stage2_pct = mask_shares(mask_sets)
-        rows.append({"rho": rho, **timing, "stage1_pct": stage1_pct, "stage2_pct": stage2_pct,
-                     "mask_source": setup.mask_source, "device": setup.device_name})
-    return pd.DataFrame(rows)[RHO_COLUMNS]

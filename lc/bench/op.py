@@ -9,14 +9,13 @@ dilation 2). Implementations:
 - gather (convs): `region_conv2d(impl="gather")`, dense input to dense output;
 - compressed: stage: `ActiveSet` + `run_stage_compressed`, dense stage input to the (N, C) output
   (what the cascade passes on); convs: `compressed_conv` on (N, C) features, tables prebuilt.
-Masks hold exactly round(f * H * W) random pixels per image. Times are medians after warm-up, the
-runs of all cases of a level interleaved round by round.
+Masks hold exactly round(f * H * W) random pixels per image. Times are medians after warm-up
+(`lc.bench.timing.measure`), at `bench.threads` CPU threads (or `--threads`).
 """
 
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from lc.bench.timing import measure, set_threads, write_csv
 from lc.data.io import atomic_path
 from lc.models.irnet import IRNet
 from lc.models.region_irnet import run_stage_compressed, run_stage_masked_dense
@@ -34,7 +34,7 @@ from lc.ops.region_conv import compressed_conv, region_conv2d
 COLUMNS = ["level", "impl", "active_fraction", "ms_median", "speedup", "speedup_x_fraction", "device"]
 ALWAYS_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 
-__all__ = ["COLUMNS", "median_times", "random_mask", "run_op_bench", "save_op_bench", "time_ms"]
+__all__ = ["COLUMNS", "level_titles", "random_mask", "run_op_bench", "save_op_bench"]
 
 
 def random_mask(batch: int, height: int, width: int, fraction: float, generator: torch.Generator,
@@ -44,36 +44,6 @@ def random_mask(batch: int, height: int, width: int, fraction: float, generator:
     scores = torch.rand(batch, height * width, generator=generator)
     ranks = scores.argsort(dim=1).argsort(dim=1)
     return (ranks < count).view(batch, height, width).to(device)
-
-
-def time_ms(fn: Callable[[], object], device: str) -> float:
-    """Wall time of one call in ms: perf_counter on CPU, CUDA events on GPU."""
-    if device == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        return float(start.elapsed_time(end))
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
-
-
-def median_times(fns: Sequence[Callable[[], object]], device: str, warmup: int, runs: int,
-                 progress: tqdm | None = None) -> list[float]:
-    """Median ms of each fn; the runs are interleaved (one call of each fn per round), so that a
-    load change on a shared machine affects every case alike instead of a few of them."""
-    for fn in fns:
-        for _ in range(warmup):
-            fn()
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(runs):
-        for fn, ts in zip(fns, times, strict=True):
-            ts.append(time_ms(fn, device))
-        if progress is not None:
-            progress.update()
-    return [float(pd.Series(ts).median()) for ts in times]
 
 
 def _dense_variants(module_fn: Callable[[str], Callable[[], object]]) -> dict[str, Callable[[], object]]:
@@ -92,13 +62,13 @@ def _stage_cases(net: IRNet, x: torch.Tensor, fractions: Sequence[float], gen: t
     nets = {"nchw": net, "channels_last": copy.deepcopy(net).to(memory_format=torch.channels_last)}
 
     def dense(fmt: str):
-        return lambda: nets[fmt].forward_stage(1, inputs[fmt])
+        return lambda: nets[fmt].forward_stage(2, inputs[fmt])
 
     cases = [(impl, 1.0, fn) for impl, fn in _dense_variants(dense).items()]
     for f in fractions:
         mask = random_mask(x.shape[0], x.shape[2], x.shape[3], f, gen, device)
-        cases.append(("masked_dense", f, lambda m=mask: run_stage_masked_dense(net, 1, x, m)))
-        cases.append(("compressed", f, lambda m=mask: run_stage_compressed(net, 1, x, ActiveSet(m))))
+        cases.append(("masked_dense", f, lambda m=mask: run_stage_masked_dense(net, 2, x, m)))
+        cases.append(("compressed", f, lambda m=mask: run_stage_compressed(net, 2, x, ActiveSet(m))))
     return cases
 
 
@@ -124,12 +94,36 @@ def _conv_cases(weight: torch.Tensor, bias: torch.Tensor, padding, dilation, x: 
     return cases
 
 
+def _op_net(cfg: dict) -> IRNet:
+    """The full-width IRNet whose stage 2 (at the config's block count) the benchmark times."""
+    return IRNet(width_mult=1.0, block_counts=(1, int(cfg["model"]["block_counts"][1]), 1), output_stride=8)
+
+
+def _single_convs(net: IRNet) -> dict[str, torch.nn.Conv2d]:
+    """The conv levels: a reduction's 3x3 and a residual block's dilated 1x7."""
+    return {"conv3x3": net.mixed_6a.branch1[1].conv, "conv1x7": net.repeat_1[0].branch1[1].conv}
+
+
+def level_titles(cfg: dict) -> dict[str, str]:
+    """Plot titles of the benchmark levels, read off the layers they time."""
+    with torch.device("meta"):
+        net = _op_net(cfg)
+    titles = {"stage2": f"stage 2 (mixed_6a + {len(net.repeat_1)} Block17), width 1"}
+    where = {"conv3x3": "mixed_6a", "conv1x7": "Block17"}
+    for level, conv in _single_convs(net).items():
+        kh, kw = conv.kernel_size
+        dilation = f", dilation {conv.dilation[0]}" if conv.dilation != (1, 1) else ""
+        titles[level] = (f"{kh}x{kw} conv {conv.in_channels} -> {conv.out_channels}{dilation} "
+                         f"({where[level]})")
+    return titles
+
+
 def run_op_bench(cfg: dict, devices: Sequence[str] | None = None, warmup: int | None = None,
-                 runs: int | None = None, threads: int | None = 2, seed: int = 0) -> pd.DataFrame:
-    """Time the op benchmark on each device (default: cpu, plus cuda when present)."""
+                 runs: int | None = None, threads: int | None = None, seed: int = 0) -> pd.DataFrame:
+    """Time the op benchmark on each device (default: cpu, plus cuda when present) at `threads`
+    CPU threads (default `bench.threads`)."""
     bench = cfg["bench"]
     size = int(bench["op_image_size"])
-    blocks = int(cfg["model"]["block_counts"][1])
     warmup = int(bench["warmup"] if warmup is None else warmup)
     runs = int(bench["runs"] if runs is None else runs)
     if runs < 1:
@@ -137,28 +131,24 @@ def run_op_bench(cfg: dict, devices: Sequence[str] | None = None, warmup: int | 
     fractions = sorted({float(f) for f in bench["fractions"]} | set(ALWAYS_FRACTIONS))
     if devices is None:
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    if threads:
-        torch.set_num_threads(int(threads))
+    set_threads(int(bench["threads"] if threads is None else threads))
     rows = []
     for device in devices:
         gen = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
-        net = IRNet(width_mult=1.0, block_counts=(1, blocks, 1), output_stride=8).eval().to(device)
+        net = _op_net(cfg).eval().to(device)
         stage_in = torch.randn(1, net.stage_channels[0], size, size, generator=gen).relu().to(device)
         levels = {"stage2": _stage_cases(net, stage_in, fractions, gen, device)}
-        convs = (("conv3x3", net.mixed_6a.branch1[1].conv), ("conv1x7", net.repeat_1[0].branch1[1].conv))
-        for level, conv in convs:
+        for level, conv in _single_convs(net).items():
             x = torch.randn(1, conv.in_channels, size, size, generator=gen).to(device)
             bias = torch.randn(conv.out_channels, generator=gen).to(device)
             levels[level] = _conv_cases(conv.weight.detach(), bias, conv.padding, conv.dilation, x,
                                         fractions, gen, device)
-        with torch.no_grad(), tqdm(total=runs * len(levels), desc=f"bench op ({device})",
-                                   unit="round") as bar:
-            for level, cases in levels.items():
-                medians = median_times([fn for _, _, fn in cases], device, warmup, runs, bar)
-                for (impl, fraction, _), ms in zip(cases, medians, strict=True):
-                    rows.append({"level": level, "impl": impl, "active_fraction": fraction,
-                                 "ms_median": ms, "device": device})
+        cases = [(level, *case) for level, level_cases in levels.items() for case in level_cases]
+        for level, impl, fraction, fn in tqdm(cases, desc=f"bench op ({device})", unit="case"):
+            timing = measure(lambda _i, fn=fn: fn(), device, warmup, runs)
+            rows.append({"level": level, "impl": impl, "active_fraction": fraction,
+                         "ms_median": timing.median, "device": device})
     df = pd.DataFrame(rows)
     dense = df[df.impl.str.startswith("dense")].groupby(["device", "level"]).ms_median.min()
     df["speedup"] = [dense[(d, lv)] / ms for d, lv, ms in zip(df.device, df.level, df.ms_median, strict=True)]
@@ -166,22 +156,18 @@ def run_op_bench(cfg: dict, devices: Sequence[str] | None = None, warmup: int | 
     return df[COLUMNS]
 
 
-# the plot's panel titles: what each level times, in words
-PANEL_TITLES = {"stage2": "whole IRNet stage 2 (Mixed-6a + Block17s)",
-                "conv3x3": "one 3x3 conv (stage 2's Mixed-6a)",
-                "conv1x7": "one 1x7 conv (stage 2's first Block17)"}
+def save_op_bench(df: pd.DataFrame, out_csv: str | Path, out_png: str | Path | None = None,
+                  titles: dict[str, str] | None = None) -> None:
+    """Write the CSV and a speedup-vs-fraction plot (with the ideal 1/f line), each atomically.
 
-
-def save_op_bench(df: pd.DataFrame, out_csv: str | Path, out_png: str | Path | None = None) -> None:
-    """Write the CSV and a speedup-vs-fraction plot (with the ideal 1/f line), each atomically."""
+    titles: panel title per level (`level_titles(cfg)`; default: the level names)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out_csv = Path(out_csv)
-    with atomic_path(out_csv) as tmp:
-        df.to_csv(tmp, index=False, float_format="%.6g")
+    out_csv = write_csv(df, out_csv)
+    titles = titles or {}
 
     out_png = Path(out_png) if out_png is not None else out_csv.with_suffix(".png")
     region = df[df.impl.isin(["compressed", "gather"])]
@@ -196,7 +182,7 @@ def save_op_bench(df: pd.DataFrame, out_csv: str | Path, out_png: str | Path | N
         ax.axhline(1.0, color="grey", lw=0.5)
         ax.set(xscale="log", yscale="log", xlabel="share of pixels computed (active fraction)",
                ylabel="speedup over the fastest dense conv")
-        ax.set_title(PANEL_TITLES.get(level, level), fontsize=9)
+        ax.set_title(titles.get(level, level), fontsize=9)
         ax.legend(fontsize=7)
     fig.suptitle("region convolution: speedup over the best dense implementation\n"
                  + "; ".join(sorted(df.device.unique())), fontsize=9)

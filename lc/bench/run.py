@@ -16,25 +16,29 @@ BENCH_KINDS = ("models", "stages", "rho", "table6")
 
 def run_op_benchmark(cfg: dict, out: str | Path, png: str | Path | None = None, device: str = "all",
                      warmup: int | None = None, runs: int | None = None,
-                     threads: int | None = 2) -> pd.DataFrame:
+                     threads: int | None = None) -> pd.DataFrame:
     """Region convolution against dense (`lc.bench.op`) on `device` ("all": the CPU, plus CUDA when
     usable); writes the CSV and its plot. A named device that cannot be used raises DeviceError."""
-    from lc.bench.op import run_op_bench, save_op_bench
+    from lc.bench.op import level_titles, run_op_bench, save_op_bench
 
     devices = None if device == "all" else [str(resolve_device(device))]
     table = run_op_bench(cfg, devices=devices, warmup=warmup, runs=runs, threads=threads)
-    save_op_bench(table, out, png)
+    save_op_bench(table, out, png, level_titles(cfg))
     return table
 
 
 def run_benchmark(kind: str, cfg: dict, full_cfg: dict, out: str | Path,
                   checkpoint: str | Path | None = None, device: str | None = None,
-                  warmup: int | None = None, runs: int | None = None) -> pd.DataFrame:
+                  warmup: int | None = None, runs: int | None = None, threads: int | None = None,
+                  paper_table1: pd.DataFrame | None = None) -> pd.DataFrame:
     """Run one model-level benchmark (`BENCH_KINDS`) and write its CSV atomically.
 
-    full_cfg: the config whose `model:` is "full size" (the paper preset's).
+    full_cfg: the config whose `model:` is "full size" (the paper preset's). paper_table1: the
+    published Table 1, whose stage shares route LC when no trained checkpoint is given.
     """
-    from lc.bench.models import BenchSetup, run_models_bench, run_rho_bench, run_stages_bench
+    from lc.bench.models import BenchSetup, run_models_bench
+    from lc.bench.rho import run_rho_bench
+    from lc.bench.stages import run_stages_bench
     from lc.bench.table6 import run_table6_bench
     from lc.bench.timing import write_csv
 
@@ -43,7 +47,7 @@ def run_benchmark(kind: str, cfg: dict, full_cfg: dict, out: str | Path,
     if kind not in runners:
         raise ValueError(f"unknown benchmark {kind!r}; choose one of {', '.join(BENCH_KINDS)} (or op)")
     setup = BenchSetup.from_config(cfg, full_cfg["model"], checkpoint=checkpoint, device=device,
-                                   warmup=warmup, runs=runs)
+                                   warmup=warmup, runs=runs, paper_table1=paper_table1, threads=threads)
     table = runners[kind](setup)
     write_csv(table, out)
     return table

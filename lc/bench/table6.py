@@ -17,8 +17,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from lc.bench.masks import RoutingMasks
 from lc.bench.models import BenchSetup, build_network, prescribed_routing
-from lc.bench.timing import RoutingMasks, measure
+from lc.bench.timing import measure
 from lc.evaluation.inference import Protocol, View, protocol_from_config, resize_image, run_protocol
 from lc.models.cascade import LayerCascade
 
@@ -58,7 +59,7 @@ def _protocol_step(model: LayerCascade, routing: prescribed_routing, rho: float,
         def select(view: View) -> None:
             routing.select(i, masks[view])
 
-        return run_protocol(model, images, protocol, rho=rho, on_view=select)[0]
+        return run_protocol(model, images, protocol, rho=rho, on_view=select, router=routing)[0]
 
     return step
 
@@ -75,15 +76,15 @@ def run_table6_bench(setup: BenchSetup) -> pd.DataFrame:
                                        flip=view.flip)
              for view in all_views}
     rows = []
-    with prescribed_routing(model, masks[all_views[0]]) as routing:
-        for name, protocol in settings:
-            log.info("bench table6: %s (scales %s, flip %s, fusion %s, crf %s)", name, protocol.scales,
-                     protocol.flip, protocol.fusion, protocol.crf is not None)
-            step = _protocol_step(model, routing, rho, protocol, masks, images)
-            warmup = setup.warmup_for(masks[all_views[0]])
-            timing = measure(step, setup.device, warmup, setup.runs).row(setup.batch_size)
-            rows.append({"setting": name, "scales": " ".join(f"{s:g}" for s in protocol.scales),
-                         "flip": protocol.flip, "fusion": protocol.describe()["fusion"],
-                         "crf": protocol.crf is not None, **timing, "device": setup.device_name,
-                         "mask_source": setup.mask_source, "image_size": setup.image_size})
+    routing = prescribed_routing(masks[all_views[0]])
+    for name, protocol in settings:
+        log.info("bench table6: %s (scales %s, flip %s, fusion %s, crf %s)", name, protocol.scales,
+                 protocol.flip, protocol.fusion, protocol.crf is not None)
+        step = _protocol_step(model, routing, rho, protocol, masks, images)
+        warmup = setup.warmup_for(masks[all_views[0]])
+        timing = measure(step, setup.device, warmup, setup.runs).row(setup.batch_size)
+        rows.append({"setting": name, "scales": " ".join(f"{s:g}" for s in protocol.scales),
+                     "flip": protocol.flip, "fusion": protocol.describe()["fusion"],
+                     "crf": protocol.crf is not None, **timing, "device": setup.device_name,
+                     "mask_source": setup.mask_source, "image_size": setup.image_size})
     return pd.DataFrame(rows)[TABLE6_COLUMNS]

@@ -1,45 +1,46 @@
-"""Speed measurement shared by the model-level benchmarks (Tables 3 and 6, Fig. 7).
+"""Speed measurement shared by every benchmark (`lc bench op|models|stages|rho|table6`).
 
-- `measure`: warm-up, then timed runs; CUDA events + synchronize on the GPU, perf_counter on the
-  CPU; median and spread (p25/p75) of the per-run times, all under `torch.inference_mode`.
-- Routing masks for timing LC without training it: `paper_share_masks` draws spatially coherent
-  random blobs holding exactly the paper's Table 1 stage shares at a rho; `TrainedMasks` takes them
-  from a trained LC model run on real (prepared val) images. Either way a benchmark cycles through
-  `bench.mask_sets` different mask sets over its timed runs.
-- `write_csv`: an atomic CSV write (temp name, then rename).
+- `measure`: warm-up, then timed runs under `torch.inference_mode`: on the CPU
+  `torch.utils.benchmark.Timer` at the torch thread count the benchmark set (`--threads` /
+  `bench.threads`), on the GPU one pair of CUDA events per call; median and spread (p25/p75) of
+  the per-call times.
+- `write_csv`: the one atomic CSV writer of the bench CSVs (temp name, then rename).
 
-The benchmarks themselves are in `lc.bench.models` (models, stages, rho) and `lc.bench.table6`.
+The routing masks LC is timed with are in `lc.bench.masks`; the benchmarks in `lc.bench.op` (region
+conv), `lc.bench.models` (Table 3), `lc.bench.stages`, `lc.bench.rho` and `lc.bench.table6`.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
+from torch.utils.benchmark import Timer
 
 from lc.data.io import atomic_path
-from lc.report.paper import load_paper_table
 
-__all__ = ["MASK_SOURCE_PAPER", "RoutingMasks", "Timing", "TrainedMasks", "measure",
-           "paper_share_masks", "paper_stage_shares", "write_csv"]
-
-MASK_SOURCE_PAPER = "paper_stage_shares"
-# coarse grid of the random field whose upsampling makes the blobs (cells per image side)
-BLOB_GRID = 6
+__all__ = ["Timing", "measure", "set_threads", "write_csv"]
 
 
-# --- timing -----------------------------------------------------------------------------------
+# --- devices and timing -----------------------------------------------------------------------
+def set_threads(threads: int) -> None:
+    """Set torch's CPU thread count for the benchmark (the value every timing runs and records)."""
+    if int(threads) < 1:
+        raise ValueError(f"benchmark threads must be >= 1, got {threads} (--threads or bench.threads)")
+    torch.set_num_threads(int(threads))
+
+
 @dataclass
 class Timing:
-    """Per-run times in ms of one benchmark case."""
+    """Per-call times in ms of one benchmark case (on the CPU, the mean call of each timed block)."""
 
     times_ms: list[float]
+    calls: int
 
     @property
     def median(self) -> float:
@@ -54,136 +55,54 @@ class Timing:
         return float(np.percentile(self.times_ms, 75))
 
     def row(self, batch_size: int = 1) -> dict:
-        """ms per forward (median, p25, p75) and images per second at the median."""
+        """ms per forward (median, p25, p75), images per second at the median, timed calls."""
         return {"ms_median": self.median, "ms_p25": self.p25, "ms_p75": self.p75,
-                "fps": 1e3 * batch_size / self.median, "runs": len(self.times_ms)}
+                "fps": 1e3 * batch_size / self.median, "runs": self.calls}
 
 
-def measure(step: Callable[[int], object], device: torch.device, warmup: int, runs: int) -> Timing:
-    """Time `step(i)` for i = 0..runs-1 after `warmup` untimed calls, under inference_mode."""
+def _measure_cuda(step: Callable[[int], object], device: torch.device, runs: int) -> Timing:
+    times = []
+    for i in range(runs):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step(i)
+        end.record()
+        torch.cuda.synchronize(device)
+        times.append(start.elapsed_time(end))
+    return Timing(times, runs)
+
+
+def _measure_cpu(step: Callable[[int], object], runs: int) -> Timing:
+    """`runs` samples of `torch.utils.benchmark.Timer.blocked_autorange(min_run_time=0)`: each
+    is one untimed call (the library's block-size probe, which stops at one call) and one timed
+    call, both step(i) for sample i, so the timed calls see i = 0..runs-1 as on the GPU. (One
+    blocked_autorange over all runs would time blocks of 10-1000 calls of anything faster than
+    ~10 ms, and its probe grows with the load of a shared machine.)"""
+    index = itertools.chain.from_iterable((i, i) for i in itertools.count())
+    timer = Timer(stmt="step(next(index))", globals={"step": step, "index": index},
+                  num_threads=torch.get_num_threads())
+    samples = [timer.blocked_autorange(min_run_time=0.0) for _ in range(runs)]
+    return Timing([1e3 * t for m in samples for t in m.times],
+                  sum(len(m.raw_times) * m.number_per_run for m in samples))
+
+
+def measure(step: Callable[[int], object], device: torch.device | str, warmup: int, runs: int) -> Timing:
+    """Time `runs` calls of `step(i)` after `warmup` untimed ones, under inference_mode.
+
+    i counts the warm-up calls from 0, then the timed calls from 0 again (LC steps pick their mask
+    set by it); on the CPU each timed call follows an untimed one with the same i (see
+    `_measure_cpu`). CUDA: each timed call between two events.
+    """
     if runs < 1:
         raise ValueError(f"runs must be >= 1, got {runs}")
-    times = []
+    device = torch.device(device)
     with torch.inference_mode():
         for i in range(warmup):
             step(i)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        for i in range(runs):
-            if device.type == "cuda":
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                step(i)
-                end.record()
-                torch.cuda.synchronize(device)
-                times.append(start.elapsed_time(end))
-            else:
-                t0 = time.perf_counter()
-                step(i)
-                times.append((time.perf_counter() - t0) * 1e3)
-    return Timing(times)
-
-
-# --- routing masks ----------------------------------------------------------------------------
-RoutingMasks = tuple[torch.Tensor, torch.Tensor]  # (stage-2 mask, stage-3 mask), (B, h, w) bool each
-
-
-def paper_stage_shares(rho: float) -> tuple[float, float]:
-    """(decided at stage 1, decided at stage 2) as fractions, from the paper's Table 1.
-
-    Between the published thresholds the shares are interpolated linearly in rho; rho >= 1 means
-    nothing leaves early.
-    """
-    if rho >= 1.0:
-        return 0.0, 0.0
-    table = load_paper_table(1).sort_values("rho")
-    rhos = table["rho"].to_numpy(float)
-    if not rhos[0] <= rho <= rhos[-1]:
-        raise ValueError(f"rho {rho} lies outside the paper's Table 1 range [{rhos[0]}, {rhos[-1]}]; "
-                         "its stage shares are unknown (give --checkpoint for a trained model's masks)")
-    stage1 = float(np.interp(rho, rhos, table["stage1_pct"].to_numpy(float))) / 100
-    stage2 = float(np.interp(rho, rhos, table["stage2_pct"].to_numpy(float))) / 100
-    return stage1, stage2
-
-
-def paper_share_masks(rho: float, batch: int, height: int, width: int, generator: torch.Generator,
-                      device: torch.device | str = "cpu") -> RoutingMasks:
-    """Stage-2 and stage-3 masks holding the paper's shares at rho, as spatially coherent blobs.
-
-    One smooth random field per image; the round(share * h * w) highest pixels go on, so every
-    image holds exactly the requested counts and the stage-3 pixels are a subset of stage 2's.
-    """
-    stage1, stage2 = paper_stage_shares(rho)
-    pixels = height * width
-    passed2 = int(round((1.0 - stage1) * pixels))
-    passed3 = int(round((1.0 - stage1 - stage2) * pixels))
-    coarse = torch.rand(batch, 1, BLOB_GRID, BLOB_GRID, generator=generator)
-    field = F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)
-    field = field + 1e-3 * torch.rand(field.shape, generator=generator)  # break ties
-    ranks = field.flatten(1).argsort(dim=1, descending=True).argsort(dim=1)
-    mask2 = (ranks < passed2).view(batch, height, width)
-    mask3 = (ranks < passed3).view(batch, height, width)
-    return mask2.to(device), mask3.to(device)
-
-
-def mask_shares(masks: Sequence[RoutingMasks]) -> tuple[float, float]:
-    """(stage1_pct, stage2_pct) of a list of mask sets: percent decided at stages 1 and 2."""
-    passed2 = float(np.mean([float(m2.float().mean()) for m2, _ in masks]))
-    passed3 = float(np.mean([float(m3.float().mean()) for _, m3 in masks]))
-    return 100.0 * (1.0 - passed2), 100.0 * (passed2 - passed3)
-
-
-class TrainedMasks:
-    """Routing masks of a trained LC checkpoint on real images (prepared VOC val)."""
-
-    def __init__(self, checkpoint: str | Path, cfg: dict, count: int, device: torch.device):
-        from lc.data import build_dataset
-        from lc.training.checkpoint import load_model
-
-        self.checkpoint = Path(checkpoint)
-        self.model = load_model(self.checkpoint, map_location=device).eval()
-        if getattr(self.model, "variant", None) != "lc":
-            raise ValueError(f"{self.checkpoint} holds a {getattr(self.model, 'variant', '?')!r} model; "
-                             "routing masks need an LC checkpoint "
-                             "(results/<preset>/runs/voc/lc/checkpoint.pt)")
-        try:
-            dataset = build_dataset(cfg, "voc", "val")
-        except FileNotFoundError as exc:
-            raise FileNotFoundError(f"masks from {self.checkpoint} need the prepared VOC val set: {exc} "
-                                    f"(run `lc prepare voc --preset {cfg['preset']}`)") from exc
-        if len(dataset) == 0:
-            raise ValueError("the prepared VOC val list is empty; re-run `lc prepare voc`")
-        self.images = [dataset[i]["image"] for i in range(min(count, len(dataset)))]
-        self.device = device
-        self.name = f"trained:{self.checkpoint}"
-
-    def masks(self, rho: float, batch: int, image_hw: tuple[int, int], grid_hw: tuple[int, int],
-              index: int, flip: bool = False) -> RoutingMasks:
-        """The model's masks at rho for `batch` val images (starting at image `index`) resized to
-        `image_hw`, on a (B, *grid_hw) grid (nearest resampling if the model's grid differs)."""
-        picks = [self.images[(index * batch + b) % len(self.images)] for b in range(batch)]
-        images = torch.stack([F.interpolate(im[None], size=image_hw, mode="bilinear", align_corners=False)[0]
-                              for im in picks]).to(self.device)
-        if flip:
-            images = images.flip(-1)
-        with torch.inference_mode():
-            out = self.model(images, rho=rho)
-        masks = []
-        for mask in out.stage_masks[1:3]:
-            if tuple(mask.shape[-2:]) != tuple(grid_hw):
-                mask = F.interpolate(mask[:, None].float(), size=grid_hw, mode="nearest")[:, 0] > 0.5
-            masks.append(mask)
-        return masks[0], masks[1] & masks[0]
-
-
-def routing_mask_sets(source: TrainedMasks | None, rho: float, batch: int, image_hw: tuple[int, int],
-                      grid_hw: tuple[int, int], count: int, seed: int, device: torch.device,
-                      flip: bool = False) -> list[RoutingMasks]:
-    """`count` mask sets at rho: from the trained model when given, else the paper's shares."""
-    if source is not None:
-        return [source.masks(rho, batch, image_hw, grid_hw, i, flip) for i in range(count)]
-    generator = torch.Generator().manual_seed(seed)
-    return [paper_share_masks(rho, batch, *grid_hw, generator, device) for _ in range(count)]
+            return _measure_cuda(step, device, runs)
+        return _measure_cpu(step, runs)
 
 
 # --- output -----------------------------------------------------------------------------------

@@ -44,10 +44,12 @@ def _cmd_bench_op(args: argparse.Namespace) -> None:
 
 def _cmd_bench(args: argparse.Namespace) -> None:
     from lc.bench.run import run_benchmark, speedup_lines
+    from lc.report.paper import load_paper_table
 
     full_cfg = load_config(args.config, preset=FULL_SIZE_PRESET)
     table = run_benchmark(args.kind, config_from_args(args), full_cfg, args.out, checkpoint=args.checkpoint,
-                          device=args.device, warmup=args.warmup, runs=args.runs)
+                          device=args.device, warmup=args.warmup, runs=args.runs, threads=args.threads,
+                          paper_table1=load_paper_table(1))
     _print_table(table)
     if args.kind == "models":
         print("\n".join(speedup_lines(table)))
@@ -57,6 +59,8 @@ def _cmd_bench(args: argparse.Namespace) -> None:
 def _add_repeats(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=nonneg_int, default=None, help="warm-up runs (default: bench.warmup)")
     p.add_argument("--runs", type=positive_int, default=None, help="timed runs (default: bench.runs)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch CPU threads of the timings (default: bench.threads)")
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -75,8 +79,6 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     add_device_argument(q, choices=("all", "cpu", "cuda"), default="all",
                         help_text="all: the CPU, plus CUDA when usable")
     _add_repeats(q)
-    q.add_argument("--threads", type=positive_int, default=2,
-                   help="CPU threads (default 2, as in the CPU target)")
     q.set_defaults(func=_cmd_bench_op)
     for kind, text in BENCH_HELP.items():
         q = kinds.add_parser(kind, parents=[common], help=text)

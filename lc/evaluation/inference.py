@@ -95,12 +95,14 @@ def _check_fusion(fusion: str) -> str:
 @torch.inference_mode()
 def predict(model: nn.Module, images: torch.Tensor, rho: float | None = None,
             views: Sequence[View] = SINGLE_VIEW, timer: StageTimer | None = None, fusion: str = "mean",
-            on_view: Callable[[View], None] | None = None) -> Prediction:
+            on_view: Callable[[View], None] | None = None,
+            router: Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> Prediction:
     """Run the cascade on every view of `images` (B, 3, H, W) and fuse the upsampled probabilities.
 
     rho overrides the model's threshold (None: the model's own). `timer`, if given and active,
     accumulates the per-stage time of every view's forward. `on_view(view)` is called right before
-    each view's forward (the Table 6 benchmark selects that view's routing masks there).
+    each view's forward (the Table 6 benchmark selects that view's routing masks there); `router` is
+    handed to the cascade's forward (`LayerCascade.forward(router=)`: prescribed routing masks).
     """
     if not views:
         raise ValueError("predict needs at least one view")
@@ -118,7 +120,7 @@ def predict(model: nn.Module, images: torch.Tensor, rho: float | None = None,
             on_view(view)
         if timer is not None:
             timer.begin()
-        output = model(x, rho=rho)
+        output = model(x, rho=rho) if router is None else model(x, rho=rho, router=router)
         if timer is not None:
             timer.collect()
         probs = upsample_probs(output.probs.float(), (height, width), tuple(x.shape[-2:]), stride)
@@ -190,11 +192,13 @@ def protocol_from_config(evaluate_cfg: Mapping, multi_scale: bool = False, crf: 
 
 def run_protocol(model: nn.Module, images: torch.Tensor, protocol: Protocol, rho: float | None = None,
                  timer: StageTimer | None = None,
-                 on_view: Callable[[View], None] | None = None) -> tuple[torch.Tensor, Prediction]:
+                 on_view: Callable[[View], None] | None = None,
+                 router: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+                 ) -> tuple[torch.Tensor, Prediction]:
     """(labels (B, H, W) int64, fused prediction) of `images` under `protocol`: the views, their fusion,
     then the argmax or the dense CRF."""
     prediction = predict(model, images, rho=rho, views=protocol.views, timer=timer, fusion=protocol.fusion,
-                         on_view=on_view)
+                         on_view=on_view, router=router)
     if protocol.crf is None:
         return prediction.labels, prediction
     return crf_labels(images, prediction.probs, protocol.crf), prediction

@@ -13,7 +13,7 @@ undecided pixels go on to stage k+1, which runs on them alone (region convolutio
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -22,13 +22,22 @@ import torch.nn.functional as F
 
 from lc.models.irnet import STAGE_LAYERS, ConvBN, IRNet, _pair, freeze_batchnorm
 from lc.models.region_irnet import run_stage_compressed, run_stage_masked_dense
+from lc.models.variants import VARIANTS as VARIANT_TABLE
 from lc.ops.active_set import ActiveSet
 from lc.ops.region_conv import compressed_conv, linear_rows
 
-VARIANTS = ("irnet", "dsn", "dsn_dropout", "lc")
+VARIANTS = tuple(name for name, v in VARIANT_TABLE.items() if v.model_kind == "cascade")
 EXECUTIONS = ("auto", "compressed", "masked_dense", "dense")
 
-__all__ = ["CascadeOutput", "LayerCascade", "StageHead", "VARIANTS", "init_from_irnet", "undecided_mask"]
+__all__ = ["CascadeOutput", "LayerCascade", "Router", "StageEndHook", "StageHead", "VARIANTS",
+           "check_routed_mask", "init_from_irnet", "undecided_mask"]
+
+# Routing hook of `LayerCascade.forward`: router(stage, proposed) -> the (B, h, w) bool mask stage
+# `stage` (2 or 3) runs on, given the mask `proposed` that the model's own rule chose (computed
+# before the call, so a benchmark that prescribes masks still pays for the routing decision).
+Router = Callable[[int, torch.Tensor], torch.Tensor]
+# Called with the stage number (1, 2, 3) right after that stage's head has run (timers).
+StageEndHook = Callable[[int], None]
 
 
 @dataclass
@@ -48,6 +57,15 @@ def undecided_mask(logits: torch.Tensor, rho: float) -> torch.Tensor:
         return torch.ones(logits.shape[0], *logits.shape[2:], dtype=torch.bool, device=logits.device)
     with torch.no_grad():
         return logits.detach().softmax(dim=1).amax(dim=1) <= rho
+
+
+def check_routed_mask(stage: int, mask: torch.Tensor, proposed: torch.Tensor) -> torch.Tensor:
+    """`mask` if it is a bool mask of `proposed`'s shape and device, else a ValueError (router bugs)."""
+    if mask.dtype != torch.bool or mask.shape != proposed.shape or mask.device != proposed.device:
+        raise ValueError(f"the router returned a {mask.dtype} mask of shape {tuple(mask.shape)} on "
+                         f"{mask.device} for stage {stage}; it must be bool {tuple(proposed.shape)} on "
+                         f"{proposed.device}")
+    return mask
 
 
 def random_subset(candidates: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -111,8 +129,8 @@ class LayerCascade(nn.Module):
                               block_counts=tuple(model_cfg["block_counts"]),
                               output_stride=int(model_cfg.get("output_stride", 8)),
                               stem_padding=model_cfg.get("stem_padding", "same"))
-        for k in range(depth, 3):  # a truncated backbone (Model Cascade members) has no later stages
-            for name in STAGE_LAYERS[k]:
+        for stage in range(depth + 1, 4):  # a truncated backbone (Model Cascade member) lacks these
+            for name in STAGE_LAYERS[stage]:
                 delattr(self.backbone, name)
         head_stages = [depth] if variant == "irnet" else list(range(1, depth + 1))
         for stage in head_stages:
@@ -131,7 +149,7 @@ class LayerCascade(nn.Module):
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """The (h, w) of the stage maps for an image of height x width (from the stem geometry)."""
         size = [height, width]
-        for _, module in self.backbone.stage_modules(0):
+        for _, module in self.backbone.stage_modules(1):
             layer = module.conv if isinstance(module, ConvBN) else module
             if not isinstance(layer, (nn.Conv2d, nn.MaxPool2d)):
                 continue  # mixed_5b and the Block35 repeats keep the size
@@ -148,7 +166,8 @@ class LayerCascade(nn.Module):
     @property
     def routes(self) -> bool:
         """Whether this forward selects pixels (lc always, dsn_dropout while training)."""
-        return self.variant == "lc" or (self.variant == "dsn_dropout" and self.training)
+        spec = VARIANT_TABLE[self.variant]
+        return spec.routed and (self.training or spec.routed_at_eval)
 
     # --- routing ------------------------------------------------------------------------------
     def _next_mask(self, logits: torch.Tensor | None, mask: torch.Tensor, rho: float) -> torch.Tensor:
@@ -160,22 +179,23 @@ class LayerCascade(nn.Module):
         return random_subset(mask, undecided.flatten(1).sum(dim=1))  # dsn_dropout: same count
 
     # --- stages -------------------------------------------------------------------------------
-    def _run_stage(self, k: int, prev: _StageFeatures, mask: torch.Tensor, execution: str) -> _StageFeatures:
-        """Stage k (1 or 2, IRNet numbering) on the pixels of `mask`."""
+    def _run_stage(self, stage: int, prev: _StageFeatures, mask: torch.Tensor,
+                   execution: str) -> _StageFeatures:
+        """Stage 2 or 3 on the pixels of `mask`."""
         full = bool(mask.all())
         if execution == "dense" or (execution == "auto" and full):
             if not full:
                 raise ValueError("execution='dense' needs every pixel active; use 'compressed' or "
                                  "'masked_dense' for a routed forward")
             x = prev.dense if prev.dense is not None else prev.active.scatter(prev.feat)
-            return _StageFeatures(dense=self.backbone.forward_stage(k, x))
+            return _StageFeatures(dense=self.backbone.forward_stage(stage, x))
         if execution == "masked_dense":
-            return _StageFeatures(dense=run_stage_masked_dense(self.backbone, k, prev.dense, mask))
+            return _StageFeatures(dense=run_stage_masked_dense(self.backbone, stage, prev.dense, mask))
         active = ActiveSet(mask)
         if prev.dense is not None:
-            feat = run_stage_compressed(self.backbone, k, prev.dense, active)
+            feat = run_stage_compressed(self.backbone, stage, prev.dense, active)
         else:
-            feat = run_stage_compressed(self.backbone, k, prev.feat, active, source=prev.active)
+            feat = run_stage_compressed(self.backbone, stage, prev.feat, active, source=prev.active)
         return _StageFeatures(feat=feat, active=active)
 
     def _run_head(self, stage: int, feats: _StageFeatures, mask: torch.Tensor,
@@ -189,38 +209,38 @@ class LayerCascade(nn.Module):
             return head.forward_masked(feats.dense, mask)
         return head(feats.dense)
 
-    def _resolve_execution(self, execution: str) -> str:
-        if execution not in EXECUTIONS:
-            raise ValueError(f"execution must be one of {EXECUTIONS}, got {execution!r}")
-        if execution == "auto" and self.routes:
-            return "compressed_auto"  # compressed where a stage has inactive pixels, dense where full
-        return execution
-
-    def forward(self, images: torch.Tensor, rho: float | None = None,
-                execution: str = "auto") -> CascadeOutput:
+    def forward(self, images: torch.Tensor, rho: float | None = None, execution: str = "auto",
+                router: Router | None = None, on_stage_end: StageEndHook | None = None) -> CascadeOutput:
         """Run the cascade; rho (default self.rho) routes lc, and dsn_dropout in training only.
 
         execution: "compressed" (region path), "masked_dense" (the dense reference), "dense"
-        (plain, every pixel must be active), "auto" (dense for irnet, dsn and dsn_dropout at
-        evaluation; compressed for lc and dsn_dropout in training, dense for stages every pixel
-        reaches).
+        (plain, every pixel must be active), "auto" (per stage: dense when every pixel reaches
+        it, compressed otherwise; so dense throughout for irnet, dsn and dsn_dropout at evaluation).
+        router: the routing hook (see `Router`): called once before stages 2 and 3 with the mask
+        the model's rule chose; the stage runs on the mask it returns (benchmarks prescribe masks).
+        on_stage_end: called with 1, 2, 3 after each stage's head (per-stage timers).
         """
         rho = self.rho if rho is None else float(rho)
-        execution = self._resolve_execution(execution)
-        stage_exec = "auto" if execution == "compressed_auto" else execution
+        if execution not in EXECUTIONS:
+            raise ValueError(f"execution must be one of {EXECUTIONS}, got {execution!r}")
 
-        f1 = self.backbone.forward_stage(0, images)
+        f1 = self.backbone.forward_stage(1, images)
         batch, _, height, width = f1.shape
         mask = torch.ones(batch, height, width, dtype=torch.bool, device=f1.device)
         feats = _StageFeatures(dense=f1)
         logits: list[torch.Tensor | None] = [None, None, None]
         masks = [mask]
-        logits[0] = self._run_head(1, feats, mask, stage_exec)
-        for k in range(1, self.depth):
-            mask = self._next_mask(logits[k - 1], mask, rho)
+        logits[0] = self._run_head(1, feats, mask, execution)
+        if on_stage_end is not None:
+            on_stage_end(1)
+        for stage in range(2, self.depth + 1):
+            proposed = self._next_mask(logits[stage - 2], mask, rho)
+            mask = proposed if router is None else check_routed_mask(stage, router(stage, proposed), proposed)
             masks.append(mask)
-            feats = self._run_stage(k, feats, mask, stage_exec)
-            logits[k] = self._run_head(k + 1, feats, mask, stage_exec)
+            feats = self._run_stage(stage, feats, mask, execution)
+            logits[stage - 1] = self._run_head(stage, feats, mask, execution)
+            if on_stage_end is not None:
+                on_stage_end(stage)
         while len(masks) < 3:  # stages a truncated network does not have
             masks.append(torch.zeros_like(mask))
         return _combine(logits, masks, self.num_classes)

@@ -16,8 +16,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lc.models.irnet import IRNet
 
-__all__ = ["FULL_SIZE_BLOCK_COUNTS", "count_flops", "count_parameters", "model_info_rows", "network_costs",
-           "predicted_cost", "stage_costs"]
+__all__ = ["FULL_SIZE_BLOCK_COUNTS", "count_flops", "count_parameters", "lc_cost_vs_irnet", "model_info_rows",
+           "network_costs", "predicted_cost", "stage_costs"]
 
 # The two readings of IRNet's depth: the Inception-v4 paper's schema (5/10/5) and timm / the
 # TensorFlow release (10/20/10); the parameter count the LC paper reports tells which it used.
@@ -92,14 +92,13 @@ def stage_costs(
     model.eval()  # costs of inference; also keeps BatchNorm statistics untouched
     rows = []
     try:
-        for k in range(len(heads)):
-            backbone_flops, x = count_flops(backbone.forward_stage, k, x)
-            head = heads[k]
+        for stage, head in enumerate(heads, start=1):
+            backbone_flops, x = count_flops(backbone.forward_stage, stage, x)
             head_flops = count_flops(head, x)[0] if head is not None else 0
-            backbone_params = sum(count_parameters(m) for _, m in backbone.stage_modules(k))
+            backbone_params = sum(count_parameters(m) for _, m in backbone.stage_modules(stage))
             head_params = count_parameters(head)
             rows.append({
-                "stage": k + 1,
+                "stage": stage,
                 "backbone_params": backbone_params,
                 "head_params": head_params,
                 "params": backbone_params + head_params,
@@ -143,6 +142,25 @@ def predicted_cost(stage_flops: Sequence[float], active_fractions: Sequence[floa
         "speedup": dense / cascade if cascade > 0 else float("inf"),
         "saving": 1.0 - cascade / dense if dense > 0 else 0.0,
     }
+
+
+def lc_cost_vs_irnet(model_cfg: dict, num_classes: int, image_size: int | tuple[int, int],
+                     active_fractions: Sequence[float]) -> dict:
+    """FLOPs of IRNet-LC whose stages see `active_fractions` of the pixels, against dense IRNet.
+
+    Dense IRNet is Table 3's baseline: the same backbone with one head, after stage 3 (the `irnet`
+    variant), not the cascade run densely with all three heads. Built on the meta device. Returns
+    `flops` (LC at the fractions), `irnet_flops` and `speedup` (irnet_flops / flops).
+    """
+    from lc.models.cascade import LayerCascade
+
+    with torch.device("meta"):
+        lc_rows = stage_costs(LayerCascade(num_classes, "lc", model_cfg), image_size)
+        irnet_rows = stage_costs(LayerCascade(num_classes, "irnet", model_cfg), image_size)
+    flops = predicted_cost([r["flops"] for r in lc_rows], active_fractions)["flops"]
+    irnet_flops = float(sum(r["flops"] for r in irnet_rows))
+    return {"flops": flops, "irnet_flops": irnet_flops,
+            "speedup": irnet_flops / flops if flops > 0 else float("inf")}
 
 
 def network_costs(model: nn.Module, image_size: int | tuple[int, int]) -> list[dict]:

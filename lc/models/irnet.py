@@ -18,13 +18,14 @@ import torch.nn as nn
 
 BN_EPS = 1e-3
 
-# Stage k of IRNet-LC is this run of top-level modules (see PAPER.md, "Backbone").
-STAGE_LAYERS: tuple[tuple[str, ...], ...] = (
-    ("conv2d_1a", "conv2d_2a", "conv2d_2b", "maxpool_3a", "conv2d_3b", "conv2d_4a", "maxpool_5a",
-     "mixed_5b", "repeat"),
-    ("mixed_6a", "repeat_1"),
-    ("mixed_7a", "repeat_2", "block8", "conv2d_7b"),
-)
+# Stage 1, 2, 3 of IRNet-LC (the paper's numbers) is this run of top-level modules (see PAPER.md,
+# "Backbone").
+STAGE_LAYERS: dict[int, tuple[str, ...]] = {
+    1: ("conv2d_1a", "conv2d_2a", "conv2d_2b", "maxpool_3a", "conv2d_3b", "conv2d_4a", "maxpool_5a",
+        "mixed_5b", "repeat"),
+    2: ("mixed_6a", "repeat_1"),
+    3: ("mixed_7a", "repeat_2", "block8", "conv2d_7b"),
+}
 
 
 def _pair(v: int | Sequence[int]) -> tuple[int, int]:
@@ -236,22 +237,22 @@ class IRNet(nn.Module):
                                         for _ in range(self.block_counts[2] - 1)])
         self.block8 = Block8(lay, ch3, scale=1.0, no_relu=True, dilation=dil_after7)  # as timm
         self.conv2d_7b = ConvBN(ch3, c(1536), 1)
-        self.stage_channels: tuple[int, int, int] = (ch1, ch2, c(1536))
+        self.stage_channels: tuple[int, int, int] = (ch1, ch2, c(1536))  # of stages 1, 2, 3
 
-    def forward_stage(self, k: int, x: torch.Tensor) -> torch.Tensor:
-        """Run stage k (0, 1 or 2) densely."""
-        for name in STAGE_LAYERS[k]:
+    def forward_stage(self, stage: int, x: torch.Tensor) -> torch.Tensor:
+        """Run stage 1, 2 or 3 (the paper's numbers) densely."""
+        for name in STAGE_LAYERS[stage]:
             x = getattr(self, name)(x)
         return x
 
-    def stage_modules(self, k: int) -> list[tuple[str, nn.Module]]:
-        """(name, module) of stage k in forward order."""
-        return [(name, getattr(self, name)) for name in STAGE_LAYERS[k]]
+    def stage_modules(self, stage: int) -> list[tuple[str, nn.Module]]:
+        """(name, module) of stage 1, 2 or 3 in forward order."""
+        return [(name, getattr(self, name)) for name in STAGE_LAYERS[stage]]
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = []
-        for k in range(3):
-            x = self.forward_stage(k, x)
+        for stage in STAGE_LAYERS:
+            x = self.forward_stage(stage, x)
             feats.append(x)
         return feats
 

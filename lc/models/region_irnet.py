@@ -8,7 +8,7 @@ neighbours included; every later layer reads zero at inactive pixels; outputs ar
 `run_stage_compressed` keeps the features as an (N_active, C) matrix through the whole stage: 1x1
 convs (merged when they read the same input) are plain GEMMs, kxk convs gather through neighbour
 tables that the `ActiveSet` builds once per stage, BatchNorm is folded into the conv weights.
-Stages are numbered as in `IRNet.forward_stage`: k = 1 is the paper's stage 2, k = 2 its stage 3.
+Stages carry the paper's numbers: region execution covers stages 2 and 3 (stage 1 sees every pixel).
 """
 
 from __future__ import annotations
@@ -20,23 +20,29 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lc.models.irnet import STAGE_LAYERS, Block8, Block17, ConvBN, IRNet, Mixed_6a, Mixed_7a
+from lc.models.irnet import Block8, Block17, ConvBN, IRNet, Mixed_6a, Mixed_7a
 from lc.ops.active_set import ActiveSet
 from lc.ops.region_conv import compressed_conv, dense_input_conv, linear_rows, region_max_pool
 
-__all__ = ["check_region_ready", "run_stage_compressed", "run_stage_masked_dense"]
+__all__ = ["REGION_STAGES", "check_region_ready", "run_stage_compressed", "run_stage_masked_dense"]
+
+REGION_STAGES = (2, 3)  # the stages that can run on a region; stage 1 always sees every pixel
 
 # Folded conv+BN weights, reused while no parameter changes (inference only: under autograd the
 # fold must be part of the graph). Keyed weakly so a deleted model frees its entries.
 _fold_cache: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
 
 
-def check_region_ready(irnet: IRNet, k: int) -> None:
-    """Raise unless stage k can run on a region: k in (1, 2), eval-mode BN, stride-1 layers."""
-    if k not in (1, 2):
-        raise ValueError(f"region execution covers IRNet stages k=1 and k=2 (the paper's stages 2 "
-                         f"and 3), got k={k}; stage 1 always sees every pixel")
-    for name, module in irnet.stage_modules(k):
+def _check_stage(stage: int) -> None:
+    if stage not in REGION_STAGES:
+        raise ValueError(f"region execution covers stages 2 and 3, got stage {stage}; "
+                         "stage 1 always sees every pixel")
+
+
+def check_region_ready(irnet: IRNet, stage: int) -> None:
+    """Raise unless `stage` (2 or 3) can run on a region: eval-mode BN, stride-1 layers."""
+    _check_stage(stage)
+    for name, module in irnet.stage_modules(stage):
         for sub_name, sub in module.named_modules():
             if isinstance(sub, nn.modules.batchnorm._BatchNorm) and sub.training:
                 raise RuntimeError(f"region execution needs eval-mode (frozen) BatchNorm, but "
@@ -177,21 +183,21 @@ def _module_compressed(name: str, module: nn.Module, state: torch.Tensor | _Stag
     raise TypeError(f"no compressed execution for {name} ({type(module).__name__})")
 
 
-def run_stage_compressed(irnet: IRNet, k: int, x: torch.Tensor, active: ActiveSet,
+def run_stage_compressed(irnet: IRNet, stage: int, x: torch.Tensor, active: ActiveSet,
                          source: ActiveSet | None = None) -> torch.Tensor:
-    """Stage k of `irnet` at the pixels of `active` -> (N_active, C_out).
+    """Stage 2 or 3 of `irnet` at the pixels of `active` -> (N_active, C_out).
 
     x: the dense stage input (B, C, H, W), or with `source` the (M, C) compressed output of the
     previous stage on the pixels of `source` (a superset of `active`; zero elsewhere).
     """
-    check_region_ready(irnet, k)
+    check_region_ready(irnet, stage)
     if source is None:
         active._check_dense(x)
     elif x.dim() != 2 or x.shape[0] != source.num_active:
         raise ValueError(f"with a source ActiveSet x must be its ({source.num_active}, C) matrix, "
                          f"got {tuple(x.shape)}")
     state: torch.Tensor | _StageInput = _StageInput(x, active, source)
-    for name, module in irnet.stage_modules(k):
+    for name, module in irnet.stage_modules(stage):
         state = _module_compressed(name, module, state, active)
     if isinstance(state, _StageInput):  # an empty stage
         return state.rows()
@@ -226,11 +232,10 @@ def _module_masked(module: nn.Module, x: torch.Tensor, m: torch.Tensor) -> torch
     raise TypeError(f"no masked execution for {type(module).__name__}")
 
 
-def run_stage_masked_dense(irnet: IRNet, k: int, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Stage k run densely with every conv and block output multiplied by `mask` (B, H, W)."""
-    if k not in (1, 2):
-        raise ValueError(f"masked execution covers IRNet stages k=1 and k=2, got k={k}")
+def run_stage_masked_dense(irnet: IRNet, stage: int, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Stage 2 or 3 run densely with every conv and block output multiplied by `mask` (B, H, W)."""
+    _check_stage(stage)
     m = mask.detach().reshape(mask.shape[0], 1, *mask.shape[-2:]).to(x.dtype)
-    for name in STAGE_LAYERS[k]:
-        x = _module_masked(getattr(irnet, name), x, m)
+    for _, module in irnet.stage_modules(stage):
+        x = _module_masked(module, x, m)
     return x

@@ -29,7 +29,6 @@ __all__ = [
     "compressed_conv",
     "dense_input_conv",
     "gather_conv",
-    "get_region_backend",
     "linear_rows",
     "region_conv2d",
     "region_max_pool",
@@ -49,10 +48,6 @@ def set_region_backend(name: str) -> None:
     if name not in _BACKENDS:
         raise ValueError(f"region backend must be one of {_BACKENDS}, got {name!r}")
     _backend = name
-
-
-def get_region_backend() -> str:
-    return _backend
 
 
 _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)

@@ -10,7 +10,7 @@ import pandas as pd
 
 from lc.data import NUM_CLASSES
 from lc.data.io import atomic_path
-from lc.models.complexity import FULL_SIZE_BLOCK_COUNTS, model_info_rows, predicted_cost
+from lc.models.complexity import FULL_SIZE_BLOCK_COUNTS, lc_cost_vs_irnet, model_info_rows
 from lc.report.paper import load_paper_table
 
 __all__ = ["model_info_table", "predicted_savings", "run_model_info"]
@@ -30,15 +30,14 @@ def model_info_table(cfg: dict, full_cfg: dict) -> pd.DataFrame:
     return table
 
 
-def predicted_savings(table: pd.DataFrame, rhos: tuple[float, ...]) -> list[str]:
-    """For each full-size IRNet-LC: the FLOP-predicted speedup at the paper's Table 1 stage shares
-    of every rho in `rhos` the paper reports."""
+def predicted_savings(full_cfg: dict, rhos: tuple[float, ...]) -> list[str]:
+    """For each full-size IRNet-LC: the FLOP-predicted speedup at the paper's Table 1 stage shares of
+    every rho in `rhos` the paper reports, against dense IRNet with one head (Table 3's baseline)."""
     sweep = load_paper_table(1)
     lines = []
     for counts in FULL_SIZE_BLOCK_COUNTS:
         tag = "/".join(map(str, counts))
-        rows = table[(table["network"] == "IRNet-LC") & (table["block_counts"] == tag)]
-        flops = rows[rows["stage"] != "total"]["gflops"].tolist()
+        model_cfg = {**full_cfg["model"], "width_mult": 1.0, "block_counts": list(counts)}
         for rho in rhos:
             matches = sweep[(sweep["rho"] - rho).abs() < 1e-9]
             if matches.empty:
@@ -46,10 +45,11 @@ def predicted_savings(table: pd.DataFrame, rhos: tuple[float, ...]) -> list[str]
             share = matches.iloc[0]
             passed2 = 1 - share["stage1_pct"] / 100
             passed3 = passed2 - share["stage2_pct"] / 100
-            cost = predicted_cost(flops, [1.0, passed2, passed3])
+            cost = lc_cost_vs_irnet(model_cfg, NUM_CLASSES["voc"], full_cfg["bench"]["image_size"],
+                                    [1.0, passed2, passed3])
             lines.append(f"IRNet-LC {tag} at the paper's rho={rho} shares (stage 2 {passed2:.0%}, stage 3 "
-                         f"{passed3:.0%}): {cost['flops']:.1f} of {cost['dense_flops']:.1f} GFLOPs, "
-                         f"predicted speedup x{cost['speedup']:.2f}")
+                         f"{passed3:.0%}): {cost['flops'] / 1e9:.1f} GFLOPs against dense IRNet's "
+                         f"{cost['irnet_flops'] / 1e9:.1f}, predicted speedup x{cost['speedup']:.2f}")
     return lines
 
 
@@ -60,4 +60,4 @@ def run_model_info(cfg: dict, full_cfg: dict,
     if out is not None:
         with atomic_path(out) as tmp:
             table.to_csv(tmp, index=False)
-    return table, predicted_savings(table, (cfg["evaluate"]["rho"], cfg["evaluate"]["fast_rho"]))
+    return table, predicted_savings(full_cfg, (cfg["evaluate"]["rho"], cfg["evaluate"]["fast_rho"]))

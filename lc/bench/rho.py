@@ -1,0 +1,26 @@
+"""Fig. 7(a): LC's ms per image at every rho of evaluate.rho_sweep (masks as in `lc.bench.models`)."""
+
+from __future__ import annotations
+
+import pandas as pd
+from tqdm import tqdm
+
+from lc.bench.masks import mask_shares
+from lc.bench.models import BenchSetup, build_network, time_lc
+
+__all__ = ["RHO_COLUMNS", "run_rho_bench"]
+
+RHO_COLUMNS = ["rho", "ms_median", "ms_p25", "ms_p75", "fps", "stage1_pct", "stage2_pct", "mask_source",
+               "device"]
+
+
+def run_rho_bench(setup: BenchSetup) -> pd.DataFrame:
+    """Fig. 7(a): LC's ms per image at every rho of evaluate.rho_sweep."""
+    model = build_network("lc", setup.model_cfg, setup.device)
+    rows = []
+    for rho in tqdm([float(r) for r in setup.cfg["evaluate"]["rho_sweep"]], desc="bench rho", unit="rho"):
+        timing, mask_sets = time_lc(setup, model, rho)
+        stage1_pct, stage2_pct = mask_shares(mask_sets)
+        rows.append({"rho": rho, **timing, "stage1_pct": stage1_pct, "stage2_pct": stage2_pct,
+                     "mask_source": setup.mask_source, "device": setup.device_name})
+    return pd.DataFrame(rows)[RHO_COLUMNS]
