@@ -5,6 +5,7 @@
 <data.root>/raw/<archive key>/           their extracted contents (`lc prepare`)
 <data.root>/voc_aug/SegmentationClassAug/<id>.png, train_aug.txt, val.txt[, test.txt]
 <data.root>/cityscapes/gtFine/<split>/<city>/<name>_gtFine_labelTrainIds.png, train.txt, val.txt, test.txt
+<data.root>/weights/inception_resnet_v2.pth   ImageNet weights (`lc weights`, lc.data.weights)
 ```
 """
 
@@ -25,6 +26,11 @@ PREPARED_DIRS = {"voc": "voc_aug", "cityscapes": "cityscapes"}
 
 def data_root(cfg: dict) -> Path:
     return Path(cfg["data"]["root"])
+
+
+def weights_path(cfg: dict) -> Path:
+    """Where `lc weights` stores timm's ImageNet inception_resnet_v2 weights."""
+    return data_root(cfg) / "weights" / "inception_resnet_v2.pth"
 
 
 def archive_spec(cfg: dict, key: str) -> dict:
