@@ -23,8 +23,11 @@ def add_engine_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", required=True, choices=["voc", "cityscapes"])
     p.add_argument("--variant", required=True, choices=["irnet", "dsn", "dsn_dropout", "lc", "mc"])
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, train_log.csv, train_done.json")
-    p.add_argument("--init", default=None, help="pretrained irnet checkpoint the cascade variants start from")
-    p.add_argument("--no-resume", action="store_true", help="start afresh even if RUN/checkpoint.pt exists")
+    p.add_argument("--init", default=None,
+                   help="checkpoint the cascade variants start from (irnet; dsn for lc/dsn_dropout with "
+                        "train.cascade_init: dsn)")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start afresh: first remove RUN/resume.pt, RUN/checkpoint.pt and RUN/train_done.json")
     p.add_argument("--rho", type=float, default=None, help="rho while training (default: train.rho)")
     p.add_argument("--device", default=None, help="cpu | cuda | auto (default: the config's device)")
     p.add_argument("--stop-after", type=int, default=None,

@@ -7,6 +7,7 @@ lc/cli_engine.py); handlers import their modules lazily so that `lc --help` stay
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from lc.cli.engine import add_engine_commands
@@ -54,7 +55,17 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
         print(f"{split}: {path}")
 
 
+def _cmd_weights(args: argparse.Namespace) -> None:
+    from lc.data.weights import fetch_weights
+
+    print(fetch_weights(config_from_args(args)))
+
+
 def _add_data_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("weights", help="fetch timm's ImageNet inception_resnet_v2 weights (SHA-256 verified) "
+                                       "into <data.root>/weights/")
+    add_config_arguments(p)
+    p.set_defaults(func=_cmd_weights)
     p = sub.add_parser("synth", help="demo/test presets: write synthetic archives + MD5SUMS into data.mirror")
     add_config_arguments(p)
     p.set_defaults(func=_cmd_synth)
@@ -274,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not logging.getLogger().handlers:  # library modules log through `logging`
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         args.func(args)
     except ConfigError as exc:

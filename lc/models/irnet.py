@@ -302,8 +302,8 @@ def load_timm_weights(model: IRNet, state_dict: dict[str, torch.Tensor],
     """Load a timm `inception_resnet_v2` state dict (any width); fail loudly on any unmatched tensor.
 
     When our block counts are smaller than the checkpoint's (timm: 10/20/10), `blocks` chooses which
-    of its blocks we take (`timm_block_indices`); the others and the ImageNet classifier (`classif.*`)
-    are skipped and reported. BatchNorm running statistics load with the rest, so frozen BN uses the
+    of its blocks we take (`timm_block_indices`); the others, the ImageNet classifier (`classif.*`)
+    and the modules of stages a truncated trunk lacks are skipped and reported. BatchNorm running statistics load with the rest, so frozen BN uses the
     checkpoint's statistics. Returns {"loaded": [...], "skipped": [...]}.
     """
     ours = model.state_dict()
@@ -315,8 +315,10 @@ def load_timm_weights(model: IRNet, state_dict: dict[str, torch.Tensor],
                                                                    blocks)):
             source_of[(group, their_index)] = our_index
     mapped, skipped, problems = {}, [], []
+    our_modules = {key.split(".")[0] for key in ours}
     for key, tensor in state_dict.items():
-        if key.startswith(("classif.", "fc.", "last_linear.")):
+        # the classifier, and the later stages a truncated trunk (a Model Cascade member) lacks
+        if key.startswith(("classif.", "fc.", "last_linear.")) or key.split(".")[0] not in our_modules:
             skipped.append(key)
             continue
         parts = key.split(".")

@@ -53,7 +53,9 @@ def _load_imagenet(model: nn.Module, cfg: dict) -> None:
         log.warning("model.pretrained is null and train.allow_scratch is true: training from scratch")
         return
     blocks = cfg["model"].get("timm_blocks", "first")
-    load_timm_weights(model.backbone, load_weights_file(path), blocks=blocks)
+    weights = load_weights_file(path)
+    for network in getattr(model, "members", [model]):  # the Model Cascade: every member
+        load_timm_weights(network.backbone, weights, blocks=blocks)
 
 
 def _cascade_weights(init: Path) -> dict:

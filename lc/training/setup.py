@@ -111,8 +111,8 @@ def setup_run(cfg: dict, dataset: str, variant: Variant, out: Path, init: Path |
         if start < end:
             (out / "train_done.json").unlink(missing_ok=True)  # stale until this run completes
         train_log = TrainLog(out / "train_log.csv", start)
-    use_amp = bool(tcfg["amp"]) and ctx.device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    use_amp = amp_enabled(tcfg, ctx.device)
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=use_amp)
     if payload is not None and payload.get("scaler"):
         scaler.load_state_dict(payload["scaler"])  # one scaler for the whole run, mc members included
     progress = Progress(f"{dataset}/{variant.name}", total, start, enabled=ctx.is_main)
@@ -122,6 +122,11 @@ def setup_run(cfg: dict, dataset: str, variant: Variant, out: Path, init: Path |
               iteration=start, final_loss=None if train_log is None else train_log.last_loss,
               elapsed_before=float(payload.get("elapsed_s", 0.0)) if payload else 0.0)
     return run
+
+
+def amp_enabled(train_cfg: dict, device: torch.device) -> bool:
+    """Mixed precision (float16 autocast + GradScaler): train.amp, on CUDA only."""
+    return bool(train_cfg["amp"]) and device.type == "cuda"
 
 
 def _model_spec(cfg: dict, dataset: str, variant: Variant, rho: float) -> dict:
