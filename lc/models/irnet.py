@@ -303,8 +303,9 @@ def load_timm_weights(model: IRNet, state_dict: dict[str, torch.Tensor],
 
     When our block counts are smaller than the checkpoint's (timm: 10/20/10), `blocks` chooses which
     of its blocks we take (`timm_block_indices`); the others, the ImageNet classifier (`classif.*`)
-    and the modules of stages a truncated trunk lacks are skipped and reported. BatchNorm running statistics load with the rest, so frozen BN uses the
-    checkpoint's statistics. Returns {"loaded": [...], "skipped": [...]}.
+    and the modules of stages a truncated trunk lacks are skipped and reported. BatchNorm running
+    statistics load with the rest, so frozen BN uses the checkpoint's statistics.
+    Returns {"loaded": [...], "skipped": [...]}.
     """
     ours = model.state_dict()
     theirs_counts = _group_counts(state_dict)
