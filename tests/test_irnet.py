@@ -46,7 +46,7 @@ def test_mismatched_checkpoint_fails_loudly(timm_model):
     with pytest.raises(ValueError, match="missing tensor mixed_6a.branch0.conv.weight"):
         load_timm_weights(ours, sd)
     narrow = IRNet(width_mult=0.5)
-    with pytest.raises(ValueError, match="width_mult 1.0"):
+    with pytest.raises(ValueError, match="same model.width_mult as the checkpoint"):
         load_timm_weights(narrow, timm_model.state_dict())
 
 

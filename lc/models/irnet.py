@@ -317,9 +317,10 @@ def load_timm_weights(model: IRNet, state_dict: dict[str, torch.Tensor],
             source_of[(group, their_index)] = our_index
     mapped, skipped, problems = {}, [], []
     our_modules = {key.split(".")[0] for key in ours}
+    absent = {name for stage in STAGE_LAYERS for name in stage} - our_modules
     for key, tensor in state_dict.items():
         # the classifier, and the later stages a truncated trunk (a Model Cascade member) lacks
-        if key.startswith(("classif.", "fc.", "last_linear.")) or key.split(".")[0] not in our_modules:
+        if key.startswith(("classif.", "fc.", "last_linear.")) or key.split(".")[0] in absent:
             skipped.append(key)
             continue
         parts = key.split(".")
