@@ -426,3 +426,11 @@ def test_refactored_loop_reproduces_the_recorded_weights(cfg, tmp_path):
     if recorded["environment"] != environment():
         pytest.skip(f"digests recorded with {recorded['environment']}, this is {environment()}")
     assert reference_digests(cfg, tmp_path) == recorded["digests"]
+
+
+def test_init_variant_follows_cascade_init():
+    from lc.models.variants import init_variant
+
+    assert [init_variant(v, "dsn") for v in ("irnet", "dsn", "dsn_dropout", "lc", "mc")] == \
+        ["imagenet", "irnet", "dsn", "dsn", "irnet"]
+    assert [init_variant(v, "irnet") for v in ("dsn_dropout", "lc")] == ["irnet", "irnet"]

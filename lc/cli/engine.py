@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from lc.config import add_config_arguments, config_from_args
+from lc.models.variants import VARIANTS
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -21,7 +22,7 @@ def add_engine_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train one variant (torchrun for several processes); resumes by default")
     add_config_arguments(p)
     p.add_argument("--dataset", required=True, choices=["voc", "cityscapes"])
-    p.add_argument("--variant", required=True, choices=["irnet", "dsn", "dsn_dropout", "lc", "mc"])
+    p.add_argument("--variant", required=True, choices=list(VARIANTS))
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, train_log.csv, train_done.json")
     p.add_argument("--init", default=None,
                    help="checkpoint the cascade variants start from (irnet; dsn for lc/dsn_dropout with "
