@@ -102,7 +102,10 @@ def initialise(model: nn.Module, cfg: dict, variant: Variant, init: Path | None)
             raise CheckpointError(f"--init {init} has tensors a {variant.name} model lacks "
                                   f"({unexpected[:5]})")
         _load_into(model, weights, init, f"the {variant.name} model")
-    return int(payload.get("iterations_total", payload["iteration"]))
+    behind = int(payload.get("iterations_total", payload["iteration"]))
+    log.info("%s starts from %s (a %s model, %d iterations behind it)", variant.name, init,
+             payload["model_spec"].get("variant"), behind)
+    return behind
 
 
 def input_digests(cfg: dict, dataset: str, variant: Variant, init: Path | None) -> dict[str, str | None]:
