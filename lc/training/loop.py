@@ -93,7 +93,7 @@ def train(cfg: dict, dataset: str, variant: str, out_dir: str | Path, init: str 
     ctx = setup_distributed(device if device is not None else cfg.get("device", "auto"))
     try:
         run = setup_run(cfg, dataset, VARIANTS[variant], Path(out_dir), None if init is None else Path(init),
-                     resume, ctx, rho, stop_after)
+                        resume, ctx, rho, stop_after)
         for phase in _phases(run):
             _train_network(run, phase)
         result = _finish(run, wall_start)
