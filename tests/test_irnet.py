@@ -5,7 +5,8 @@ import timm
 import torch
 from helpers import randomise_bn
 
-from lc.models.irnet import IRNet, freeze_batchnorm, load_timm_weights
+from lc.models.irnet import IRNet, freeze_batchnorm
+from lc.models.timm_weights import load_timm_weights
 
 
 @pytest.fixture(scope="module")

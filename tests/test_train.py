@@ -377,7 +377,8 @@ def test_training_refuses_to_start_without_imagenet_weights(cfg, tmp_path):
 def test_frozen_bn_keeps_the_imagenet_statistics(cfg, tmp_path):
     from lc.data.paths import weights_path
     from lc.data.weights import load_weights_file
-    from lc.models.irnet import IRNet, load_timm_weights
+    from lc.models.irnet import IRNet
+    from lc.models.timm_weights import load_timm_weights
 
     frozen = copy.deepcopy(cfg)
     frozen["train"]["pretrain_bn"] = "frozen"

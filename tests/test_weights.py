@@ -11,7 +11,8 @@ import torch
 from lc.cli.main import main
 from lc.data.paths import weights_path
 from lc.data.weights import WEIGHTS_FILENAME, fetch_weights, load_weights_file, sha256_file
-from lc.models.irnet import IRNet, load_timm_weights, timm_block_indices, timm_layout_state_dict
+from lc.models.irnet import IRNet
+from lc.models.timm_weights import load_timm_weights, timm_block_indices, timm_layout_state_dict
 
 timm = pytest.importorskip("timm")
 

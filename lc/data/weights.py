@@ -182,7 +182,7 @@ def write_synthetic_weights(cfg: dict, mirror: Path) -> str:
     """Synthetic presets: a stand-in for timm's checkpoint at model.width_mult into `mirror`, with its
     SHA-256 beside it (`<file>.sha256`); returns the digest. Deterministic (seeded by cfg["seed"])."""
     # the model layer defines the layout; imported here so that lc.data stays importable on its own
-    from lc.models.irnet import timm_layout_state_dict
+    from lc.models.timm_weights import timm_layout_state_dict
 
     state = timm_layout_state_dict(float(cfg["model"]["width_mult"]), seed=int(cfg["seed"]))
     path = Path(mirror) / WEIGHTS_FILENAME

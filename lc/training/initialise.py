@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from lc.data.paths import prepared_list_files
 from lc.data.weights import load_weights_file, pretrained_file, sha256_file
-from lc.models.irnet import load_timm_weights
+from lc.models.timm_weights import load_timm_weights
 from lc.models.variants import Variant
 from lc.training.checkpoint import CheckpointError, load_checkpoint
 
