@@ -20,6 +20,7 @@ def prepared_test_cfg(tmp_path_factory) -> dict:
     from lc.data.download import fetch_archive
     from lc.data.synthetic import make_synthetic_mirror
     from lc.data.voc import prepare_voc
+    from lc.data.weights import fetch_weights
 
     root = tmp_path_factory.mktemp("lc_test_data")
     cfg = load_config(REPO / "config.yaml", preset="test",
@@ -30,4 +31,5 @@ def prepared_test_cfg(tmp_path_factory) -> dict:
         fetch_archive(cfg, key)
     prepare_voc(cfg)
     prepare_cityscapes(cfg)
+    fetch_weights(cfg)  # the synthetic ImageNet stand-in the irnet pretraining starts from
     return cfg

@@ -5,7 +5,8 @@ import timm
 import torch
 from helpers import randomise_bn
 
-from lc.models.irnet import IRNet, freeze_batchnorm, load_timm_weights
+from lc.models.irnet import IRNet, freeze_batchnorm
+from lc.models.timm_weights import load_timm_weights
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ def test_mismatched_checkpoint_fails_loudly(timm_model):
     with pytest.raises(ValueError, match="missing tensor mixed_6a.branch0.conv.weight"):
         load_timm_weights(ours, sd)
     narrow = IRNet(width_mult=0.5)
-    with pytest.raises(ValueError, match="width_mult 1.0"):
+    with pytest.raises(ValueError, match="same model.width_mult as the checkpoint"):
         load_timm_weights(narrow, timm_model.state_dict())
 
 

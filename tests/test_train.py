@@ -194,7 +194,7 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(cfg, irnet_run, tmp_p
     # a row logged after the last checkpoint (the process died in between) must not survive
     with open(tmp_path / "resumed" / "train_log.csv", "a") as handle:
         handle.write(f"{stop + 1},0.1,9.9,,,,,,,1.0\n")
-    resumed = train(run_cfg, "voc", variant, tmp_path / "resumed", init=None)  # new call, from disk
+    resumed = train(run_cfg, "voc", variant, tmp_path / "resumed", init=init)  # new call, from disk
     assert resumed.iterations == straight.iterations == total_iterations(cfg, variant)
     _assert_same_weights(straight.model.state_dict(), resumed.model.state_dict())
     _assert_same_weights(load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["model"],
@@ -237,9 +237,9 @@ def test_resume_refuses_other_settings_and_no_resume_restarts(cfg, tmp_path):
 
 
 def test_bad_initialisation_is_refused(cfg, irnet_run, tmp_path):
-    train(cfg, "voc", "dsn", tmp_path / "dsn", stop_after=2)
-    with pytest.raises(CheckpointError, match="start from the pretrained irnet checkpoint"):
-        train(cfg, "voc", "lc", tmp_path / "lc", init=tmp_path / "dsn" / "resume.pt")
+    train(cfg, "voc", "mc", tmp_path / "mc", stop_after=1)
+    with pytest.raises(CheckpointError, match="start from a three-stage cascade checkpoint"):
+        train(cfg, "voc", "lc", tmp_path / "lc", init=tmp_path / "mc" / "resume.pt")
     with pytest.raises(ValueError, match="not from --init"):
         train(cfg, "voc", "irnet", tmp_path / "irnet", init=irnet_run / "checkpoint.pt")
     missing = copy.deepcopy(cfg)
@@ -255,3 +255,183 @@ def test_cityscapes_trains_with_its_19_classes(cfg, tmp_path):
     assert result.iterations == 2
     assert load_checkpoint(tmp_path / "resume.pt")["model_spec"]["num_classes"] == 19
     assert result.model.head(1).classifier.out_channels == 19
+
+
+# --- what a run starts from, and when it resumes ---------------------------------------------
+def test_lc_starts_from_a_dsn_checkpoint_with_its_heads(cfg, irnet_run, tmp_path):
+    """train.cascade_init: dsn: every tensor of the DSN checkpoint, stage heads 1-3 included."""
+    train(cfg, "voc", "dsn", tmp_path / "dsn", init=irnet_run / "checkpoint.pt")
+    dsn = load_checkpoint(tmp_path / "dsn" / "checkpoint.pt")
+    result = train(cfg, "voc", "lc", tmp_path / "lc", init=tmp_path / "dsn" / "checkpoint.pt", stop_after=0)
+    ours = result.model.state_dict()
+    assert ours.keys() == dsn["model"].keys() and any(k.startswith("head1.") for k in ours)
+    assert all(torch.equal(ours[k], v) for k, v in dsn["model"].items())
+
+
+def test_iterations_total_follows_the_init_chain(cfg, irnet_run, tmp_path):
+    pretrain = total_iterations(cfg, "irnet")
+    done = json.loads((irnet_run / "train_done.json").read_text())
+    assert done["iterations"] == done["iterations_total"] == pretrain  # ImageNet adds none
+    train(cfg, "voc", "dsn", tmp_path / "dsn", init=irnet_run / "checkpoint.pt")
+    dsn = json.loads((tmp_path / "dsn" / "train_done.json").read_text())
+    assert dsn["iterations"] == total_iterations(cfg, "dsn")
+    assert dsn["iterations_total"] == pretrain + total_iterations(cfg, "dsn")
+    train(cfg, "voc", "lc", tmp_path / "lc", init=tmp_path / "dsn" / "checkpoint.pt")
+    lc_done = json.loads((tmp_path / "lc" / "train_done.json").read_text())
+    assert lc_done["iterations_total"] == dsn["iterations_total"] + total_iterations(cfg, "lc")
+
+
+def test_every_checkpoint_records_its_inputs_and_resume_is_announced(cfg, irnet_run, tmp_path, caplog):
+    from lc.data.paths import prepared_list_files, weights_path
+    from lc.data.weights import sha256_file
+
+    init = irnet_run / "checkpoint.pt"
+    train(cfg, "voc", "dsn", tmp_path, init=init, stop_after=2)
+    inputs = load_checkpoint(tmp_path / "resume.pt")["inputs"]
+    assert inputs == {"init": sha256_file(init),
+                      "train_list": sha256_file(prepared_list_files(cfg, "voc")["train"]), "imagenet": None}
+    caplog.set_level("INFO", logger="lc.training")
+    train(cfg, "voc", "dsn", tmp_path, init=init)
+    assert f"resuming from {tmp_path / 'resume.pt'} at iteration 2" in caplog.text
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["inputs"] == inputs
+    scratch = tmp_path / "imagenet"
+    train(cfg, "voc", "dsn", scratch, stop_after=2)
+    assert load_checkpoint(scratch / "resume.pt")["inputs"]["imagenet"] == sha256_file(weights_path(cfg))
+
+
+def test_changed_init_restarts_from_scratch_with_the_reason(cfg, irnet_run, tmp_path, caplog):
+    """The pretraining was redone: the old state must not be continued (nor a finished run kept)."""
+    init = irnet_run / "checkpoint.pt"
+    train(cfg, "voc", "dsn", tmp_path / "run", init=init)
+    assert (tmp_path / "run" / "train_done.json").exists()
+    other = tmp_path / "other_irnet.pt"
+    payload = load_checkpoint(init)
+    key = next(k for k in payload["model"] if k.endswith("conv.weight"))
+    payload["model"][key] = payload["model"][key] * 1.01
+    torch.save(payload, other)
+    caplog.set_level("INFO", logger="lc.training")
+    result = train(cfg, "voc", "dsn", tmp_path / "run", init=other, stop_after=2)
+    assert "not resuming from" in caplog.text and "the --init checkpoint changed" in caplog.text
+    assert result.iterations == 2 and not (tmp_path / "run" / "checkpoint.pt").exists()
+    assert not (tmp_path / "run" / "train_done.json").exists()
+    from lc.data.weights import sha256_file
+
+    assert load_checkpoint(tmp_path / "run" / "resume.pt")["inputs"]["init"] == sha256_file(other)
+
+
+def test_stale_inputs_names_the_changed_train_list(cfg, tmp_path):
+    from lc.data.paths import prepared_list_files
+    from lc.models.variants import VARIANTS
+    from lc.training.initialise import input_digests, stale_inputs
+
+    local = copy.deepcopy(cfg)
+    local["data"]["root"] = str(tmp_path)
+    local["model"]["pretrained"] = None
+    local["train"]["allow_scratch"] = True
+    lst = prepared_list_files(local, "voc")["train"]
+    lst.parent.mkdir(parents=True)
+    lst.write_text("a b\n")
+    before = input_digests(local, "voc", VARIANTS["irnet"], None)
+    lst.write_text("a b\nc d\n")
+    after = input_digests(local, "voc", VARIANTS["irnet"], None)
+    assert stale_inputs(before, before) == []
+    assert stale_inputs(before, after) == [f"the training list file changed ({before['train_list'][:12]} -> "
+                                           f"{after['train_list'][:12]})"]
+    assert "older version" in stale_inputs(None, after)[0]
+
+
+def test_no_resume_removes_the_old_state_first(cfg, tmp_path):
+    """A --no-resume run killed before its first checkpoint must not leave the old model as done."""
+    train(cfg, "voc", "dsn", tmp_path)
+    assert (tmp_path / "checkpoint.pt").exists() and (tmp_path / "train_done.json").exists()
+    train(cfg, "voc", "dsn", tmp_path / "partial", stop_after=2)
+    (tmp_path / "resume.pt").write_bytes((tmp_path / "partial" / "resume.pt").read_bytes())
+    train(cfg, "voc", "dsn", tmp_path, resume=False, stop_after=0)  # "killed" before any checkpoint
+    assert not any((tmp_path / name).exists() for name in ("resume.pt", "checkpoint.pt", "train_done.json"))
+
+
+def test_mc_grad_scaler_state_survives_resume(cfg, tmp_path, monkeypatch):
+    """Mixed precision forced on CPU: a run resumed at a member boundary keeps the scaler's state."""
+    monkeypatch.setattr("lc.training.setup.amp_enabled", lambda train_cfg, device: True)
+    per_member = cfg["train"]["iterations"]["mc"]
+    train(cfg, "voc", "mc", tmp_path / "straight")
+    train(cfg, "voc", "mc", tmp_path / "resumed", stop_after=per_member)
+    assert load_checkpoint(tmp_path / "resumed" / "resume.pt")["scaler"]["_growth_tracker"] == per_member
+    train(cfg, "voc", "mc", tmp_path / "resumed")
+    straight = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+    resumed = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
+    assert resumed["scaler"] == straight["scaler"] and straight["scaler"]["_growth_tracker"] > per_member
+    assert all(torch.equal(v, resumed["model"][k]) for k, v in straight["model"].items())
+
+
+# --- ImageNet weights, loss normalisation, progress ------------------------------------------
+def test_training_refuses_to_start_without_imagenet_weights(cfg, tmp_path):
+    scratch = copy.deepcopy(cfg)
+    scratch["model"]["pretrained"] = None
+    with pytest.raises(ValueError, match=r"model.pretrained is null.*train.allow_scratch: true"):
+        train(scratch, "voc", "irnet", tmp_path / "refused")
+    scratch["train"]["allow_scratch"] = True
+    assert train(scratch, "voc", "irnet", tmp_path / "scratch", stop_after=1).iterations == 1
+
+
+def test_frozen_bn_keeps_the_imagenet_statistics(cfg, tmp_path):
+    from lc.data.paths import weights_path
+    from lc.data.weights import load_weights_file
+    from lc.models.irnet import IRNet
+    from lc.models.timm_weights import load_timm_weights
+
+    frozen = copy.deepcopy(cfg)
+    frozen["train"]["pretrain_bn"] = "frozen"
+    result = train(frozen, "voc", "irnet", tmp_path, stop_after=2)
+    reference = IRNet(cfg["model"]["width_mult"], cfg["model"]["block_counts"])
+    load_timm_weights(reference, load_weights_file(weights_path(cfg)))
+    ours = result.model.backbone.state_dict()
+    stats = [k for k in ours if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(ours[k], reference.state_dict()[k]) for k in stats)
+    assert any(not torch.equal(ours[k], torch.zeros_like(ours[k])) for k in stats if k.endswith("mean"))
+
+
+@pytest.mark.parametrize("normalization", ["region", "image"])
+def test_loss_normalization(normalization):
+    torch.manual_seed(0)
+    logits = [torch.randn(2, 4, 3, 3) for _ in range(3)]
+    labels = torch.randint(0, 4, (2, 24, 24))
+    small = downsample_labels(labels, (3, 3))
+    region = torch.zeros(2, 3, 3, dtype=torch.bool)
+    region[:, :2] = True
+    full = torch.ones_like(region)
+    out = cascade_loss(logits, [full, region, region], labels, [1.0, 1.0, 1.0], normalization=normalization)
+    flat = logits[1].permute(0, 2, 3, 1)
+    summed = F.cross_entropy(flat[region], small[region], reduction="sum")
+    divisor = region.sum() if normalization == "region" else small.numel()
+    assert torch.allclose(out.stage_loss[1], summed / divisor)
+    assert torch.allclose(out.stage_loss[0], F.cross_entropy(logits[0], small))  # the full region: equal
+
+
+def test_progress_is_one_log_line_per_row_without_a_terminal(cfg, tmp_path, caplog):
+    caplog.set_level("INFO", logger="lc.training")
+    train(cfg, "voc", "dsn", tmp_path)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("train voc/dsn: iteration")]
+    every = cfg["train"]["log_every"]
+    total = total_iterations(cfg, "dsn")
+    assert [int(line.split()[3].split("/")[0]) for line in lines] == list(range(every, total + 1, every))
+    assert all("stages 1/2/3:" in line and " lr " in line and "it/s" in line for line in lines)
+
+
+def test_refactored_loop_reproduces_the_recorded_weights(cfg, tmp_path):
+    """The weights of every variant are bitwise those recorded before the loop's refactor
+    (tests/train_reference.py), on the machine and torch version they were recorded with."""
+    from train_reference import REFERENCE_FILE, environment, reference_digests
+
+    recorded = json.loads(REFERENCE_FILE.read_text())
+    if recorded["environment"] != environment():
+        pytest.skip(f"digests recorded with {recorded['environment']}, this is {environment()}")
+    assert reference_digests(cfg, tmp_path) == recorded["digests"]
+
+
+def test_init_variant_follows_cascade_init():
+    from lc.models.variants import init_variant
+
+    assert [init_variant(v, "dsn") for v in ("irnet", "dsn", "dsn_dropout", "lc", "mc")] == \
+        ["imagenet", "irnet", "dsn", "dsn", "irnet"]
+    assert [init_variant(v, "irnet") for v in ("dsn_dropout", "lc")] == ["irnet", "irnet"]

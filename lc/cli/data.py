@@ -40,10 +40,21 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
         print(f"{split}: {path}")
 
 
+def _cmd_weights(args: argparse.Namespace) -> None:
+    from lc.data.weights import fetch_weights
+
+    print(fetch_weights(config_from_args(args)))
+
+
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("config", parents=[common],
                        help="print the resolved (preset-merged, validated) config")
     p.set_defaults(func=_cmd_config)
+
+    p = sub.add_parser("weights", parents=[common],
+                       help="fetch timm's ImageNet inception_resnet_v2 weights (SHA-256 verified) into "
+                            "<data.root>/weights/")
+    p.set_defaults(func=_cmd_weights)
 
     p = sub.add_parser("synth", parents=[common],
                        help="demo/test presets: write synthetic archives + MD5SUMS into data.mirror")

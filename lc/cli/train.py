@@ -26,10 +26,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--out", required=True,
                    help="run folder: resume.pt (rolling state), checkpoint.pt, train_log.csv, "
                         "train_done.json")
-    p.add_argument("--init", default=None, help="pretrained irnet checkpoint the cascade variants start from")
+    p.add_argument("--init", default=None,
+                   help="checkpoint the cascade variants start from (irnet; dsn for lc/dsn_dropout with "
+                        "train.cascade_init: dsn)")
     p.add_argument("--no-resume", action="store_true",
                    help="start afresh instead of continuing from OUT/resume.pt (the rolling training state "
-                        "written every train.checkpoint_every iterations)")
+                        "written every train.checkpoint_every iterations): first removes OUT/resume.pt, "
+                        "OUT/checkpoint.pt and OUT/train_done.json")
     p.add_argument("--rho", type=rho_arg, default=None,
                    help="routing threshold in (0, 1] while training (default: train.rho)")
     add_device_argument(p)

@@ -5,7 +5,7 @@
 <data.root>/raw/<archive key>/           their extracted contents (`lc prepare`)
 <data.root>/voc_aug/SegmentationClassAug/<id>.png, train_aug.txt, trainval_aug.txt, val.txt[, test.txt]
 <data.root>/cityscapes/gtFine/<split>/<city>/<name>_gtFine_labelTrainIds.png, train.txt, val.txt, test.txt
-<data.root>/weights/inception_resnet_v2.pth   ImageNet weights (`lc weights`)
+<data.root>/weights/inception_resnet_v2.pth   ImageNet weights (`lc weights`, lc.data.weights)
 ```
 
 The list files are the "prepared" marker: `lc prepare` deletes them first and writes them last.
@@ -32,6 +32,11 @@ PREPARED_DIRS = {"voc": "voc_aug", "cityscapes": "cityscapes"}
 
 def data_root(cfg: dict) -> Path:
     return Path(cfg["data"]["root"])
+
+
+def weights_path(cfg: dict) -> Path:
+    """Where `lc weights` stores timm's ImageNet inception_resnet_v2 weights."""
+    return data_root(cfg) / "weights" / "inception_resnet_v2.pth"
 
 
 def archive_spec(cfg: dict, key: str) -> dict:
@@ -61,11 +66,6 @@ def voc_test_available(cfg: dict) -> bool:
     if spec is None:
         return False
     return bool(cfg["data"].get("synthetic")) or bool(spec.get("url") or spec.get("md5"))
-
-
-def weights_path(cfg: dict) -> Path:
-    """The ImageNet Inception-ResNet-v2 weights file (`lc weights` writes it)."""
-    return data_root(cfg) / "weights" / "inception_resnet_v2.pth"
 
 
 def prepared_list_files(cfg: dict, dataset: str) -> dict[str, Path]:

@@ -1,7 +1,8 @@
 """IRNet: Inception-ResNet-v2 with a configurable output stride, width and depth.
 
 Module names follow timm's `inception_resnet_v2` so that its state dict loads tensor for tensor
-(`load_timm_weights`). Differences from timm, all configurable and off at timm's settings:
+(`lc.models.timm_weights.load_timm_weights`). Differences from timm, all configurable and off at
+timm's settings:
 - `output_stride` 8 or 16: the reductions (mixed_6a, mixed_7a) run at stride 1 and every later
   conv is dilated (2 after one skipped reduction, 4 after two), as in DeepLab;
 - `stem_padding="same"` pads every layer timm leaves unpadded, so 512 -> 64 exactly at stride 8;
@@ -268,41 +269,3 @@ def freeze_batchnorm(module: nn.Module) -> None:
             m.eval()
             for p in m.parameters():
                 p.requires_grad_(False)
-
-
-def load_timm_weights(model: IRNet, state_dict: dict[str, torch.Tensor]) -> dict[str, list[str]]:
-    """Load a timm `inception_resnet_v2` state dict; fail loudly on any unmatched tensor.
-
-    Tolerated, and reported: the ImageNet classifier (`classif.*`) and, when our block counts are
-    smaller than timm's 10/20/10, the blocks beyond them (the first blocks of each group load).
-    Returns {"loaded": [...], "skipped": [...]}.
-    """
-    if model.width_mult != 1.0:
-        raise ValueError(f"timm weights need width_mult 1.0, the model has {model.width_mult}")
-    ours = model.state_dict()
-    group_sizes = {"repeat": model.block_counts[0], "repeat_1": model.block_counts[1],
-                   "repeat_2": model.block_counts[2] - 1}
-    mapped, skipped, problems = {}, [], []
-    for key, tensor in state_dict.items():
-        if key.startswith("classif.") or key.startswith("fc.") or key.startswith("last_linear."):
-            skipped.append(key)
-            continue
-        parts = key.split(".")
-        if parts[0] in group_sizes and parts[1].isdigit() and int(parts[1]) >= group_sizes[parts[0]]:
-            skipped.append(key)
-            continue
-        if key not in ours:
-            problems.append(f"unexpected tensor {key} {tuple(tensor.shape)}")
-        elif ours[key].shape != tensor.shape:
-            problems.append(f"shape mismatch {key}: ours {tuple(ours[key].shape)}, "
-                            f"checkpoint {tuple(tensor.shape)}")
-        else:
-            mapped[key] = tensor
-    missing = [k for k in ours if k not in mapped]
-    problems += [f"missing tensor {k}" for k in missing]
-    if problems:
-        head = "\n  ".join(problems[:20])
-        raise ValueError(f"timm checkpoint does not match IRNet ({len(problems)} problems):\n  {head}")
-    model.load_state_dict(mapped, strict=True)
-    return {"loaded": sorted(mapped), "skipped": skipped}
-

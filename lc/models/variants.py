@@ -62,3 +62,14 @@ def get_variant(name: str) -> Variant:
         return VARIANTS[name]
     except KeyError:
         raise ValueError(f"unknown variant {name!r}; choose one of {', '.join(VARIANTS)}") from None
+
+
+def init_variant(name: str, cascade_init: str) -> str:
+    """The variant whose checkpoint `name` starts from, given train.cascade_init (irnet | dsn):
+    lc and dsn_dropout start from dsn when it is "dsn"; the others as `init_from` says."""
+    variant = get_variant(name)
+    if cascade_init not in ("irnet", "dsn"):
+        raise ValueError(f"train.cascade_init must be irnet or dsn, got {cascade_init!r}")
+    if cascade_init == "dsn" and variant.model_kind == "cascade" and variant.routed:
+        return "dsn"
+    return variant.init_from

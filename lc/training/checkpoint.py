@@ -6,7 +6,10 @@ A training checkpoint is a dict saved with `torch.save`:
 - `iteration`: completed training iterations (for mc counted over all three members);
 - `optimizer`, `scaler` (mixed precision, or None), `rng` (one entry per process: torch, numpy,
   python and, when present, cuda generator states), `config` (the resolved config), `elapsed_s`;
-- `mc_member`: for mc, the member the optimizer state belongs to.
+- `mc_member`: for mc, the member the optimizer state belongs to;
+- `inputs`: SHA-256 of the init checkpoint, the training list file and the ImageNet weights the run
+  started from (lc.training.initialise); `init_iterations_total` (the iterations behind the init
+  checkpoint) and `iterations_total` (those plus `iteration`).
 
 Everything in it is a tensor or a plain Python value, so it loads with `weights_only=True`.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import signal
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,6 +37,10 @@ __all__ = [
 ]
 
 REQUIRED_KEYS: tuple[str, ...] = ("model", "model_spec", "iteration")
+# Fault injection (tests/test_reliability_training.py): with this variable set to N, the process kills
+# itself (SIGKILL) inside its Nth checkpoint write, leaving a half-written temporary file behind.
+FAULT_KILL_ON_SAVE = "LC_FAULT_KILL_ON_SAVE"
+_saves_seen = 0
 SPEC_KEYS: tuple[str, ...] = ("kind", "variant", "num_classes", "model_cfg", "rho", "depth", "dataset")
 MODEL_KINDS = ("cascade", "mc")
 
@@ -49,9 +57,21 @@ def save_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         torch.save(dict(payload), handle)
+        _fault_point(handle)
         handle.flush()
         os.fsync(handle.fileno())
     return path
+
+
+def _fault_point(handle) -> None:
+    global _saves_seen
+    if not os.environ.get(FAULT_KILL_ON_SAVE):
+        return
+    _saves_seen += 1
+    if _saves_seen == int(os.environ[FAULT_KILL_ON_SAVE]):
+        handle.truncate(handle.tell() // 2)
+        handle.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",

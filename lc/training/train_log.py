@@ -4,21 +4,31 @@ One row per train.log_every iterations (and at the end, at a stop, and when a Mo
 finishes): iteration, the backbone learning rate of the last step, the mean total loss and per-stage
 losses over the iterations since the previous row, the mean fraction of stride-8 pixels routed to
 each stage, and the training seconds so far (summed over resumed runs). Empty: no such stage/loss.
+
+Progress on the console (`Progress`): a tqdm bar when stderr is a terminal, otherwise one plain
+logging line per log row (loss per stage, learning rate, iterations per second), which reads well in
+Snakemake and cluster log files.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import logging
+import sys
+import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 from lc.data.io import write_text_atomic
 from lc.training.distributed import DistContext
 
-__all__ = ["LOG_COLUMNS", "MetricWindow", "TrainLog"]
+__all__ = ["LOG_COLUMNS", "MetricWindow", "Progress", "TrainLog"]
+
+log = logging.getLogger(__name__)
 
 LOG_COLUMNS = ("iteration", "lr", "loss", "loss_stage1", "loss_stage2", "loss_stage3",
                "pixels_stage1", "pixels_stage2", "pixels_stage3", "seconds")
@@ -69,3 +79,39 @@ class MetricWindow:
         self.sums.zero_()
         values, counts = sums.cpu().tolist()
         return [value / count if count > 0 else None for value, count in zip(values, counts, strict=True)]
+
+
+class Progress:
+    """The console view of training: tqdm on a terminal, else a log line per `row` (main process only)."""
+
+    def __init__(self, name: str, total: int, initial: int, enabled: bool):
+        self.name, self.total, self.enabled = name, total, enabled
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            self.bar = tqdm(total=total, initial=initial, desc=f"train {name}", unit="it", file=sys.stderr,
+                            dynamic_ncols=True)
+        self.last_iteration, self.last_time = initial, time.perf_counter()
+
+    def step(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def row(self, iteration: int, lr: float, means: list[float | None]) -> None:
+        """Report a log row (`means` as in MetricWindow: total loss, stage losses, routed fractions)."""
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            if means[0] is not None:
+                self.bar.set_postfix(loss=f"{means[0]:.4f}")
+            return
+        now = time.perf_counter()
+        rate = (iteration - self.last_iteration) / max(now - self.last_time, 1e-9)
+        self.last_iteration, self.last_time = iteration, now
+        stages = " ".join(f"{v:.4f}" if v is not None else "-" for v in means[1:4])
+        total = "-" if means[0] is None else f"{means[0]:.4f}"
+        log.info("train %s: iteration %d/%d, loss %s (stages 1/2/3: %s), lr %.3g, %.2f it/s", self.name,
+                 iteration, self.total, total, stages, lr, rate)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
