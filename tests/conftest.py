@@ -21,12 +21,14 @@ def prepared_test_cfg(tmp_path_factory) -> dict:
     from lc.data.synthetic import make_synthetic_mirror
     from lc.data.voc import prepare_voc
     from lc.data.weights import fetch_weights
+    from lc.models.timm_weights import write_synthetic_weights
 
     root = tmp_path_factory.mktemp("lc_test_data")
     cfg = load_config(REPO / "config.yaml", preset="test",
                       overrides={"data": {"root": str(root / "data"), "mirror": str(root / "mirror")},
                                  "results_root": str(root / "results")})
     make_synthetic_mirror(cfg)
+    write_synthetic_weights(cfg, cfg["data"]["mirror"])
     for key in ("voc2012_trainval", "voc2012_test", "sbd", "cityscapes_gtfine", "cityscapes_leftimg8bit"):
         fetch_archive(cfg, key)
     prepare_voc(cfg)

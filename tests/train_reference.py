@@ -96,11 +96,13 @@ def _prepared_cfg(root: Path) -> dict:
     from lc.data.download import fetch_archive
     from lc.data.synthetic import make_synthetic_mirror
     from lc.data.voc import prepare_voc
+    from lc.models.timm_weights import write_synthetic_weights
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "config.yaml", preset="test",
                       overrides={"data": {"root": str(root / "data"), "mirror": str(root / "mirror")},
                                  "results_root": str(root / "results")})
     make_synthetic_mirror(cfg)
+    write_synthetic_weights(cfg, cfg["data"]["mirror"])
     for key in ("voc2012_trainval", "voc2012_test", "sbd"):
         fetch_archive(cfg, key)
     prepare_voc(cfg)

@@ -19,10 +19,13 @@ def _cmd_config(args: argparse.Namespace) -> None:
 
 def _cmd_synth(args: argparse.Namespace) -> None:
     from lc.data.synthetic import make_synthetic_mirror
+    from lc.models.timm_weights import write_synthetic_weights
 
     cfg = config_from_args(args)
     for name, md5 in make_synthetic_mirror(cfg).items():
         print(f"{md5}  {cfg['data']['mirror']}/{name}")
+    # the ImageNet stand-in in timm's layout, verified by its .sha256 when `lc weights` fetches it
+    print(f"{write_synthetic_weights(cfg, cfg['data']['mirror'])}  (sha256) weights")
 
 
 def _cmd_download(args: argparse.Namespace) -> None:

@@ -38,7 +38,6 @@ from lc.data.io import atomic_path, encode_jpeg, encode_png, md5_file, write_tex
 from lc.data.labels import VOC_PALETTE
 from lc.data.synthetic_cityscapes import cityscapes_scene
 from lc.data.synthetic_scenes import Scene, voc_boundary_band, voc_scene
-from lc.data.weights import write_synthetic_weights
 
 SIZE_KEYS = ("image_size", "voc_train", "voc_val", "voc_test", "sbd_train", "sbd_val",
              "cityscapes_train", "cityscapes_val", "cityscapes_test", "cityscapes_image_size")
@@ -270,7 +269,6 @@ def make_synthetic_mirror(cfg: dict) -> dict[str, str]:
     _write_zip(mirror / archives["cityscapes_leftimg8bit"]["filename"], by_zip["leftImg8bit"])
     keys = ("voc2012_trainval", "voc2012_test", "sbd", "cityscapes_gtfine", "cityscapes_leftimg8bit")
     sums = {archives[k]["filename"]: md5_file(mirror / archives[k]["filename"]) for k in keys}
-    write_synthetic_weights(cfg, mirror)  # the ImageNet stand-in, in timm's layout (lc.data.weights)
     # md5sum's format, written last: its presence means the mirror is complete.
     write_text_atomic(mirror / MD5SUMS_NAME, "".join(f"{sums[name]}  {name}\n" for name in sorted(sums)))
     return sums

@@ -3,7 +3,8 @@
 `fetch_weights(cfg)` stores them at `lc.data.paths.weights_path(cfg)`
 (<data.root>/weights/inception_resnet_v2.pth), from
 - `<data.mirror>/inception_resnet_v2.pth` when a mirror is configured (a folder or http(s) base URL;
-  the synthetic presets generate a checkpoint in timm's key layout there, `write_synthetic_weights`);
+  the synthetic presets generate a checkpoint in timm's key layout there: `lc synth`, via
+  `lc.models.timm_weights.write_synthetic_weights`);
 - otherwise timm's own pretrained source: the Hugging Face hub file named by timm's pretrained
   config for `inception_resnet_v2.tf_in1k` (downloaded with huggingface_hub, as timm does).
 The source file must match `model.pretrained_sha256` (synthetic presets: the digest the generator
@@ -26,7 +27,7 @@ from lc.data.io import atomic_path, write_text_atomic
 from lc.data.paths import weights_path
 
 __all__ = ["TIMM_MODEL", "WEIGHTS_FILENAME", "fetch_weights", "load_weights_file", "pretrained_file",
-           "sha256_file", "write_synthetic_weights"]
+           "sha256_file"]
 
 log = logging.getLogger(__name__)
 
@@ -176,18 +177,3 @@ def _verify(path: Path, expected: str | None, name: str) -> None:
     if actual != expected.lower():
         raise ValueError(f"{name}: SHA-256 {actual} does not match model.pretrained_sha256 {expected}; the "
                          "file is damaged or not the pinned one (delete it and fetch again, or fix the key)")
-
-
-def write_synthetic_weights(cfg: dict, mirror: Path) -> str:
-    """Synthetic presets: a stand-in for timm's checkpoint at model.width_mult into `mirror`, with its
-    SHA-256 beside it (`<file>.sha256`); returns the digest. Deterministic (seeded by cfg["seed"])."""
-    # the model layer defines the layout; imported here so that lc.data stays importable on its own
-    from lc.models.timm_weights import timm_layout_state_dict
-
-    state = timm_layout_state_dict(float(cfg["model"]["width_mult"]), seed=int(cfg["seed"]))
-    path = Path(mirror) / WEIGHTS_FILENAME
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        torch.save(state, handle)
-    digest = sha256_file(path)
-    write_text_atomic(path.with_name(path.name + ".sha256"), f"{digest}  {WEIGHTS_FILENAME}\n")
-    return digest

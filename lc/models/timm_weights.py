@@ -4,8 +4,12 @@ up to timm's, blocks chosen by model.timm_blocks) and a deterministic stand-in i
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
+from lc.data.io import atomic_path, write_text_atomic
+from lc.data.weights import WEIGHTS_FILENAME, sha256_file
 from lc.models.irnet import STAGE_LAYERS, IRNet
 
 __all__ = ["TIMM_BLOCK_CHOICES", "TIMM_BLOCK_COUNTS", "load_timm_weights", "timm_block_indices",
@@ -59,7 +63,7 @@ def load_timm_weights(model: IRNet, state_dict: dict[str, torch.Tensor],
             source_of[(group, their_index)] = our_index
     mapped, skipped, problems = {}, [], []
     our_modules = {key.split(".")[0] for key in ours}
-    absent = {name for stage in STAGE_LAYERS for name in stage} - our_modules
+    absent = {name for stage in STAGE_LAYERS.values() for name in stage} - our_modules
     for key, tensor in state_dict.items():
         # the classifier, and the later stages a truncated trunk (a Model Cascade member) lacks
         if key.startswith(("classif.", "fc.", "last_linear.")) or key.split(".")[0] in absent:
@@ -111,3 +115,16 @@ def timm_layout_state_dict(width_mult: float, num_classes: int = 1000,
     state["classif.weight"] = torch.randn(num_classes, features, generator=generator) * 0.01
     state["classif.bias"] = torch.zeros(num_classes)
     return state
+
+
+def write_synthetic_weights(cfg: dict, mirror: str | Path) -> str:
+    """Synthetic presets (`lc synth`): a stand-in for timm's checkpoint at model.width_mult into
+    `mirror`, with its SHA-256 beside it (`<file>.sha256`); returns the digest. Deterministic (seeded
+    by cfg["seed"]); `lc.data.weights.fetch_weights` then fetches it like the real file."""
+    state = timm_layout_state_dict(float(cfg["model"]["width_mult"]), seed=int(cfg["seed"]))
+    path = Path(mirror) / WEIGHTS_FILENAME
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(state, handle)
+    digest = sha256_file(path)
+    write_text_atomic(path.with_name(path.name + ".sha256"), f"{digest}  {WEIGHTS_FILENAME}\n")
+    return digest
