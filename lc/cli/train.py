@@ -12,7 +12,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from lc.training.loop import train
 
     result = train(config_from_args(args), args.dataset, args.variant, args.out, init=args.init,
-                   resume=not args.no_resume, device=args.device, rho=args.rho, stop_after=args.stop_after)
+                   resume=not args.no_resume, device=args.device, rho=args.rho, stop_after=args.stop_after,
+                   split=args.split)
     if result.rank == 0:
         print(f"{args.dataset}/{args.variant}: {result.iterations} iterations, final loss "
               f"{result.final_loss}, {result.checkpoint}")
@@ -23,6 +24,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                        help="train one variant (torchrun for several processes); resumes by default")
     p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--variant", required=True, choices=VARIANT_NAMES)
+    p.add_argument("--split", default="train", choices=("train", "train_aug", "trainval_aug"),
+                   help="prepared split to train on (default train = VOC's train_aug; trainval_aug: the VOC "
+                        "test-server model, evaluate.export_train_split)")
     p.add_argument("--out", required=True,
                    help="run folder: resume.pt (rolling state), checkpoint.pt, train_log.csv, "
                         "train_done.json")

@@ -108,13 +108,14 @@ def initialise(model: nn.Module, cfg: dict, variant: Variant, init: Path | None)
     return behind
 
 
-def input_digests(cfg: dict, dataset: str, variant: Variant, init: Path | None) -> dict[str, str | None]:
+def input_digests(cfg: dict, dataset: str, variant: Variant, init: Path | None,
+                  split: str = "train") -> dict[str, str | None]:
     """SHA-256 of what this run starts from and trains on: init checkpoint, train list, ImageNet file."""
     imagenet = None
     if init is None:
         path = _imagenet_file(cfg)
         imagenet = None if path is None else sha256_file(path)
-    train_list = prepared_list_files(cfg, dataset)["train"]
+    train_list = prepared_list_files(cfg, dataset)[split]
     return {"init": None if init is None else sha256_file(init),
             "train_list": sha256_file(train_list) if train_list.is_file() else None,
             "imagenet": imagenet}

@@ -79,13 +79,15 @@ def poly_lr_factor(iteration: int, total: int, power: float) -> float:
 
 def train(cfg: dict, dataset: str, variant: str, out_dir: str | Path, init: str | Path | None = None,
           resume: bool = True, device: str | torch.device | None = None, rho: float | None = None,
-          stop_after: int | None = None) -> TrainResult:
+          stop_after: int | None = None, split: str = "train") -> TrainResult:
     """Train `variant` on `dataset`, writing <out_dir>/{checkpoint.pt, train_log.csv, train_done.json}.
 
     init: the checkpoint the cascade variants start from (lc.training.initialise); resume: continue
     from <out_dir>/resume.pt (else a finished checkpoint.pt) when present, False: remove them first;
     device: overrides cfg["device"]; rho: overrides train.rho (the routing threshold while training);
-    stop_after: checkpoint and return once this many iterations are done (time-limited jobs, tests).
+    stop_after: checkpoint and return once this many iterations are done (time-limited jobs, tests);
+    split: the prepared split trained on ("train" = VOC's train_aug; "trainval_aug" for the VOC
+    test-server model, evaluate.export_train_split).
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {TRAIN_VARIANTS}, got {variant!r}")
@@ -93,7 +95,7 @@ def train(cfg: dict, dataset: str, variant: str, out_dir: str | Path, init: str 
     ctx = setup_distributed(device if device is not None else cfg.get("device", "auto"))
     try:
         run = setup_run(cfg, dataset, VARIANTS[variant], Path(out_dir), None if init is None else Path(init),
-                        resume, ctx, rho, stop_after)
+                        resume, ctx, rho, stop_after, split)
         for phase in _phases(run):
             _train_network(run, phase)
         result = _finish(run, wall_start)
@@ -243,7 +245,8 @@ def _finish(run: Run, wall_start: float) -> TrainResult:
     if run.ctx.is_main and finished:
         resume_path.unlink(missing_ok=True)
     if run.ctx.is_main and finished and (run.start < run.total or not done_path.exists()):
-        summary = {"dataset": run.dataset, "variant": run.variant.name, "preset": run.cfg.get("preset"),
+        summary = {"dataset": run.dataset, "split": run.split, "variant": run.variant.name,
+                   "preset": run.cfg.get("preset"),
                    "iterations": run.iteration, "iterations_total": run.init_total + run.iteration,
                    "final_loss": run.final_loss, "device": str(run.ctx.device),
                    "world_size": run.ctx.world_size, "wall_time_s": round(run.seconds(), 3),

@@ -18,6 +18,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from lc.data import NUM_CLASSES, build_dataset, seeded_generator, worker_init_fn
+from lc.data.paths import canonical_split
 from lc.models.variants import VARIANTS, Variant
 from lc.training.checkpoint import (
     CheckpointError,
@@ -46,6 +47,7 @@ class Run:
 
     cfg: dict
     dataset: str
+    split: str
     variant: Variant
     out: Path
     ctx: DistContext
@@ -85,8 +87,9 @@ def total_iterations(cfg: dict, variant: str) -> int:
 
 
 def setup_run(cfg: dict, dataset: str, variant: Variant, out: Path, init: Path | None, resume: bool,
-           ctx: DistContext, rho: float | None, stop_after: int | None) -> Run:
+           ctx: DistContext, rho: float | None, stop_after: int | None, split: str = "train") -> Run:
     tcfg = cfg["train"]
+    split = canonical_split(dataset, split)
     if tcfg["batch_size"] % ctx.world_size:
         raise ValueError(f"train.batch_size {tcfg['batch_size']} (the global minibatch) must be divisible by "
                          f"the {ctx.world_size} processes")
@@ -94,7 +97,7 @@ def setup_run(cfg: dict, dataset: str, variant: Variant, out: Path, init: Path |
     state_files = [out / "resume.pt", out / "checkpoint.pt", out / "train_done.json"]
     if not resume:
         _remove(state_files, ctx, "--no-resume")
-    inputs = input_digests(cfg, dataset, variant, init)
+    inputs = input_digests(cfg, dataset, variant, init, split)
     payload, source = _resumable_state(out, spec, cfg, inputs, ctx) if resume else (None, None)
     model, init_total = _prepare_model(cfg, variant, spec, init, payload, ctx)
     if payload is not None:
@@ -104,7 +107,7 @@ def setup_run(cfg: dict, dataset: str, variant: Variant, out: Path, init: Path |
     start = int(payload["iteration"]) if payload else 0
     total = total_iterations(cfg, variant.name)
     end = total if stop_after is None else min(total, max(stop_after, start))
-    batches = _batch_stream(cfg, dataset, ctx, start)
+    batches = _batch_stream(cfg, dataset, split, ctx, start)
     train_log = None
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -116,7 +119,8 @@ def setup_run(cfg: dict, dataset: str, variant: Variant, out: Path, init: Path |
     if payload is not None and payload.get("scaler"):
         scaler.load_state_dict(payload["scaler"])  # one scaler for the whole run, mc members included
     progress = Progress(f"{dataset}/{variant.name}", total, start, enabled=ctx.is_main)
-    run = Run(cfg=cfg, dataset=dataset, variant=variant, out=out, ctx=ctx, spec=spec, model=model,
+    run = Run(cfg=cfg, dataset=dataset, split=split, variant=variant, out=out, ctx=ctx, spec=spec,
+              model=model,
               total=total, end=end, start=start, resumed=payload, inputs=inputs, init_total=init_total,
               batches=batches, scaler=scaler, use_amp=use_amp, log=train_log, progress=progress,
               iteration=start, final_loss=None if train_log is None else train_log.last_loss,
@@ -208,10 +212,10 @@ def _prepare_model(cfg: dict, variant: Variant, spec: dict, init: Path | None, p
     return model, init_total
 
 
-def _batch_stream(cfg: dict, dataset: str, ctx: DistContext, start: int):
+def _batch_stream(cfg: dict, dataset: str, split: str, ctx: DistContext, start: int):
     """This process's training batches from iteration `start` on (see lc.training.distributed)."""
     tcfg, seed = cfg["train"], int(cfg["seed"])
-    train_set = build_dataset(cfg, dataset, "train", train=True)
+    train_set = build_dataset(cfg, dataset, split, train=True)
     sampler = EpochSampler(len(train_set), tcfg["batch_size"] // ctx.world_size, seed, ctx.world_size,
                            ctx.rank)
     workers = int(tcfg["workers"])
