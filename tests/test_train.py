@@ -435,3 +435,22 @@ def test_init_variant_follows_cascade_init():
     assert [init_variant(v, "dsn") for v in ("irnet", "dsn", "dsn_dropout", "lc", "mc")] == \
         ["imagenet", "irnet", "dsn", "dsn", "irnet"]
     assert [init_variant(v, "irnet") for v in ("dsn_dropout", "lc")] == ["irnet", "irnet"]
+
+
+def test_training_split_is_read_digested_and_recorded(cfg, tmp_path):
+    """--split trainval_aug (the VOC test-server model) trains on that list, digests it into the
+    checkpoint (a run on another split does not resume from it) and says so in train_done.json."""
+    from lc.data.paths import prepared_list_files
+    from lc.data.weights import sha256_file
+
+    short = copy.deepcopy(cfg)
+    short["train"]["iterations"]["cascade"] = 2
+    train(short, "voc", "dsn", tmp_path, stop_after=1, split="trainval_aug")
+    lists = prepared_list_files(cfg, "voc")
+    stored = load_checkpoint(tmp_path / "resume.pt")["inputs"]["train_list"]
+    assert stored == sha256_file(lists["trainval_aug"]) != sha256_file(lists["train"])
+    result = train(short, "voc", "dsn", tmp_path, split="trainval_aug")
+    assert result.iterations == 2
+    assert json.loads((tmp_path / "train_done.json").read_text())["split"] == "trainval_aug"
+    with pytest.raises(ValueError, match="unknown split"):
+        train(short, "voc", "dsn", tmp_path / "other", split="testing")
