@@ -8,21 +8,26 @@ config.yaml is read through lc.config (base merged with the chosen preset; `--co
 override both) and validated against workflow/schemas/config.schema.yaml.
 """
 
+import sys
 from pathlib import Path
 
 from snakemake.utils import min_version, validate
 
-from lc.config import load_config
+# The workflow's own folder first: the rules and the Snakefile use the `lc` beside them.
+sys.path.insert(0, workflow.basedir)
+
+from lc.config import deep_merge, load_config  # noqa: E402
 
 min_version("8.0")
 
 
 report: "workflow/report/workflow.rst"
 
+
 # Without a `configfile:` directive `config` holds only the command line's --config/--configfile
 # values: the preset to use and overrides applied on top of it.
 _overrides = {k: v for k, v in config.items() if k != "preset"}
-CFG = load_config("config.yaml", preset=config.get("preset"), overrides=_overrides)
+CFG = load_config(Path(workflow.basedir) / "config.yaml", preset=config.get("preset"), overrides=_overrides)
 validate(CFG, schema="workflow/schemas/config.schema.yaml")
 config.clear()
 config.update(CFG)
@@ -31,23 +36,17 @@ config.update(CFG)
 include: "workflow/rules/common.smk"
 
 
-wildcard_constraints:
-    dataset="voc|cityscapes",
-    variant="|".join(VOC_VARIANTS),
-    split="train|val",
-    rho=r"[0-9.]+",
+def write_resolved_config():
+    """config.yaml with the command line's overrides applied to the base and to every preset, for the
+    jobs' `lc --config` (they win over presets, as in lc.config.resolve_config; commands that read
+    another preset, such as model-info's full-size comparison, still find it).
 
-
-onstart:
-    # config.yaml with the command line's overrides applied to the base and to every preset (they
-    # win over presets, as in lc.config.resolve_config; commands that read another preset, such as
-    # model-info's full-size comparison, still find it). Written only when it changed, so its
-    # timestamp never makes anything look outdated.
+    Written when the workflow is parsed and only when its text changed; jobs declare it as an
+    `ancient()` input, so which job reruns is decided by its exact params, not by this file's time.
+    """
     import yaml
 
-    from lc.config import deep_merge
-
-    raw = yaml.safe_load(Path("config.yaml").read_text())
+    raw = yaml.safe_load((Path(workflow.basedir) / "config.yaml").read_text())
     resolved = deep_merge(raw, _overrides)
     resolved["preset"] = PRESET
     resolved["presets"] = {name: deep_merge(block or {}, _overrides) for name, block in raw["presets"].items()}
@@ -60,11 +59,16 @@ onstart:
         tmp.replace(path)
 
 
+write_resolved_config()
+
+
+wildcard_constraints:
+    dataset="voc|cityscapes",
+
+
 include: "workflow/rules/data.smk"
-include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
-include: "workflow/rules/sweep.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/benchmark.smk"
 include: "workflow/rules/tables.smk"
@@ -72,24 +76,23 @@ include: "workflow/rules/figures.smk"
 include: "workflow/rules/report.smk"
 
 
+# Small jobs run beside Snakemake itself, never on the queue; downloads need the login node's network.
 localrules:
     reproduce_tables,
-    table1,
-    table2,
-    table3,
-    table4,
-    table5,
-    table6,
     figures,
     download,
-    report,
+    weights,
+    synth,
+    tables_markdown,
+    model_info,
+    provenance,  # (table and figure rules: `localrule: True` in their loops)
 
 
 rule reproduce_tables:
     """Everything: all six tables (+ tables.md), all figures and the provenance record."""
     input:
         TABLE_OUTPUTS,
-        f"{R}/tables/tables.md",
+        TABLES_MD,
         FIGURE_OUTPUTS,
-        f"{R}/provenance.json",
+        rules.provenance.output,
     default_target: True

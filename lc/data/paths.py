@@ -2,6 +2,7 @@
 
 ```
 <data.root>/archives/<filename>          downloaded, verified archives (`lc download`)
+<data.root>/weights/inception_resnet_v2.pth  ImageNet weights (`lc weights`)
 <data.root>/raw/<archive key>/           their extracted contents (`lc prepare`)
 <data.root>/voc_aug/SegmentationClassAug/<id>.png, train_aug.txt, val.txt[, test.txt]
 <data.root>/cityscapes/gtFine/<split>/<city>/<name>_gtFine_labelTrainIds.png, train.txt, val.txt, test.txt
@@ -37,6 +38,11 @@ def archive_spec(cfg: dict, key: str) -> dict:
 def archive_path(cfg: dict, key: str) -> Path:
     """The default location of a downloaded archive: <data.root>/archives/<filename>."""
     return data_root(cfg) / "archives" / archive_spec(cfg, key)["filename"]
+
+
+def weights_path(cfg: dict) -> Path:
+    """Where `lc weights` stores timm's ImageNet inception_resnet_v2 weights (model.pretrained: timm)."""
+    return data_root(cfg) / "weights" / "inception_resnet_v2.pth"
 
 
 def extracted_dir(cfg: dict, key: str) -> Path:
