@@ -36,29 +36,6 @@ config.update(CFG)
 include: "workflow/rules/common.smk"
 
 
-def write_resolved_config():
-    """config.yaml with the command line's overrides applied to the base and to every preset, for the
-    jobs' `lc --config` (they win over presets, as in lc.config.resolve_config; commands that read
-    another preset, such as model-info's full-size comparison, still find it).
-
-    Written when the workflow is parsed and only when its text changed; jobs declare it as an
-    `ancient()` input, so which job reruns is decided by its exact params, not by this file's time.
-    """
-    import yaml
-
-    raw = yaml.safe_load((Path(workflow.basedir) / "config.yaml").read_text())
-    resolved = deep_merge(raw, _overrides)
-    resolved["preset"] = PRESET
-    resolved["presets"] = {name: deep_merge(block or {}, _overrides) for name, block in raw["presets"].items()}
-    text = yaml.safe_dump(resolved, sort_keys=False)
-    path = Path(RESOLVED_CONFIG)
-    if not path.exists() or path.read_text() != text:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
-
-
 write_resolved_config()
 
 

@@ -11,6 +11,8 @@ rule analyze_difficulty:
         table=out("difficulty", "csv"),
         summary=out("difficulty", "json"),
     params:
+        lc=LC,
+        lc_args=LC_ARGS,
         device=device_flag("evaluate"),
         settings=reads("evaluate.difficulty", "evaluate.max_images"),
     log:
@@ -21,7 +23,7 @@ rule analyze_difficulty:
     conda:
         env_for("evaluate")
     shell:
-        "OMP_NUM_THREADS={threads} {LC} analyze difficulty {LC_ARGS} --checkpoint {input.checkpoint}"
+        "OMP_NUM_THREADS={threads} {params.lc} analyze difficulty {params.lc_args} --checkpoint {input.checkpoint}"
         " --dataset voc --split val --device {params.device} --out {output.table}"
         " --out-json {output.summary} > {log} 2>&1"
 
@@ -35,6 +37,8 @@ rule analyze_stages:
     output:
         out("stage_examples", "{dataset}"),
     params:
+        lc=LC,
+        lc_args=LC_ARGS,
         device=device_flag("evaluate"),
     log:
         log("analysis", "stage_examples_{dataset}"),
@@ -44,5 +48,5 @@ rule analyze_stages:
     conda:
         env_for("evaluate")
     shell:
-        "OMP_NUM_THREADS={threads} {LC} analyze stages {LC_ARGS} --checkpoint {input.checkpoint}"
+        "OMP_NUM_THREADS={threads} {params.lc} analyze stages {params.lc_args} --checkpoint {input.checkpoint}"
         " --dataset {wildcards.dataset} --split val --device {params.device} --out {output} > {log} 2>&1"

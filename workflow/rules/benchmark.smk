@@ -20,21 +20,6 @@ BENCH_MODEL_READS = ["seed", "model", "bench.image_size", "bench.batch_size", "b
                      "bench.full_size_models", "bench.mask_sets"]
 
 
-def bench_settings(kind):
-    keys = BENCH_READS[kind] + (BENCH_MODEL_READS if kind in BENCH_NEEDS_MODEL else [])
-    paper = reads("model", cfg=PAPER_CFG) if kind in BENCH_NEEDS_MODEL else ""
-    return reads(*keys) + paper
-
-
-def bench_outputs(kind):
-    csv = out("bench", kind)
-    if kind == "op":  # the op benchmark also plots its speedups
-        return {"csv": csv, "png": report(out("bench", "op_plot"), caption="../report/bench_op.rst",
-                                          category="Benchmarks", labels={"benchmark": "region conv op"})}
-    return {"csv": report(csv, caption="../report/bench_csv.rst", category="Benchmarks",
-                          labels={"benchmark": kind})}
-
-
 for _kind in BENCH_KINDS:
 
     rule:
@@ -48,6 +33,8 @@ for _kind in BENCH_KINDS:
         output:
             **bench_outputs(_kind),
         params:
+            lc=LC,
+            lc_args=LC_ARGS,
             command="bench op" if _kind == "op" else f"bench {_kind}",
             flags=(
                 lambda wc, input, output, threads: f"--png {output.png} --threads {threads}"
@@ -68,5 +55,5 @@ for _kind in BENCH_KINDS:
         conda:
             env_for("bench")
         shell:
-            "OMP_NUM_THREADS={threads} {LC} {params.command} {LC_ARGS} {params.flags}"
+            "OMP_NUM_THREADS={threads} {params.lc} {params.command} {params.lc_args} {params.flags}"
             " --device {params.device} --out {output.csv} > {log} 2>&1"

@@ -215,3 +215,105 @@ def eval_tag(tag):
 
 
 PROTOCOL_FLAGS = {"single": "", "ms": "--multi-scale", "ms_crf": "--multi-scale --crf"}
+
+
+# --- helpers of the rule files (Snakemake's lint wants functions here) ----------------------
+
+# train.smk
+def _train_init(wc):
+    parent = init_run(wc.run)
+    return checkpoint(wc.dataset, parent) if parent else pretrained_weights()
+
+
+# train.smk
+def _train_flags(wc, input):
+    variant, rho, split = run_spec(wc.run)
+    flags = [f"--variant {variant}"]
+    if rho is not None:
+        flags.append(f"--rho {rho:g}")
+    if split != TRAIN_SPLIT:
+        flags.append(f"--split {split}")
+    if init_run(wc.run):
+        flags.append(f"--init {input.init}")
+    return " ".join(flags)
+
+
+# evaluate.smk
+def sweep_pairs():
+    """(rho, run) of Table 1: one LC per rho (evaluate.sweep_retrain) or the main LC at every rho."""
+    return [(rho, rho_run(rho) if SWEEP_RETRAIN else "lc") for rho in RHO_SWEEP]
+
+
+# benchmark.smk
+def bench_settings(kind):
+    keys = BENCH_READS[kind] + (BENCH_MODEL_READS if kind in BENCH_NEEDS_MODEL else [])
+    paper = reads("model", cfg=PAPER_CFG) if kind in BENCH_NEEDS_MODEL else ""
+    return reads(*keys) + paper
+
+
+# benchmark.smk
+def bench_outputs(kind):
+    csv = out("bench", kind)
+    if kind == "op":  # the op benchmark also plots its speedups
+        return {"csv": csv, "png": report(out("bench", "op_plot"), caption="../report/bench_op.rst",
+                                          category="Benchmarks", labels={"benchmark": "region conv op"})}
+    return {"csv": report(csv, caption="../report/bench_csv.rst", category="Benchmarks",
+                          labels={"benchmark": kind})}
+
+
+# tables.smk
+def eval_json(dataset, run, protocol="single"):
+    return out("eval_json", dataset, run, "val", protocol)
+
+
+# tables.smk
+def table_inputs(number):
+    """The run outputs table `number` reads (lc.report.tables); only what this preset produces."""
+    voc = "voc" in DATASETS
+    lc_protocols = [eval_json("voc", "lc", p) for p in outputs.EVAL_PROTOCOLS] if voc else []
+    if number == 1:
+        return [SWEEP_CSV] if voc else []
+    if number == 2:
+        return [f for v in TABLE2_ORDER for f in (eval_json("voc", v), out("train_done", "voc", v))] if voc else []
+    if number == 3:
+        return [out("bench", "models")] + ([eval_json("voc", "lc"), eval_json("voc", "irnet"), SWEEP_CSV] if voc else [])
+    if number == 4:
+        exports = [f"{R}/{outputs.VOC_TEST_ARCHIVE}", out("export_summary", outputs.VOC_TEST_ARCHIVE)] if VOC_TEST else []
+        return lc_protocols + exports
+    if number == 5:
+        if "cityscapes" not in DATASETS:
+            return []
+        archive = outputs.CITYSCAPES_TEST_ARCHIVE
+        return [eval_json("cityscapes", "lc"), f"{R}/{archive}", out("export_summary", archive)]
+    return [out("bench", "table6"), out("bench", "models")] + lc_protocols
+
+
+# figures.smk
+def figure_input(rel):
+    """A run's train_log.csv is stood for by its train_done.json (the log is complete once it exists)."""
+    return f"{R}/{rel[: -len(_TRAIN_LOG)] + _TRAIN_DONE if rel.endswith(_TRAIN_LOG) else rel}"
+
+
+# Snakefile
+def write_resolved_config():
+    """config.yaml with the command line's overrides applied to the base and to every preset, for the
+    jobs' `lc --config` (they win over presets, as in lc.config.resolve_config; commands that read
+    another preset, such as model-info's full-size comparison, still find it).
+
+    Written when the workflow is parsed and only when its text changed; jobs declare it as an
+    `ancient()` input, so which job reruns is decided by its exact params, not by this file's time.
+    """
+    import yaml
+
+    raw = yaml.safe_load((Path(workflow.basedir) / "config.yaml").read_text())
+    resolved = deep_merge(raw, _overrides)
+    resolved["preset"] = PRESET
+    resolved["presets"] = {name: deep_merge(block or {}, _overrides) for name, block in raw["presets"].items()}
+    text = yaml.safe_dump(resolved, sort_keys=False)
+    path = Path(RESOLVED_CONFIG)
+    if not path.exists() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+

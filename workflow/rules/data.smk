@@ -24,6 +24,8 @@ if SYNTHETIC:
             archives=[f"{MIRROR}/{name}" for name in FILENAME_TO_KEY],
             md5sums=f"{MIRROR}/MD5SUMS",
         params:
+            lc=LC,
+            lc_args=LC_ARGS,
             settings=reads("seed", "data.synthetic_sizes"),
         log:
             log("data", "synth"),
@@ -33,7 +35,7 @@ if SYNTHETIC:
         conda:
             ENV_CPU
         shell:
-            "{LC} synth {LC_ARGS} > {log} 2>&1"
+            "{params.lc} synth {params.lc_args} > {log} 2>&1"
 
 
 rule download:
@@ -44,6 +46,8 @@ rule download:
     output:
         f"{DATA}/archives/{{filename}}",
     params:
+        lc=LC,
+        lc_args=LC_ARGS,
         key=lambda wc: FILENAME_TO_KEY[wc.filename],
         settings=lambda wc: reads(f"data.archives.{FILENAME_TO_KEY[wc.filename]}", "data.mirror"),
     log:
@@ -54,7 +58,7 @@ rule download:
     conda:
         ENV_CPU
     shell:
-        "{LC} download {params.key} {LC_ARGS} --out {output} > {log} 2>&1"
+        "{params.lc} download {params.key} {params.lc_args} --out {output} > {log} 2>&1"
 
 
 for _dataset in PREPARE_ARCHIVES:
@@ -70,6 +74,8 @@ for _dataset in PREPARE_ARCHIVES:
             lists=[str(p) for p in prepared_list_files(CFG, _dataset).values()],
             labels=directory(label_dir(_dataset)),
         params:
+            lc=LC,
+            lc_args=LC_ARGS,
             dataset=_dataset,
         log:
             log("data", f"prepare_{_dataset}"),
@@ -79,4 +85,4 @@ for _dataset in PREPARE_ARCHIVES:
         conda:
             ENV_CPU
         shell:
-            "{LC} prepare {params.dataset} {LC_ARGS} > {log} 2>&1"
+            "{params.lc} prepare {params.dataset} {params.lc_args} > {log} 2>&1"

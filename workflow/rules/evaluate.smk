@@ -15,6 +15,8 @@ rule evaluate:
         run="|".join(VARIANTS),
         tag="(train|val)(" + "|".join(s for s in outputs.EVAL_PROTOCOLS.values() if s) + ")?",
     params:
+        lc=LC,
+        lc_args=LC_ARGS,
         split=lambda wc: eval_tag(wc.tag)[0],
         flags=lambda wc: PROTOCOL_FLAGS[eval_tag(wc.tag)[1]],
         device=device_flag("evaluate"),
@@ -29,14 +31,9 @@ rule evaluate:
     conda:
         env_for("evaluate")
     shell:
-        "OMP_NUM_THREADS={threads} {LC} evaluate {LC_ARGS} --checkpoint {input.checkpoint}"
+        "OMP_NUM_THREADS={threads} {params.lc} evaluate {params.lc_args} --checkpoint {input.checkpoint}"
         " --dataset {wildcards.dataset} --split {params.split} {params.flags} --device {params.device}"
         " --out {output} > {log} 2>&1"
-
-
-def sweep_pairs():
-    """(rho, run) of Table 1: one LC per rho (evaluate.sweep_retrain) or the main LC at every rho."""
-    return [(rho, rho_run(rho) if SWEEP_RETRAIN else "lc") for rho in RHO_SWEEP]
 
 
 rule sweep:
@@ -48,6 +45,8 @@ rule sweep:
     output:
         out("sweep_csv", "voc", "val"),
     params:
+        lc=LC,
+        lc_args=LC_ARGS,
         # with one checkpoint per rho, `lc sweep` pairs the i-th --checkpoint with the i-th --rho
         pairs=" ".join(
             (f"--checkpoint {checkpoint('voc', run)} " if SWEEP_RETRAIN else "") + f"--rho {rho:g}"
@@ -65,7 +64,7 @@ rule sweep:
     conda:
         env_for("evaluate")
     shell:
-        "OMP_NUM_THREADS={threads} {LC} sweep {LC_ARGS} {params.pairs} --dataset voc --split val"
+        "OMP_NUM_THREADS={threads} {params.lc} sweep {params.lc_args} {params.pairs} --dataset voc --split val"
         " --device {params.device} --out {output} > {log} 2>&1"
 
 
@@ -88,6 +87,8 @@ for _dataset, _archive in EXPORTS.items():
             archive=f"{R}/{_archive}",
             summary=out("export_summary", _archive),
         params:
+            lc=LC,
+            lc_args=LC_ARGS,
             dataset=_dataset,
             flags=PROTOCOL_FLAGS[EXPORT_PROTOCOLS[_dataset]],
             device=device_flag("evaluate"),
@@ -102,5 +103,5 @@ for _dataset, _archive in EXPORTS.items():
         conda:
             env_for("evaluate")
         shell:
-            "OMP_NUM_THREADS={threads} {LC} export {LC_ARGS} --checkpoint {input.checkpoint}"
+            "OMP_NUM_THREADS={threads} {params.lc} export {params.lc_args} --checkpoint {input.checkpoint}"
             " --dataset {params.dataset} {params.flags} --device {params.device} --out {output.archive} > {log} 2>&1"

@@ -9,11 +9,6 @@ _TRAIN_LOG = Path(outputs.train_log("d", "r")).name
 _TRAIN_DONE = Path(outputs.train_done("d", "r")).name
 
 
-def figure_input(rel):
-    """A run's train_log.csv is stood for by its train_done.json (the log is complete once it exists)."""
-    return f"{R}/{rel[: -len(_TRAIN_LOG)] + _TRAIN_DONE if rel.endswith(_TRAIN_LOG) else rel}"
-
-
 FIGURE_INPUTS = {
     name: [figure_input(rel) for rel in files] + FIGURE_EXTRA_INPUTS.get(name, [])
     for name, files in _FIGURE_FILES.items()
@@ -40,6 +35,8 @@ for _figure, _inputs in FIGURE_INPUTS.items():
             ),
             pdf=out("figure", _figure, "pdf"),
         params:
+            lc=LC,
+            lc_args=LC_ARGS,
             figure=_figure,
             settings=reads(*FIGURE_READS.get(_figure, [])),
             out_dir=lambda wc, output: str(Path(output[0]).parent),
@@ -52,7 +49,7 @@ for _figure, _inputs in FIGURE_INPUTS.items():
         conda:
             ENV_CPU
         shell:
-            "{LC} figures {LC_ARGS} --out-dir {params.out_dir} --figure {params.figure} > {log} 2>&1"
+            "{params.lc} figures {params.lc_args} --out-dir {params.out_dir} --figure {params.figure} > {log} 2>&1"
 
 
 rule figures:

@@ -11,6 +11,8 @@ rule model_info:
     output:
         report(out("MODEL_INFO"), caption="../report/model_info.rst", category="Model"),
     params:
+        lc=LC,
+        lc_args=LC_ARGS,
         settings=reads("model", "bench.image_size", "evaluate.rho", "evaluate.fast_rho")
         + reads("model", "bench.image_size", cfg=PAPER_CFG),
     log:
@@ -21,7 +23,7 @@ rule model_info:
     conda:
         ENV_CPU
     shell:
-        "{LC} model-info {LC_ARGS} --out {output} > {log} 2>&1"
+        "{params.lc} model-info {params.lc_args} --out {output} > {log} 2>&1"
 
 
 rule provenance:
@@ -35,6 +37,8 @@ rule provenance:
     output:
         report(out("PROVENANCE"), caption="../report/provenance.rst", category="Provenance"),
     params:
+        lc=LC,
+        lc_args=LC_ARGS,
         # provenance records the whole resolved configuration (its hash)
         settings=json.dumps(CFG, sort_keys=True, default=str),
     log:
@@ -45,4 +49,4 @@ rule provenance:
     conda:
         ENV_CPU
     shell:
-        "{LC} provenance {LC_ARGS} --out {output} > {log} 2>&1"
+        "{params.lc} provenance {params.lc_args} --out {output} > {log} 2>&1"

@@ -9,6 +9,8 @@ rule weights:
     output:
         str(weights_path(CFG)),
     params:
+        lc=LC,
+        lc_args=LC_ARGS,
         settings=reads(*(f"model.{k}" for k in sorted(IMAGENET_KEYS & set(CFG["model"]))), "data.mirror"),
     log:
         log("train", "weights"),
@@ -18,24 +20,7 @@ rule weights:
     conda:
         ENV_CPU
     shell:
-        "{LC} weights {LC_ARGS} > {log} 2>&1"
-
-
-def _train_init(wc):
-    parent = init_run(wc.run)
-    return checkpoint(wc.dataset, parent) if parent else pretrained_weights()
-
-
-def _train_flags(wc, input):
-    variant, rho, split = run_spec(wc.run)
-    flags = [f"--variant {variant}"]
-    if rho is not None:
-        flags.append(f"--rho {rho:g}")
-    if split != TRAIN_SPLIT:
-        flags.append(f"--split {split}")
-    if init_run(wc.run):
-        flags.append(f"--init {input.init}")
-    return " ".join(flags)
+        "{params.lc} weights {params.lc_args} > {log} 2>&1"
 
 
 rule train:
@@ -52,6 +37,8 @@ rule train:
     wildcard_constraints:
         run="|".join([*VARIANTS, r"lc_rho[0-9.]+", re.escape(outputs.split_run_name("lc", EXPORT_SPLIT))]),
     params:
+        lc=LC,
+        lc_args=LC_ARGS,
         launcher=launcher("train"),
         flags=_train_flags,
         device=device_flag("train"),
@@ -67,5 +54,5 @@ rule train:
     conda:
         env_for("train")
     shell:
-        "OMP_NUM_THREADS={threads} {params.launcher} train {LC_ARGS} --dataset {wildcards.dataset}"
+        "OMP_NUM_THREADS={threads} {params.launcher} train {params.lc_args} --dataset {wildcards.dataset}"
         " {params.flags} --device {params.device} --out {params.out_dir} > {log} 2>&1"
