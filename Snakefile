@@ -1,8 +1,9 @@
 """Layer Cascade (CVPR 2017) reproduction: data -> training -> evaluation -> benchmarks -> tables.
 
-    snakemake --cores all reproduce_tables                       # demo preset (synthetic, CPU)
-    snakemake --cores all reproduce_tables --config preset=paper  # the real experiments
+    snakemake --profile workflow/profiles/local reproduce_tables                # demo preset (CPU)
+    snakemake --profile workflow/profiles/local reproduce_tables --config preset=paper
     snakemake --profile workflow/profiles/slurm reproduce_tables --config preset=paper
+    snakemake --report results/demo/report.html                                   # after a run
 
 config.yaml is read through lc.config (base merged with the chosen preset; `--config` values
 override both) and validated against workflow/schemas/config.schema.yaml.

@@ -78,8 +78,9 @@ def test_cpu_env_runs_lc_from_the_workflow_folder(tmp_path):
                             "--no-index", "--quiet", *reqs], capture_output=True, text=True, timeout=120)
     assert check.returncode == 0, check.stdout + check.stderr
     # The rules' way to find the package: PYTHONPATH = the workflow's folder (not an installed lc).
-    run = subprocess.run([str(python), "-c", "import lc, sys; print(lc.__file__); sys.argv = ['lc', '--help'];"
-                          " from lc.cli.main import main; main()"],
+    code = ("import lc, runpy, sys; print(lc.__file__); sys.argv = ['lc', '--help'];"
+            " runpy.run_module('lc.cli', run_name='__main__')")
+    run = subprocess.run([str(python), "-c", code],
                          cwd=tmp_path, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr

@@ -180,7 +180,8 @@ def test_demo_runs_on_the_configured_device():
     result = _snakemake("-n", "-p", "reproduce_tables", "--config", "preset=demo")
     assert result.returncode == 0, result.stderr
     jobs = [job for job in _jobs(result.stdout) if "--device" in job["shell"]]
-    assert jobs and all("--device cuda" not in job["shell"] and "gpu=" not in job["resources"] for job in jobs)
+    assert jobs
+    assert all("--device cuda" not in job["shell"] and "gpu=" not in job["resources"] for job in jobs)
 
 
 def _copy_repo(dest: Path) -> Path:
@@ -195,7 +196,7 @@ def _copy_repo(dest: Path) -> Path:
 def test_test_preset_runs_end_to_end(tmp_path):
     """The whole DAG on the test preset in a copy of the repository; a second run does nothing."""
     work = _copy_repo(tmp_path)
-    result = _snakemake("--cores", "2", "reproduce_tables", "--config", "preset=test", cwd=work, timeout=600)
+    result = _snakemake("--cores", "2", "reproduce_tables", "--config", "preset=test", cwd=work, timeout=900)
     logs = "\n".join(f"== {p}\n{p.read_text()[-2000:]}" for p in (work / "results/test/logs").rglob("*.log")
                      if "rror" in p.read_text()) if (work / "results/test/logs").exists() else ""
     assert result.returncode == 0, result.stderr[-5000:] + logs

@@ -24,9 +24,9 @@ REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "reproduce_tables", "--config", "preset=demo"]
 TRAIN_ALL = {f"train:{run}" for run in ("voc/irnet", "voc/dsn", "voc/dsn_dropout", "voc/mc", "voc/lc",
                                          "cityscapes/irnet", "cityscapes/dsn", "cityscapes/lc")}
-EVAL_ALL = {f"evaluate:{name}" for name in ("voc/irnet/eval_val", "voc/dsn/eval_val", "voc/dsn_dropout/eval_val",
-                                             "voc/mc/eval_val", "voc/lc/eval_val", "voc/lc/eval_val_ms",
-                                             "voc/lc/eval_val_ms_crf", "cityscapes/lc/eval_val")}
+EVAL_ALL = {f"evaluate:{name}" for name in (
+    "voc/irnet/eval_val", "voc/dsn/eval_val", "voc/dsn_dropout/eval_val", "voc/mc/eval_val",
+    "voc/lc/eval_val", "voc/lc/eval_val_ms", "voc/lc/eval_val_ms_crf", "cityscapes/lc/eval_val")}
 # key -> new value, and the jobs that read it (from the commands' code, not from the workflow)
 CHANGES = [
     ("evaluate.fast_rho", 0.9, {"bench_models", "bench_stages", "model_info", "build_table3"}),
@@ -36,6 +36,8 @@ CHANGES = [
     ("evaluate.max_images", 3, EVAL_ALL | {"sweep", "analyze_difficulty"}),
     ("evaluate.difficulty.confidence", 0.9, {"analyze_difficulty", "figure_fig1_difficulty"}),
     ("train.iterations.mc", 7, {"train:voc/mc"}),
+    ("train.lr", 0.02, TRAIN_ALL),
+    ("train.workers", 3, set()),  # execution only: reruns nothing
     ("train.rho", 0.95, {"train:voc/lc", "train:voc/dsn_dropout", "train:voc/mc", "train:cityscapes/lc",
                          "build_table1"}),
     ("train.pretrain_bn", "frozen", {"train:voc/irnet", "train:cityscapes/irnet"}),
