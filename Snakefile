@@ -35,6 +35,7 @@ config.update(CFG)
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/runs.smk"
 
 
 write_resolved_config()
