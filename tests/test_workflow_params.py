@@ -81,7 +81,7 @@ def touched_demo(tmp_path_factory) -> Path:
                for p in line[len("    output: "):].split(",")]
     for out in outputs:
         path = work / out
-        if path.name in ("SegmentationClassAug", "gtFine"):  # the prepared label folders
+        if path.name in ("SegmentationClassAug", "gtFine") or path.parent.name == "raw":  # folders
             path.mkdir(parents=True, exist_ok=True)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)

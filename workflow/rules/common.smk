@@ -4,7 +4,8 @@ import json
 import shlex
 
 from lc.config import results_dir
-from lc.data.paths import archive_path, prepared_dir, prepared_list_files, voc_test_available, weights_path
+from lc.data.paths import (archive_path, extracted_dir, prepared_dir, prepared_list_files, voc_test_available,
+                           weights_path)
 from lc.models.variants import CASCADE_VARIANTS, TABLE2_ORDER, VARIANTS, get_variant
 from lc.report import outputs
 
@@ -104,6 +105,11 @@ def archive(key):
     return str(archive_path(CFG, key))
 
 
+# the archives `lc prepare <dataset>` extracts
+PREPARE_ARCHIVES = {
+    "voc": ["voc2012_trainval", "sbd"] + (["voc2012_test"] if VOC_TEST else []),
+    "cityscapes": ["cityscapes_gtfine", "cityscapes_leftimg8bit"],
+}
 LABEL_DIRS = {"voc": "SegmentationClassAug", "cityscapes": "gtFine"}
 
 
@@ -111,9 +117,14 @@ def label_dir(dataset):
     return str(prepared_dir(CFG, dataset) / LABEL_DIRS[dataset])
 
 
+def extracted_dirs(dataset):
+    return [str(extracted_dir(CFG, key)) for key in PREPARE_ARCHIVES[dataset]]
+
+
 def prepared(dataset):
-    """What a prepared data set is: its split lists and its label folder."""
-    return [str(p) for p in prepared_list_files(CFG, dataset).values()] + [label_dir(dataset)]
+    """What a prepared data set is: its split lists, its label folder and its extracted images."""
+    return [str(p) for p in prepared_list_files(CFG, dataset).values()] + [label_dir(dataset)] + extracted_dirs(
+        dataset)
 
 
 # --- the configuration the jobs read ------------------------------------------------------

@@ -4,10 +4,6 @@ import re
 ARCHIVE_KEYS = [k for k in CFG["data"]["archives"] if k != "voc2012_test" or VOC_TEST]
 FILENAME_TO_KEY = {CFG["data"]["archives"][k]["filename"]: k for k in ARCHIVE_KEYS}
 MIRROR = CFG["data"]["mirror"]
-PREPARE_ARCHIVES = {
-    "voc": ["voc2012_trainval", "sbd"] + (["voc2012_test"] if VOC_TEST else []),
-    "cityscapes": ["cityscapes_gtfine", "cityscapes_leftimg8bit"],
-}
 
 
 wildcard_constraints:
@@ -73,6 +69,8 @@ for _dataset in PREPARE_ARCHIVES:
         output:
             lists=[str(p) for p in prepared_list_files(CFG, _dataset).values()],
             labels=directory(label_dir(_dataset)),
+            # the extracted archives: the images the jobs read stay there
+            raw=[directory(d) for d in extracted_dirs(_dataset)],
         params:
             lc=LC,
             lc_args=LC_ARGS,
