@@ -63,53 +63,140 @@ def _job_counts(output: str) -> dict[str, int]:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.MULTILINE)}
 
 
+def _jobs(output: str) -> list[dict[str, str]]:
+    """Each job of a dry-run (-p): its rule, input, output, resources and shell command lines."""
+    jobs = []
+    for block in output.split("\nrule ")[1:]:
+        job = {"rule": block.split(":", 1)[0]}
+        for key in ("input", "output", "resources"):
+            match = re.search(rf"^    {key}: (.*)$", block, re.MULTILINE)
+            job[key] = match.group(1) if match else ""
+        match = re.search(r"^(?:Shell command: )?(OMP_NUM_THREADS=.*|python -m lc\.cli.*|torchrun.*)$", block,
+                          re.MULTILINE)
+        job["shell"] = match.group(1) if match else ""
+        jobs.append(job)
+    return jobs
+
+
+def _paper_dry_run(*args: str) -> subprocess.CompletedProcess:
+    result = _snakemake("-n", "-p", "reproduce_tables", "--config", "preset=paper", *args)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
 def test_paper_dag_lists_every_step():
-    result = _snakemake("-n", "reproduce_tables", "--config", "preset=paper")
-    assert result.returncode == 0, result.stderr
+    result = _paper_dry_run()
     jobs = _job_counts(result.stdout)
+    paper = load_config(REPO / "config.yaml", preset="paper")
     assert "synth" not in jobs  # real downloads, no synthetic data
     assert jobs["download"] == 4  # VOC trainval, SBD, Cityscapes gtFine + leftImg8bit (VOC test: server)
+    assert jobs["weights"] == 1  # timm's ImageNet weights feed both pretrainings
     assert jobs["prepare_voc"] == jobs["prepare_cityscapes"] == 1
-    assert jobs["pretrain"] == 2 and jobs["train"] == 5  # dsn, dsn_dropout, lc, mc on VOC; lc on Cityscapes
-    assert jobs["evaluate"] == 6 and jobs["evaluate_multi_scale"] == 2
+    # VOC: irnet, dsn, dsn_dropout, mc, lc + one LC per other rho; Cityscapes: irnet, dsn, lc
+    per_rho = [r for r in paper["evaluate"]["rho_sweep"] if r < 1 and r != paper["train"]["rho"]]
+    assert jobs["train"] == 5 + len(per_rho) + 3
+    assert jobs["evaluate"] == 5 + 2 + 1  # Table 2 on VOC, LC multi-scale (+ CRF), Cityscapes LC
     assert jobs["sweep"] == 1 and jobs["export_cityscapes"] == 1
     for rule in ("bench_op", "bench_models", "bench_stages", "bench_rho", "bench_table6",
-                 "analyze_difficulty", "provenance", "tables_markdown",
+                 "analyze_difficulty", "provenance", "tables_markdown", "model_info",
                  *(f"build_table{n}" for n in range(1, 7)),
                  *(f"figure_{name}" for name in FIGURES)):
         assert jobs.get(rule) == 1, rule
     assert jobs["analyze_stages"] == 2
 
 
-def test_paper_dag_with_per_rho_training(tmp_path):
-    override = tmp_path / "retrain.yaml"
-    override.write_text("evaluate:\n  sweep_retrain: true\n")
-    result = _snakemake("-n", "reproduce_tables", "--config", "preset=paper", "--configfile", str(override))
-    assert result.returncode == 0, result.stderr
-    paper_rhos = len(load_config(REPO / "config.yaml", preset="paper")["evaluate"]["rho_sweep"])
-    assert _job_counts(result.stdout)["train_rho"] == paper_rhos
+def _train_jobs(result) -> dict[str, dict[str, str]]:
+    """run folder (runs/<dataset>/<run>) -> its train job."""
+    return {re.search(r"runs/(\w+/[\w.]+)/checkpoint\.pt", job["output"]).group(1): job
+            for job in _jobs(result.stdout) if job["rule"] == "train"}
 
 
-def test_paper_training_asks_for_gpus():
-    result = _snakemake("-n", "results/paper/runs/voc/lc/checkpoint.pt", "--config", "preset=paper")
+def test_paper_dag_weights_then_dsn_then_one_lc_per_rho():
+    """Issue 11: ImageNet weights feed pretraining, LC starts from DSN, one LC model per rho."""
+    paper = load_config(REPO / "config.yaml", preset="paper")
+    train = _train_jobs(_paper_dry_run())
+    assert "weights/inception_resnet_v2.pth" in train["voc/irnet"]["input"]
+    for dataset in ("voc", "cityscapes"):
+        assert f"runs/{dataset}/dsn/checkpoint.pt" in train[f"{dataset}/lc"]["input"]
+        assert f"runs/{dataset}/irnet/checkpoint.pt" in train[f"{dataset}/dsn"]["input"]
+    assert "runs/voc/dsn/checkpoint.pt" in train["voc/dsn_dropout"]["input"]
+    assert "runs/voc/irnet/checkpoint.pt" in train["voc/mc"]["input"]
+    rho_runs = sorted(run for run in train if run.startswith("voc/lc_rho"))
+    expected = sorted(f"voc/lc_rho{r:.3f}" for r in paper["evaluate"]["rho_sweep"]
+                      if r < 1 and r != paper["train"]["rho"])
+    assert rho_runs == expected  # rho = 1 is the DSN run, rho = train.rho the main LC run: no duplicate
+    for run in rho_runs:
+        assert f"--rho {float(run.split('lc_rho')[1]):g}" in train[run]["shell"]
+    sweep = next(job for job in _jobs(_paper_dry_run().stdout) if job["rule"] == "sweep")
+    assert "runs/voc/dsn/checkpoint.pt" in sweep["input"] and "runs/voc/lc/checkpoint.pt" in sweep["input"]
+    fast = f"runs/voc/lc_rho{paper['evaluate']['fast_rho']:.3f}/checkpoint.pt"
+    bench = {job["rule"]: job for job in _jobs(_paper_dry_run().stdout)}
+    assert fast in bench["bench_models"]["input"] and f"--fast-checkpoint results/paper/{fast}" in bench[
+        "bench_models"]["shell"]
+
+
+def test_paper_export_model_trains_on_trainval(tmp_path):
+    """With VOC test images configured, the VOC export's LC trains on evaluate.export_train_split."""
+    override = tmp_path / "voc_test.yaml"
+    override.write_text("data:\n  archives:\n    voc2012_test: {md5: 0123456789abcdef0123456789abcdef}\n")
+    result = _paper_dry_run("--configfile", str(override))
+    train = _train_jobs(result)
+    assert "--split trainval_aug" in train["voc/lc_trainval_aug"]["shell"]
+    assert all("--split" not in job["shell"] for run, job in train.items() if run != "voc/lc_trainval_aug")
+    export = next(job for job in _jobs(result.stdout) if job["rule"] == "export_voc")
+    assert "runs/voc/lc_trainval_aug/checkpoint.pt" in export["input"]
+
+
+def test_paper_gpu_jobs_through_the_slurm_profile(tmp_path):
+    """Every job of a GPU kind asks SLURM for GPUs (--gpus) and runs with --device cuda; no other does."""
+    from types import SimpleNamespace
+
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    profile = tmp_path / "slurm"
+    profile.mkdir()
+    text = (REPO / "workflow/profiles/slurm/config.yaml").read_text()
+    # conda is not installed here; everything else is the profile as shipped
+    (profile / "config.yaml").write_text(re.sub(r"^software-deployment-method:.*$", "", text, flags=re.M))
+    result = _snakemake("-n", "--profile", str(profile), "reproduce_tables", "--config", "preset=paper")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    gpu_rules = {"train", "evaluate", "sweep", "export_cityscapes", "analyze_difficulty", "analyze_stages",
+                 "bench_op", "bench_models", "bench_stages", "bench_rho", "bench_table6"}
+    jobs = _jobs(result.stdout)
+    assert {job["rule"] for job in jobs} >= gpu_rules
+    for job in jobs:
+        resources = dict(item.split("=", 1) for item in job["resources"].split(", ") if "=" in item)
+        if job["rule"] in gpu_rules:
+            sbatch = set_gres_string(SimpleNamespace(resources=SimpleNamespace(
+                get=lambda key, default=None, r=resources: r.get(key, default), gres=None)))
+            assert sbatch.strip() == f"--gpus={resources['gpu']}", (job["rule"], sbatch)
+            assert resources.get("slurm_partition") == "gpu", job["rule"]
+            assert "--device cuda" in job["shell"], job
+        else:
+            assert "gpu" not in resources and "--device cuda" not in job["shell"], job
+
+
+def test_demo_runs_on_the_configured_device():
+    result = _snakemake("-n", "-p", "reproduce_tables", "--config", "preset=demo")
     assert result.returncode == 0, result.stderr
-    jobs = result.stdout.split("\nrule ")
-    train_jobs = [job for job in jobs if job.startswith(("pretrain:", "train:"))]
-    assert len(train_jobs) == 2 and all("gpu=1" in job for job in train_jobs)
+    jobs = [job for job in _jobs(result.stdout) if "--device" in job["shell"]]
+    assert jobs
+    assert all("--device cuda" not in job["shell"] and "gpu=" not in job["resources"] for job in jobs)
 
 
 def _copy_repo(dest: Path) -> Path:
     for name in ("Snakefile", "config.yaml"):
         shutil.copy2(REPO / name, dest / name)
-    for name in ("workflow", "envs", "results/paper"):
-        shutil.copytree(REPO / name, dest / name)
+    for name in ("workflow", "envs", "lc", "results/paper"):
+        shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
     return dest
 
 
+@pytest.mark.slow
 def test_test_preset_runs_end_to_end(tmp_path):
     """The whole DAG on the test preset in a copy of the repository; a second run does nothing."""
     work = _copy_repo(tmp_path)
-    result = _snakemake("--cores", "2", "reproduce_tables", "--config", "preset=test", cwd=work, timeout=600)
+    result = _snakemake("--cores", "2", "reproduce_tables", "--config", "preset=test", cwd=work, timeout=900)
     logs = "\n".join(f"== {p}\n{p.read_text()[-2000:]}" for p in (work / "results/test/logs").rglob("*.log")
                      if "rror" in p.read_text()) if (work / "results/test/logs").exists() else ""
     assert result.returncode == 0, result.stderr[-5000:] + logs
@@ -129,7 +216,10 @@ def test_test_preset_runs_end_to_end(tmp_path):
     assert (work / "results/test/provenance.json").exists()
     again = _snakemake("-n", "--cores", "2", "reproduce_tables", "--config", "preset=test", cwd=work)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr, again.stdout
-    report = _snakemake("--cores", "2", "report", "--config", "preset=test", cwd=work)
+    # Snakemake's own report, no nested Snakemake: tables, figures, bench outputs, model info
     html = work / "results/test/report.html"
+    report = _snakemake("--report", str(html), "reproduce_tables", "--config", "preset=test", cwd=work)
     assert report.returncode == 0 and html.stat().st_size > 100_000, report.stderr[-3000:]
-    assert "fig7a_miou_vs_speed.png" in html.read_text(errors="ignore")
+    text = html.read_text(errors="ignore")
+    for name in ("fig7a_miou_vs_speed.png", "op_speedup.png", "model_info.csv", "table3_speed.csv"):
+        assert name in text, name

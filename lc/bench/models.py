@@ -60,16 +60,20 @@ class BenchSetup:
     masks: TrainedMasks | None
     paper_table1: pd.DataFrame | None
     threads: int
+    fast_masks: TrainedMasks | None = None  # LC fast's own model (one model per rho), when given
 
     @classmethod
     def from_config(cls, cfg: dict, full_model_cfg: dict | None = None, checkpoint: str | Path | None = None,
                     device: str | None = None, warmup: int | None = None, runs: int | None = None,
-                    paper_table1: pd.DataFrame | None = None, threads: int | None = None) -> BenchSetup:
+                    paper_table1: pd.DataFrame | None = None, threads: int | None = None,
+                    fast_checkpoint: str | Path | None = None) -> BenchSetup:
         """`full_model_cfg`: the paper preset's `model:` (default: this config's base = its own).
 
         paper_table1: the published Table 1 (`lc.report.paper.load_paper_table(1)`), whose stage
         shares route LC when no trained checkpoint is given. threads: torch CPU threads (default
-        `bench.threads`), set here for every timing that follows.
+        `bench.threads`), set here for every timing that follows. fast_checkpoint: the LC model trained
+        at evaluate.fast_rho (evaluate.sweep_retrain), whose masks route LC fast; default: the masks of
+        `checkpoint` re-thresholded at fast_rho.
         """
         bench = cfg["bench"]
         full_size = bool(bench.get("full_size_models", True))
@@ -77,19 +81,25 @@ class BenchSetup:
         dev = resolve_device(device or cfg.get("device", "auto"))
         threads = int(bench["threads"] if threads is None else threads)
         set_threads(threads)
+        count = int(bench.get("mask_sets", 8)) * int(bench["batch_size"])
         masks = None
         if checkpoint and Path(checkpoint).exists():
-            masks = TrainedMasks(checkpoint, cfg, int(bench.get("mask_sets", 8)) * int(bench["batch_size"]),
-                                 dev)
+            masks = TrainedMasks(checkpoint, cfg, count, dev)
         elif checkpoint:
             log.warning("%s does not exist; timing LC with the paper's stage shares instead", checkpoint)
+        fast_masks = None
+        if fast_checkpoint is not None:
+            if not Path(fast_checkpoint).is_file():
+                raise FileNotFoundError(f"--fast-checkpoint {fast_checkpoint} does not exist; train the LC "
+                                        "model at evaluate.fast_rho first (the workflow's lc_rho<rho> run)")
+            fast_masks = TrainedMasks(fast_checkpoint, cfg, count, dev)
         return cls(cfg=cfg, model_cfg=model_cfg, full_size=full_size, device=dev,
                    device_name=device_name(dev), image_size=int(bench["image_size"]),
                    batch_size=int(bench["batch_size"]),
                    warmup=int(bench["warmup"] if warmup is None else warmup),
                    runs=int(bench["runs"] if runs is None else runs),
                    mask_sets=int(bench.get("mask_sets", 8)), masks=masks, paper_table1=paper_table1,
-                   threads=threads)
+                   threads=threads, fast_masks=fast_masks)
 
     def warmup_for(self, mask_sets: Sequence[RoutingMasks]) -> int:
         """Warm-up runs for LC: at least one per mask set, since every set brings new GEMM shapes
@@ -100,17 +110,25 @@ class BenchSetup:
     def mask_source(self) -> str:
         return self.masks.name if self.masks is not None else MASK_SOURCE_PAPER
 
+    def source_of(self, method: str) -> str:
+        """Where `method`'s routing masks come from (LC fast: its own model when one was given)."""
+        if method == "lc_fast" and self.fast_masks is not None:
+            return self.fast_masks.name
+        return self.mask_source
+
     def images(self, size: tuple[int, int] | None = None) -> torch.Tensor:
         gen = torch.Generator().manual_seed(int(self.cfg.get("seed", 0)))
         height, width = size or (self.image_size, self.image_size)
         return torch.randn(self.batch_size, 3, height, width, generator=gen).to(self.device)
 
     def mask_sets_for(self, rho: float, model: LayerCascade, image_hw: tuple[int, int] | None = None,
-                      flip: bool = False) -> list[RoutingMasks]:
+                      flip: bool = False, method: str = "lc") -> list[RoutingMasks]:
         image_hw = image_hw or (self.image_size, self.image_size)
         grid = model.output_size(*image_hw)
         seed = int(self.cfg.get("seed", 0)) + int(round(rho * 1e4)) + (1 if flip else 0)
         source = self.masks if self.masks is not None else self.paper_table1
+        if method == "lc_fast" and self.fast_masks is not None:
+            source = self.fast_masks
         if source is None:
             raise ValueError("timing LC needs routing masks: a trained LC checkpoint (--checkpoint) or "
                              "the paper's Table 1 (BenchSetup.from_config(paper_table1=...))")
@@ -167,9 +185,10 @@ def _lc_step(model: LayerCascade, images: torch.Tensor, routing: prescribed_rout
     return step
 
 
-def time_lc(setup: BenchSetup, model: LayerCascade, rho: float) -> tuple[dict, list[RoutingMasks]]:
+def time_lc(setup: BenchSetup, model: LayerCascade, rho: float,
+            method: str = "lc") -> tuple[dict, list[RoutingMasks]]:
     """Timing row of LC's forward at rho with prescribed masks, and the mask sets it cycled through."""
-    mask_sets = setup.mask_sets_for(rho, model)
+    mask_sets = setup.mask_sets_for(rho, model, method=method)
     routing = prescribed_routing(mask_sets)
     timing = measure(_lc_step(model, setup.images(), routing, rho), setup.device,
                      setup.warmup_for(mask_sets), setup.runs)
@@ -198,12 +217,12 @@ def run_models_bench(setup: BenchSetup) -> pd.DataFrame:
                "mask_source": "none", "full_size": setup.full_size or method in ("deeplab_v2", "segnet")}
         flops = _flops(method, setup.model_cfg, setup.image_size)
         if method in rhos:
-            timing, mask_sets = time_lc(setup, model, rho)
+            timing, mask_sets = time_lc(setup, model, rho, method)
             row["stage1_pct"], row["stage2_pct"] = mask_shares(mask_sets)
             passed2 = 1 - row["stage1_pct"] / 100
             passed3 = passed2 - row["stage2_pct"] / 100
             row["gflops"] = predicted_cost(flops, [1.0, passed2, max(0.0, passed3)])["flops"] / 1e9
-            row["mask_source"] = setup.mask_source
+            row["mask_source"] = setup.source_of(method)
         else:
             images = setup.images()
             timing = measure(lambda _i, m=model, x=images: m(x), setup.device, setup.warmup,

@@ -30,11 +30,13 @@ def run_op_benchmark(cfg: dict, out: str | Path, png: str | Path | None = None, 
 def run_benchmark(kind: str, cfg: dict, full_cfg: dict, out: str | Path,
                   checkpoint: str | Path | None = None, device: str | None = None,
                   warmup: int | None = None, runs: int | None = None, threads: int | None = None,
-                  paper_table1: pd.DataFrame | None = None) -> pd.DataFrame:
+                  paper_table1: pd.DataFrame | None = None,
+                  fast_checkpoint: str | Path | None = None) -> pd.DataFrame:
     """Run one model-level benchmark (`BENCH_KINDS`) and write its CSV atomically.
 
     full_cfg: the config whose `model:` is "full size" (the paper preset's). paper_table1: the
-    published Table 1, whose stage shares route LC when no trained checkpoint is given.
+    published Table 1, whose stage shares route LC when no trained checkpoint is given;
+    fast_checkpoint: the LC model trained at evaluate.fast_rho (models and stages: LC fast's masks).
     """
     from lc.bench.models import BenchSetup, run_models_bench
     from lc.bench.rho import run_rho_bench
@@ -47,7 +49,8 @@ def run_benchmark(kind: str, cfg: dict, full_cfg: dict, out: str | Path,
     if kind not in runners:
         raise ValueError(f"unknown benchmark {kind!r}; choose one of {', '.join(BENCH_KINDS)} (or op)")
     setup = BenchSetup.from_config(cfg, full_cfg["model"], checkpoint=checkpoint, device=device,
-                                   warmup=warmup, runs=runs, paper_table1=paper_table1, threads=threads)
+                                   warmup=warmup, runs=runs, paper_table1=paper_table1, threads=threads,
+                                   fast_checkpoint=fast_checkpoint)
     table = runners[kind](setup)
     write_csv(table, out)
     return table

@@ -93,11 +93,11 @@ def run_stages_bench(setup: BenchSetup) -> pd.DataFrame:
             steps, active = _irnet_stage_steps(model, images), [100.0, 100.0, 100.0]
             source = "none"
         else:
-            mask_sets = setup.mask_sets_for(rho, model)
+            mask_sets = setup.mask_sets_for(rho, model, method=method)
             steps = _lc_stage_steps(model, images, mask_sets, rho)
             stage1_pct, stage2_pct = mask_shares(mask_sets)
             active = [100.0, 100.0 - stage1_pct, 100.0 - stage1_pct - stage2_pct]
-            source = setup.mask_source
+            source = setup.source_of(method)
         warmup = setup.warmup if method == "irnet" else setup.warmup_for(mask_sets)
         for stage, step in enumerate(steps, start=1):
             timing = measure(step, setup.device, warmup, setup.runs)

@@ -49,7 +49,8 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     full_cfg = load_config(args.config, preset=FULL_SIZE_PRESET)
     table = run_benchmark(args.kind, config_from_args(args), full_cfg, args.out, checkpoint=args.checkpoint,
                           device=args.device, warmup=args.warmup, runs=args.runs, threads=args.threads,
-                          paper_table1=load_paper_table(1))
+                          paper_table1=load_paper_table(1),
+                          fast_checkpoint=getattr(args, "fast_checkpoint", None))
     _print_table(table)
     if args.kind == "models":
         print("\n".join(speedup_lines(table)))
@@ -86,6 +87,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         q.add_argument("--checkpoint", default=None,
                        help="trained LC checkpoint: route with its masks on VOC val images (default, or "
                             "when the file is missing: masks with the paper's Table 1 stage shares)")
+        if kind in ("models", "stages"):
+            q.add_argument("--fast-checkpoint", default=None,
+                           help="the LC model trained at evaluate.fast_rho (evaluate.sweep_retrain): LC fast "
+                                "is routed with its masks (default: --checkpoint re-thresholded)")
         add_device_argument(q)
         _add_repeats(q)
         q.set_defaults(func=_cmd_bench)

@@ -2,6 +2,7 @@
 
 ```
 <data.root>/archives/<filename>          downloaded, verified archives (`lc download`)
+<data.root>/weights/inception_resnet_v2.pth  ImageNet weights (`lc weights`)
 <data.root>/raw/<archive key>/           their extracted contents (`lc prepare`)
 <data.root>/voc_aug/SegmentationClassAug/<id>.png, train_aug.txt, trainval_aug.txt, val.txt[, test.txt]
 <data.root>/cityscapes/gtFine/<split>/<city>/<name>_gtFine_labelTrainIds.png, train.txt, val.txt, test.txt

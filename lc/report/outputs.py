@@ -56,6 +56,11 @@ def rho_run_name(rho: float | str) -> str:
     return f"lc_rho{rho_tag(rho)}"
 
 
+def split_run_name(variant: str, split: str) -> str:
+    """The variant folder of a run trained on another split than train_aug (the VOC test export's model)."""
+    return f"{variant}_{split}"
+
+
 def checkpoint(dataset: str, variant: str) -> str:
     return f"{run_dir(dataset, variant)}/checkpoint.pt"
 
@@ -110,6 +115,11 @@ def stage_examples(dataset: str) -> str:
 def export_summary(archive: str) -> str:
     """export/<name>.json beside export/<name>.<ext>: image counts of the submission."""
     return archive.split(".")[0] + ".json"
+
+
+def benchmark(kind: str, name: str) -> str:
+    """Snakemake's `benchmark:` record (wall time, memory) of a long job."""
+    return f"benchmarks/{kind}/{name}.tsv"
 
 
 def log(kind: str, name: str) -> str:

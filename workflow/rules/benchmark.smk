@@ -1,41 +1,62 @@
 # Speed (Tables 3 and 6, Fig. 7): region convolution, whole models, per-stage and per-rho timing.
-# Benchmarks take all the threads of their machine so that no other job runs beside them locally.
+# Threads come from resources.threads.bench; locally the `bench_slot` resource (one slot in the
+# default profile) keeps benchmarks from running beside each other.
 
-BENCH_OUTPUTS = {
-    "op": f"{R}/bench/op_speedup.csv",
-    "models": f"{R}/bench/table3_speed.csv",
-    "stages": f"{R}/bench/stage_time.csv",
-    "rho": f"{R}/bench/rho_speed.csv",
-    "table6": f"{R}/bench/table6_fps.csv",
-}
-# `lc bench op` times region convolution alone; the others are model-level `lc bench <kind>`.
-BENCH_COMMANDS = {"op": "bench op", "models": "bench models", "stages": "bench stages", "rho": "bench rho",
-                  "table6": "bench table6"}
+BENCH_KINDS = ("op", "models", "stages", "rho", "table6")
 # The trained LC supplies real routing masks (mask_source) for the model-level timings.
 BENCH_NEEDS_MODEL = {"models", "stages", "rho", "table6"}
+# LC fast is a second model when evaluate.sweep_retrain (the one trained at evaluate.fast_rho).
+BENCH_FAST_MODEL = {"models", "stages"} if SWEEP_RETRAIN else set()
+PAPER_CFG = load_config(Path(workflow.basedir) / "config.yaml", preset="paper", overrides=_overrides)
+# What each `lc bench <kind>` reads (model-level kinds also time the paper preset's full-size model).
+BENCH_READS = {
+    "op": ["bench.op_image_size", "bench.fractions", "bench.warmup", "bench.runs", "model.block_counts"],
+    "models": ["bench.models", "evaluate.rho", "evaluate.fast_rho"],
+    "stages": ["evaluate.rho", "evaluate.fast_rho"],
+    "rho": ["evaluate.rho_sweep"],
+    "table6": ["evaluate.rho", *protocol_reads("ms_crf")],
+}
+BENCH_MODEL_READS = ["seed", "model", "bench.image_size", "bench.batch_size", "bench.warmup", "bench.runs",
+                     "bench.full_size_models", "bench.mask_sets"]
 
-for _kind, _csv in BENCH_OUTPUTS.items():
+
+for _kind in BENCH_KINDS:
 
     rule:
         name:
             f"bench_{_kind}"
         input:
+            config=ancient(RESOLVED_CONFIG),
             data=prepared("voc") if _kind in BENCH_NEEDS_MODEL else [],
-            checkpoint=checkpoint_of("voc", "lc") if _kind in BENCH_NEEDS_MODEL else [],
+            checkpoint=checkpoint("voc", "lc") if _kind in BENCH_NEEDS_MODEL else [],
+            fast=checkpoint("voc", rho_run(EV["fast_rho"])) if _kind in BENCH_FAST_MODEL else [],
         output:
-            _csv,
+            **bench_outputs(_kind),
         params:
+            lc=LC,
             lc_args=LC_ARGS,
-            command=BENCH_COMMANDS[_kind],
-            checkpoint=(lambda wc, input: f"--checkpoint {input.checkpoint}" if input.checkpoint else ""),
-            settings=section("bench"),
+            command="bench op" if _kind == "op" else f"bench {_kind}",
+            flags=(
+                lambda wc, input, output, threads: f"--threads {threads} "
+                + (
+                    f"--png {output.png}"
+                    if "png" in output.keys()
+                    else f"--checkpoint {input.checkpoint}"
+                    + (f" --fast-checkpoint {input.fast}" if input.fast else "")
+                )
+            ),
+            device=device_flag("bench") if _kind != "op" or GPUS.get("bench", 0) else "all",
+            settings=bench_settings(_kind),
         log:
-            f"{LOGS}/bench/{_kind}.log",
-        threads: workflow.cores if GPUS["bench"] == 0 else threads_for("bench")
+            log("bench", _kind),
+        benchmark:
+            out("benchmark", "bench", _kind)
+        threads: threads_for("bench")
         resources:
+            bench_slot=1,
             **resources_for("bench"),
         conda:
-            ENV_BENCH
+            env_for("bench")
         shell:
-            "OMP_NUM_THREADS={threads} lc {params.command} {params.lc_args} {params.checkpoint}"
-            " --out {output} > {log} 2>&1"
+            "OMP_NUM_THREADS={threads} {params.lc} {params.command} {params.lc_args} {params.flags}"
+            " --device {params.device} --out {output.csv} > {log} 2>&1"

@@ -1,38 +1,89 @@
-# Shared by all the workflow files: the resolved configuration, paths, the `lc` command line.
+# Shared by all the workflow files: the resolved configuration, output paths (lc.report.outputs),
+# the `lc` command line, exact params and resources per kind of job.
 import json
+import shlex
 
-from lc.config import config_hash, results_dir
-from lc.data.paths import archive_path, prepared_list_files, voc_test_available
+from lc.config import results_dir
+from lc.data.paths import (archive_path, extracted_dir, prepared_dir, prepared_list_files, voc_test_available,
+                           weights_path)
+from lc.models.variants import CASCADE_VARIANTS, TABLE2_ORDER, VARIANTS, get_variant
+from lc.report import outputs
 
 PRESET = CFG["preset"]
 R = str(results_dir(CFG))  # results/<preset>
 DATA = CFG["data"]["root"]
-LOGS = f"{R}/logs"
-# Every `lc` call reads config.yaml with the command line's --config overrides applied (written
-# by `onstart` in the Snakefile), so `snakemake --config evaluate='{max_images: 10}'` reaches the jobs.
-RESOLVED_CONFIG = f"{R}/config.resolved.yaml"
-LC_ARGS = f"--config {RESOLVED_CONFIG} --preset {PRESET}"
-
 DATASETS = CFG["datasets"]
-VOC_VARIANTS = ["irnet", "dsn", "dsn_dropout", "mc", "lc"]
-CASCADE_VARIANTS = ["dsn", "dsn_dropout", "lc", "mc"]
 SYNTHETIC = bool(CFG["data"]["synthetic"])
 VOC_TEST = voc_test_available(CFG)
-RHO_SWEEP = [float(r) for r in CFG["evaluate"]["rho_sweep"]]
-SWEEP_RETRAIN = bool(CFG["evaluate"]["sweep_retrain"])
 RES = CFG["resources"]
 GPUS = RES["gpus"]
+EV = CFG["evaluate"]
+TRAIN_SPLIT = "train_aug"  # what every run trains on, except the VOC test export's model
 
-# One conda env per kind of job; compute jobs get the CUDA build when the preset asks for GPUs.
-ENV_CPU = "../../envs/lc-cpu.yaml"
-ENV_TRAIN = "../../envs/lc-gpu.yaml" if GPUS["train"] else ENV_CPU
-ENV_EVAL = "../../envs/lc-gpu.yaml" if GPUS["evaluate"] else ENV_CPU
-ENV_BENCH = "../../envs/lc-gpu.yaml" if GPUS["bench"] else ENV_CPU
+
+def out(name, *args, **kwargs):
+    """A path of lc.report.outputs below results/<preset>/ (a function name, or a constant's name)."""
+    value = getattr(outputs, name)
+    return f"{R}/{value(*args, **kwargs) if callable(value) else value}"
+
+
+def log(kind, name):
+    return out("log", kind, name)
+
+
+# --- the `lc` command -------------------------------------------------------------------------
+# Jobs run `python -m lc.cli` with the workflow's own folder first on PYTHONPATH: the conda envs
+# (envs/) hold the dependencies only, and a checkout runs without `pip install -e .`.
+REPO = str(Path(workflow.basedir).resolve())
+shell.prefix(f"set -euo pipefail; export PYTHONPATH={shlex.quote(REPO)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+LC = "python -m lc.cli"
+# Every `lc` call reads config.yaml with the command line's --config overrides applied (written
+# below), so `snakemake --config evaluate='{max_images: 10}'` reaches the jobs.
+RESOLVED_CONFIG = out("RESOLVED_CONFIG")
+LC_ARGS = f"--config {RESOLVED_CONFIG} --preset {PRESET}"
+
+
+def launcher(kind):
+    """`lc` for one process; torchrun with one process per GPU when a training job has several."""
+    if GPUS.get(kind, 0) > 1:
+        return f"torchrun --standalone --nproc_per_node {GPUS[kind]} -m lc.cli"
+    return LC
+
+
+def device_flag(kind):
+    """A job that asks for GPUs runs on CUDA or fails (never falls back to the CPU silently)."""
+    return "cuda" if GPUS.get(kind, 0) > 0 else CFG["device"]
+
+
+# --- exact rerun tracking ---------------------------------------------------------------------
+_MISSING = object()
+
+
+def _lookup(cfg, dotted):
+    value = cfg
+    for part in dotted.split("."):
+        value = value.get(part, _MISSING) if isinstance(value, dict) else _MISSING
+        if value is _MISSING:
+            raise KeyError(f"workflow params: config key {dotted!r} does not exist")
+    return value
+
+
+def reads(*keys, cfg=None):
+    """The config values a command reads, as canonical JSON: a rule's `settings` param.
+
+    Snakemake reruns a job when its params change (rerun trigger `params`), so each rule lists
+    exactly the keys its command reads: a key reruns the jobs that read it and nothing else.
+    Execution-only settings (workers, log_every, checkpoint_every, resources) are left out.
+    """
+    cfg = CFG if cfg is None else cfg
+    return json.dumps({key: _lookup(cfg, key) for key in keys}, sort_keys=True)
+
 
 def resources_for(kind):
-    """Scheduler resources of one kind of job (see config.yaml `resources:`)."""
+    """Scheduler resources of one kind of job (config.yaml `resources:`); `gpu` is what the SLURM
+    plugin turns into --gpus and the default profile caps at one job at a time."""
     res = {"mem_mb": RES["mem_mb"].get(kind, 4000), "runtime": RES["runtime_min"].get(kind, 60)}
-    if kind in GPUS:
+    if GPUS.get(kind, 0) > 0:
         res["gpu"] = GPUS[kind]
     return res
 
@@ -41,67 +92,39 @@ def threads_for(kind):
     return RES["threads"].get(kind, 1)
 
 
-def section(*keys):
-    """A config subsection as canonical JSON: used as a `params:` value so changing it reruns the rule."""
-    return json.dumps({k: CFG[k] for k in keys}, sort_keys=True)
+# One conda env per kind of job; compute jobs get the CUDA build when the preset asks for GPUs.
+ENV_CPU = "../../envs/lc-cpu.yaml"
 
 
-def rho_tag(rho):
-    return f"{float(rho):.3f}"
+def env_for(kind):
+    return "../../envs/lc-gpu.yaml" if GPUS.get(kind, 0) > 0 else ENV_CPU
 
 
+# --- data -------------------------------------------------------------------------------------
 def archive(key):
     return str(archive_path(CFG, key))
 
 
+# the archives `lc prepare <dataset>` extracts
+PREPARE_ARCHIVES = {
+    "voc": ["voc2012_trainval", "sbd"] + (["voc2012_test"] if VOC_TEST else []),
+    "cityscapes": ["cityscapes_gtfine", "cityscapes_leftimg8bit"],
+}
+LABEL_DIRS = {"voc": "SegmentationClassAug", "cityscapes": "gtFine"}
+
+
+def label_dir(dataset):
+    return str(prepared_dir(CFG, dataset) / LABEL_DIRS[dataset])
+
+
+def extracted_dirs(dataset):
+    return [str(extracted_dir(CFG, key)) for key in PREPARE_ARCHIVES[dataset]]
+
+
 def prepared(dataset):
-    return [str(p) for p in prepared_list_files(CFG, dataset).values()]
+    """What a prepared data set is: its split lists, its label folder and its extracted images."""
+    return [str(p) for p in prepared_list_files(CFG, dataset).values()] + [label_dir(dataset)] + extracted_dirs(
+        dataset)
 
 
-def checkpoint_of(dataset, variant):
-    return f"{R}/runs/{dataset}/{variant}/checkpoint.pt"
-
-
-def train_launcher(gpus):
-    """`lc` for one process, torchrun with one process per GPU when a job has several."""
-    if gpus > 1:
-        return f"torchrun --standalone --nproc_per_node {gpus} -m lc.cli"
-    return "lc"
-
-
-def export_summary(archive):
-    """export/<name>.json beside export/<name>.<ext>: image counts of the submission."""
-    return archive.split(".")[0] + ".json"
-
-
-def sweep_checkpoints(wildcards):
-    if SWEEP_RETRAIN:
-        return [f"{R}/runs/voc/lc_rho{rho_tag(rho)}/checkpoint.pt" for rho in RHO_SWEEP]
-    return [checkpoint_of("voc", "lc")]
-
-
-def eval_json(dataset, variant, protocol=""):
-    return f"{R}/runs/{dataset}/{variant}/eval_val{protocol}.json"
-
-
-def table_inputs(number):
-    """The run outputs table `number` reads (lc.report.tables); only what this preset produces."""
-    voc = "voc" in DATASETS
-    if number == 1:
-        return [SWEEP_CSV] if voc else []
-    if number == 2:
-        return [eval_json("voc", v) for v in VOC_VARIANTS] if voc else []
-    if number == 3:
-        return [BENCH_OUTPUTS["models"]] + (
-            [eval_json("voc", "lc"), eval_json("voc", "irnet"), SWEEP_CSV] if voc else [])
-    if number == 4:
-        if not voc:
-            return []
-        exports = [f"{R}/export/voc_test_comp6.tar.gz"] if VOC_TEST else []
-        return [eval_json("voc", "lc", p) for p in ("", "_ms", "_ms_crf")] + exports
-    if number == 5:
-        if "cityscapes" not in DATASETS:
-            return []
-        return [eval_json("cityscapes", "lc"), f"{R}/export/cityscapes_test.zip"]
-    return [BENCH_OUTPUTS["table6"], BENCH_OUTPUTS["models"]] + (
-        [eval_json("voc", "lc", p) for p in ("", "_ms", "_ms_crf")] if voc else [])
+# --- the configuration the jobs read ------------------------------------------------------

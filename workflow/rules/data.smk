@@ -14,77 +14,73 @@ if SYNTHETIC:
 
     rule synth:
         """Synthetic data sets in the exact archive formats of VOC 2012, SBD and Cityscapes."""
+        input:
+            config=ancient(RESOLVED_CONFIG),
         output:
             archives=[f"{MIRROR}/{name}" for name in FILENAME_TO_KEY],
             md5sums=f"{MIRROR}/MD5SUMS",
         params:
+            lc=LC,
             lc_args=LC_ARGS,
-            settings=section("seed", "data"),
+            settings=reads("seed", "data.synthetic_sizes"),
         log:
-            f"{LOGS}/data/synth.log",
+            log("data", "synth"),
         threads: threads_for("prepare")
         resources:
             **resources_for("prepare"),
         conda:
             ENV_CPU
         shell:
-            "lc synth {params.lc_args} > {log} 2>&1"
+            "{params.lc} synth {params.lc_args} > {log} 2>&1"
 
 
 rule download:
     """One archive from its public host (or data.mirror), verified by MD5."""
     input:
-        lambda wc: [f"{MIRROR}/{wc.filename}", f"{MIRROR}/MD5SUMS"] if SYNTHETIC else [],
+        config=ancient(RESOLVED_CONFIG),
+        mirror=lambda wc: [f"{MIRROR}/{wc.filename}", f"{MIRROR}/MD5SUMS"] if SYNTHETIC else [],
     output:
         f"{DATA}/archives/{{filename}}",
     params:
+        lc=LC,
         lc_args=LC_ARGS,
         key=lambda wc: FILENAME_TO_KEY[wc.filename],
+        settings=lambda wc: reads(f"data.archives.{FILENAME_TO_KEY[wc.filename]}", "data.mirror"),
     log:
-        f"{LOGS}/data/download_{{filename}}.log",
+        log("data", "download_{filename}"),
     threads: threads_for("download")
     resources:
         **resources_for("download"),
     conda:
         ENV_CPU
     shell:
-        "lc download {params.key} {params.lc_args} --out {output} > {log} 2>&1"
+        "{params.lc} download {params.key} {params.lc_args} --out {output} > {log} 2>&1"
 
 
-rule prepare_voc:
-    """VOC 2012 + SBD -> the 10,582-image train_aug set, val (and test when configured)."""
-    input:
-        [archive("voc2012_trainval"), archive("sbd")] + ([archive("voc2012_test")] if VOC_TEST else []),
-    output:
-        prepared("voc"),
-    params:
-        lc_args=LC_ARGS,
-    log:
-        f"{LOGS}/data/prepare_voc.log",
-    threads: threads_for("prepare")
-    resources:
-        **resources_for("prepare"),
-    conda:
-        ENV_CPU
-    shell:
-        "lc prepare voc {params.lc_args} > {log} 2>&1"
+for _dataset in PREPARE_ARCHIVES:
 
-
-rule prepare_cityscapes:
-    """Cityscapes fine annotations -> trainIds, with train/val/test lists."""
-    input:
-        archive("cityscapes_gtfine"),
-        archive("cityscapes_leftimg8bit"),
-    output:
-        prepared("cityscapes"),
-    params:
-        lc_args=LC_ARGS,
-    log:
-        f"{LOGS}/data/prepare_cityscapes.log",
-    threads: threads_for("prepare")
-    resources:
-        **resources_for("prepare"),
-    conda:
-        ENV_CPU
-    shell:
-        "lc prepare cityscapes {params.lc_args} > {log} 2>&1"
+    rule:
+        """VOC 2012 + SBD -> train_aug, val (and test); Cityscapes fine annotations -> trainIds."""
+        name:
+            f"prepare_{_dataset}"
+        input:
+            config=ancient(RESOLVED_CONFIG),
+            archives=[archive(key) for key in PREPARE_ARCHIVES[_dataset]],
+        output:
+            lists=[str(p) for p in prepared_list_files(CFG, _dataset).values()],
+            labels=directory(label_dir(_dataset)),
+            # the extracted archives: the images the jobs read stay there
+            raw=[directory(d) for d in extracted_dirs(_dataset)],
+        params:
+            lc=LC,
+            lc_args=LC_ARGS,
+            dataset=_dataset,
+        log:
+            log("data", f"prepare_{_dataset}"),
+        threads: threads_for("prepare")
+        resources:
+            **resources_for("prepare"),
+        conda:
+            ENV_CPU
+        shell:
+            "{params.lc} prepare {params.dataset} {params.lc_args} > {log} 2>&1"

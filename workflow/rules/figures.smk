@@ -1,21 +1,22 @@
 # The paper's figures, rebuilt from this run (PNG for the report, PDF for papers).
+from lc.report.figures import FIGURE_INPUTS as _FIGURE_FILES
+
+FIGURE_DATASETS = {"fig6_stages_cityscapes": "cityscapes"}  # every other figure is VOC's
+# Figs. 4 and 6 name the device of the LC evaluation in their subtitle.
+FIGURE_EXTRA_INPUTS = {"fig4_stages_voc": [eval_json("voc", "lc")],
+                       "fig6_stages_cityscapes": [eval_json("cityscapes", "lc")]}
+_TRAIN_LOG = Path(outputs.train_log("d", "r")).name
+_TRAIN_DONE = Path(outputs.train_done("d", "r")).name
+
 
 FIGURE_INPUTS = {
-    "fig1_difficulty": [f"{R}/analysis/difficulty_voc.csv", f"{R}/analysis/difficulty_voc.json"],
-    "fig4_stages_voc": [f"{R}/analysis/stage_examples_voc.npz"],
-    "fig5a_label_distribution": [eval_json("voc", "lc")],
-    "fig5b_stage_share": [SWEEP_CSV],
-    "fig6_stages_cityscapes": [f"{R}/analysis/stage_examples_cityscapes.npz"],
-    "fig7a_miou_vs_speed": [SWEEP_CSV, BENCH_OUTPUTS["rho"]],
-    "fig7b_stage_time": [BENCH_OUTPUTS["stages"]],
+    name: [figure_input(rel) for rel in files] + FIGURE_EXTRA_INPUTS.get(name, [])
+    for name, files in _FIGURE_FILES.items()
+    if FIGURE_DATASETS.get(name, "voc") in DATASETS
 }
-if "cityscapes" not in DATASETS:
-    del FIGURE_INPUTS["fig6_stages_cityscapes"]
-if "voc" not in DATASETS:
-    for _figure in ("fig1_difficulty", "fig4_stages_voc", "fig5a_label_distribution", "fig5b_stage_share",
-                    "fig7a_miou_vs_speed", "fig7b_stage_time"):
-        del FIGURE_INPUTS[_figure]
-FIGURE_OUTPUTS = [f"{R}/figures/{name}.{ext}" for name in FIGURE_INPUTS for ext in ("png", "pdf")]
+# The config keys each figure reads besides the run's outputs (lc.report.figures).
+FIGURE_READS = {"fig1_difficulty": ["evaluate.difficulty"]}
+FIGURE_OUTPUTS = [out("figure", name, ext) for name in FIGURE_INPUTS for ext in ("png", "pdf")]
 
 for _figure, _inputs in FIGURE_INPUTS.items():
 
@@ -23,28 +24,32 @@ for _figure, _inputs in FIGURE_INPUTS.items():
         name:
             f"figure_{_figure}"
         input:
-            _inputs,
+            config=ancient(RESOLVED_CONFIG),
+            results=_inputs,
         output:
             png=report(
-                f"{R}/figures/{_figure}.png",
+                out("figure", _figure, "png"),
                 caption=f"../report/{_figure}.rst",
                 category="Figures",
                 labels={"figure": _figure},
             ),
-            pdf=f"{R}/figures/{_figure}.pdf",
+            pdf=out("figure", _figure, "pdf"),
         params:
+            lc=LC,
             lc_args=LC_ARGS,
             figure=_figure,
+            settings=reads(*FIGURE_READS.get(_figure, [])),
             out_dir=lambda wc, output: str(Path(output[0]).parent),
         log:
-            f"{LOGS}/figures/{_figure}.log",
+            log("figures", _figure),
+        localrule: True
         threads: threads_for("report")
         resources:
             **resources_for("report"),
         conda:
             ENV_CPU
         shell:
-            "lc figures {params.lc_args} --out-dir {params.out_dir} --figure {params.figure} > {log} 2>&1"
+            "{params.lc} figures {params.lc_args} --out-dir {params.out_dir} --figure {params.figure} > {log} 2>&1"
 
 
 rule figures:

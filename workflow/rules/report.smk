@@ -1,66 +1,52 @@
-# Provenance of a finished run, and the self-contained HTML report.
+# Model size, provenance of a finished run. The HTML report is Snakemake's own:
+#   snakemake --report results/<preset>/report.html [--config preset=...]
+# It holds every output marked report(): tables, figures (training curves included), the op
+# benchmark plot, the bench CSVs, model_info.csv and provenance.json.
 
 
 rule model_info:
     """Parameters and FLOPs per stage of the configured and the full-size IRNet-LC."""
+    input:
+        config=ancient(RESOLVED_CONFIG),
     output:
-        f"{R}/model_info.csv",
+        report(out("MODEL_INFO"), caption="../report/model_info.rst", category="Model"),
     params:
+        lc=LC,
         lc_args=LC_ARGS,
-        settings=section("model"),
+        settings=reads("model", "bench.image_size", "evaluate.rho", "evaluate.fast_rho")
+        + reads("model", "bench.image_size", cfg=PAPER_CFG),
     log:
-        f"{LOGS}/report/model_info.log",
+        log("report", "model_info"),
     threads: threads_for("report")
     resources:
         **resources_for("report"),
     conda:
         ENV_CPU
     shell:
-        "lc model-info {params.lc_args} --out {output} > {log} 2>&1"
+        "{params.lc} model-info {params.lc_args} --out {output} > {log} 2>&1"
 
 
 rule provenance:
     """Git commit (+ dirty flag), config hash, package versions, device and time of the run."""
     input:
-        TABLE_OUTPUTS,
-        FIGURE_OUTPUTS,
-        BENCH_OUTPUTS["op"],
-        f"{R}/model_info.csv",
+        config=ancient(RESOLVED_CONFIG),
+        tables=TABLE_OUTPUTS,
+        figures=FIGURE_OUTPUTS,
+        bench=out("bench", "op"),
+        model_info=rules.model_info.output,
     output:
-        report(f"{R}/provenance.json", caption="../report/provenance.rst", category="Provenance"),
+        report(out("PROVENANCE"), caption="../report/provenance.rst", category="Provenance"),
     params:
+        lc=LC,
         lc_args=LC_ARGS,
-        config_hash=config_hash(CFG),
+        # provenance records the whole resolved configuration (its hash)
+        settings=json.dumps(CFG, sort_keys=True, default=str),
     log:
-        f"{LOGS}/report/provenance.log",
+        log("report", "provenance"),
     threads: threads_for("report")
     resources:
         **resources_for("report"),
     conda:
         ENV_CPU
     shell:
-        "lc provenance {params.lc_args} --out {output} > {log} 2>&1"
-
-
-rule report:
-    """Target: the self-contained HTML report (tables, figures, captions, provenance) of this preset."""
-    input:
-        TABLE_OUTPUTS,
-        f"{R}/tables/tables.md",
-        FIGURE_OUTPUTS,
-        f"{R}/provenance.json",
-    output:
-        f"{R}/report.html",
-    params:
-        preset=PRESET,
-    log:
-        f"{LOGS}/report/report.log",
-    threads: threads_for("report")
-    resources:
-        **resources_for("report"),
-    conda:
-        ENV_CPU
-    shell:
-        # Snakemake renders its own report from the run's metadata; --nolock because this job runs
-        # inside the workflow that holds the lock.
-        "snakemake --nolock --cores {threads} --report {output} reproduce_tables --config preset={params.preset} > {log} 2>&1"
+        "{params.lc} provenance {params.lc_args} --out {output} > {log} 2>&1"

@@ -1,55 +1,58 @@
-# Cascade variants, all initialised from the pretrained IRNet: DSN, DSN + Dropout, LC, Model Cascade.
+# Training: ImageNet weights -> IRNet (single loss) -> DSN -> LC / DSN + Dropout, and the Model
+# Cascade; one rule for every run (lc.models.variants says what each starts from and its budget).
+
+
+rule weights:
+    """timm's ImageNet inception_resnet_v2 weights (hub or data.mirror), SHA-256 verified."""
+    input:
+        config=ancient(RESOLVED_CONFIG),
+    output:
+        str(weights_path(CFG)),
+    params:
+        lc=LC,
+        lc_args=LC_ARGS,
+        settings=reads(*(f"model.{k}" for k in sorted(IMAGENET_KEYS & set(CFG["model"]))), "data.mirror"),
+    log:
+        log("train", "weights"),
+    threads: threads_for("download")
+    resources:
+        **resources_for("download"),
+    conda:
+        ENV_CPU
+    shell:
+        "{params.lc} weights {params.lc_args} > {log} 2>&1"
 
 
 rule train:
-    """One variant (dsn | dsn_dropout | lc | mc) of Table 2, started from the pretrained IRNet."""
+    """One run: a variant of Table 2, an LC model at another rho, or the VOC test export's LC model."""
     input:
+        config=ancient(RESOLVED_CONFIG),
         data=lambda wc: prepared(wc.dataset),
-        init=f"{R}/runs/{{dataset}}/irnet/checkpoint.pt",
+        init=_train_init,
     output:
-        checkpoint=f"{R}/runs/{{dataset}}/{{variant}}/checkpoint.pt",
-        done=f"{R}/runs/{{dataset}}/{{variant}}/train_done.json",
+        checkpoint=protected(checkpoint("{dataset}", "{run}")),
+        # train_log.csv is not declared: Snakemake deletes a job's outputs before rerunning it, and a
+        # resumed run (resume.pt) appends to its log; train_done.json stands for the finished log.
+        done=out("train_done", "{dataset}", "{run}"),
     wildcard_constraints:
-        variant="|".join(CASCADE_VARIANTS),
+        run="|".join([*VARIANTS, r"lc_rho[0-9.]+", re.escape(outputs.split_run_name("lc", EXPORT_SPLIT))]),
     params:
+        lc=LC,
         lc_args=LC_ARGS,
-        launcher=train_launcher(GPUS["train"]),
-        settings=section("seed", "model", "train"),
+        launcher=launcher("train"),
+        flags=_train_flags,
+        device=device_flag("train"),
+        settings=lambda wc: reads(*train_reads(wc.run)),
         out_dir=lambda wc, output: str(Path(output.checkpoint).parent),
     log:
-        f"{LOGS}/train/{{dataset}}_{{variant}}.log",
+        log("train", "{dataset}_{run}"),
+    benchmark:
+        out("benchmark", "train", "{dataset}_{run}")
     threads: threads_for("train")
     resources:
         **resources_for("train"),
     conda:
-        ENV_TRAIN
+        env_for("train")
     shell:
-        "OMP_NUM_THREADS={threads} {params.launcher} train {params.lc_args}"
-        " --dataset {wildcards.dataset} --variant {wildcards.variant} --init {input.init}"
-        " --out {params.out_dir} > {log} 2>&1"
-
-
-rule train_rho:
-    """evaluate.sweep_retrain: one LC model trained with routing threshold rho (Table 1, retrained)."""
-    input:
-        data=prepared("voc"),
-        init=f"{R}/runs/voc/irnet/checkpoint.pt",
-    output:
-        checkpoint=f"{R}/runs/voc/lc_rho{{rho}}/checkpoint.pt",
-        done=f"{R}/runs/voc/lc_rho{{rho}}/train_done.json",
-    params:
-        lc_args=LC_ARGS,
-        launcher=train_launcher(GPUS["train"]),
-        settings=section("seed", "model", "train"),
-        out_dir=lambda wc, output: str(Path(output.checkpoint).parent),
-    log:
-        f"{LOGS}/train/voc_lc_rho{{rho}}.log",
-    threads: threads_for("train")
-    resources:
-        **resources_for("train"),
-    conda:
-        ENV_TRAIN
-    shell:
-        "OMP_NUM_THREADS={threads} {params.launcher} train {params.lc_args}"
-        " --dataset voc --variant lc --rho {wildcards.rho} --init {input.init}"
-        " --out {params.out_dir} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.launcher} train {params.lc_args} --dataset {wildcards.dataset}"
+        " {params.flags} --device {params.device} --out {params.out_dir} > {log} 2>&1"

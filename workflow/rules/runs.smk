@@ -1,0 +1,172 @@
+# Runs, protocols and the rule files' helper functions (Snakemake's lint wants them apart from rules).
+
+# --- training runs ----------------------------------------------------------------------------
+# A run folder runs/<dataset>/<run>: a variant (Table 2), `lc_rho<rho>` (one LC per rho of
+# evaluate.rho_sweep when evaluate.sweep_retrain), or `lc_<split>` (the VOC test export's model
+# when evaluate.export_train_split is not train_aug).
+CASCADE_INIT = CFG["train"]["cascade_init"]
+# Variants that start from train.cascade_init (the routed single-network cascades: lc, dsn_dropout).
+FROM_CASCADE_INIT = [v.name for v in VARIANTS.values() if v.model_kind == "cascade" and v.routed]
+TRAIN_RHO = float(CFG["train"]["rho"])
+SWEEP_RETRAIN = bool(EV["sweep_retrain"])
+RHO_SWEEP = [float(r) for r in EV["rho_sweep"]]
+EXPORT_SPLIT = EV["export_train_split"]
+DENSE_VARIANT = "dsn"  # LC at rho = 1 routes nothing: it is the DSN run (Table 1's first row)
+
+
+def rho_run(rho):
+    """The run whose LC model was trained at threshold rho (evaluate.sweep_retrain)."""
+    rho = float(rho)
+    if rho >= 1.0:
+        return DENSE_VARIANT
+    if abs(rho - TRAIN_RHO) < 1e-9:
+        return "lc"
+    return outputs.rho_run_name(rho)
+
+
+def export_run(dataset):
+    return "lc" if dataset != "voc" or EXPORT_SPLIT == TRAIN_SPLIT else outputs.split_run_name("lc", EXPORT_SPLIT)
+
+
+def run_spec(run):
+    """(variant, rho flag or None, split) of a run folder name."""
+    if run in VARIANTS:
+        return run, None, TRAIN_SPLIT
+    if run.startswith("lc_rho"):
+        return "lc", float(run[len("lc_rho"):]), TRAIN_SPLIT
+    if run == outputs.split_run_name("lc", EXPORT_SPLIT):
+        return "lc", None, EXPORT_SPLIT
+    raise ValueError(f"unknown training run {run!r}")
+
+
+def init_run(run):
+    """The run a run starts from (None: ImageNet weights or scratch, see model.pretrained)."""
+    variant = get_variant(run_spec(run)[0])
+    if variant.init_from == "imagenet":
+        return None
+    return CASCADE_INIT if variant.name in FROM_CASCADE_INIT else variant.init_from
+
+
+def pretrained_weights():
+    """model.pretrained: `timm` -> the file rule `weights` writes; a path -> that file; null -> none."""
+    source = CFG["model"]["pretrained"]
+    if not source:
+        return []
+    return [str(weights_path(CFG))] if source == "timm" else [source]
+
+
+def checkpoint(dataset, run):
+    return out("checkpoint", dataset, run)
+
+
+def train_reads(run):
+    """The config keys `lc train` reads for one run (the budget of its variant only, etc.)."""
+    variant = get_variant(run_spec(run)[0])
+    model_keys = [k for k in CFG["model"] if variant.init_from == "imagenet" or k not in IMAGENET_KEYS]
+    keys = ["seed", *(f"model.{k}" for k in model_keys),
+            *(f"train.{k}" for k in TRAIN_RESULT_KEYS if k in CFG["train"]),
+            f"train.iterations.{variant.budget_key}"]
+    if variant.stage_losses:
+        keys.append("train.stage_loss_weights")
+    if variant.routed and run_spec(run)[1] is None:
+        keys.append("train.rho")
+    if variant.init_from == "imagenet":
+        keys += [f"train.{k}" for k in ("pretrain_bn", "allow_scratch") if k in CFG["train"]]
+    return keys
+
+
+# model keys only pretraining reads (the others start from a checkpoint that already holds them)
+IMAGENET_KEYS = {"pretrained", "pretrained_sha256", "timm_blocks"}
+# train keys that change what every training run produces
+TRAIN_RESULT_KEYS = ("crop_size", "batch_size", "optimizer", "lr", "head_lr_mult", "momentum", "weight_decay",
+                     "poly_power", "scale_range", "amp")
+
+
+# --- evaluation -------------------------------------------------------------------------------
+def protocol_reads(protocol):
+    """evaluate.* keys a test protocol reads (single scale / multi-scale (+ flip) / + dense CRF)."""
+    keys = {"single": [], "ms": ["evaluate.scales", "evaluate.flip"]}.get(protocol)
+    if keys is None:
+        keys = protocol_reads("ms") + ["evaluate.crf"]
+    return keys + [k for k in ("evaluate.fusion",) if "fusion" in EV and protocol != "single"]
+
+
+def eval_tag(tag):
+    """eval_<tag>.json -> (split, protocol): 'val_ms_crf' -> ('val', 'ms_crf')."""
+    split, _, suffix = tag.partition("_")
+    protocol = next(p for p, s in outputs.EVAL_PROTOCOLS.items() if s == (f"_{suffix}" if suffix else ""))
+    return split, protocol
+
+
+PROTOCOL_FLAGS = {"single": "", "ms": "--multi-scale", "ms_crf": "--multi-scale --crf"}
+
+
+# --- helpers of the rule files ------------------------------------------------------------
+
+def _train_init(wc):
+    parent = init_run(wc.run)
+    return checkpoint(wc.dataset, parent) if parent else pretrained_weights()
+
+
+def _train_flags(wc, input):
+    variant, rho, split = run_spec(wc.run)
+    flags = [f"--variant {variant}"]
+    if rho is not None:
+        flags.append(f"--rho {rho:g}")
+    if split != TRAIN_SPLIT:
+        flags.append(f"--split {split}")
+    if init_run(wc.run):
+        flags.append(f"--init {input.init}")
+    return " ".join(flags)
+
+
+def sweep_pairs():
+    """(rho, run) of Table 1: one LC per rho (evaluate.sweep_retrain) or the main LC at every rho."""
+    return [(rho, rho_run(rho) if SWEEP_RETRAIN else "lc") for rho in RHO_SWEEP]
+
+
+def bench_settings(kind):
+    keys = BENCH_READS[kind] + (BENCH_MODEL_READS if kind in BENCH_NEEDS_MODEL else [])
+    paper = reads("model", cfg=PAPER_CFG) if kind in BENCH_NEEDS_MODEL else ""
+    return reads(*keys) + paper
+
+
+def bench_outputs(kind):
+    csv = out("bench", kind)
+    if kind == "op":  # the op benchmark also plots its speedups
+        return {"csv": report(csv, caption="../report/bench_csv.rst", category="Benchmarks",
+                              labels={"benchmark": "region conv op (CSV)"}),
+                "png": report(out("bench", "op_plot"), caption="../report/bench_op.rst",
+                                  category="Benchmarks", labels={"benchmark": "region conv op"})}
+    return {"csv": report(csv, caption="../report/bench_csv.rst", category="Benchmarks",
+                          labels={"benchmark": kind})}
+
+
+def eval_json(dataset, run, protocol="single"):
+    return out("eval_json", dataset, run, "val", protocol)
+
+
+def table_inputs(number):
+    """The run outputs table `number` reads (lc.report.tables); only what this preset produces."""
+    voc = "voc" in DATASETS
+    lc_protocols = [eval_json("voc", "lc", p) for p in outputs.EVAL_PROTOCOLS] if voc else []
+    if number == 1:
+        return [SWEEP_CSV] if voc else []
+    if number == 2:
+        return [f for v in TABLE2_ORDER for f in (eval_json("voc", v), out("train_done", "voc", v))] if voc else []
+    if number == 3:
+        return [out("bench", "models")] + ([eval_json("voc", "lc"), eval_json("voc", "irnet"), SWEEP_CSV] if voc else [])
+    if number == 4:
+        exports = [f"{R}/{outputs.VOC_TEST_ARCHIVE}", out("export_summary", outputs.VOC_TEST_ARCHIVE)] if VOC_TEST else []
+        return lc_protocols + exports
+    if number == 5:
+        if "cityscapes" not in DATASETS:
+            return []
+        archive = outputs.CITYSCAPES_TEST_ARCHIVE
+        return [eval_json("cityscapes", "lc"), f"{R}/{archive}", out("export_summary", archive)]
+    return [out("bench", "table6"), out("bench", "models")] + lc_protocols
+
+
+def figure_input(rel):
+    """A run's train_log.csv is stood for by its train_done.json (the log is complete once it exists)."""
+    return f"{R}/{rel[: -len(_TRAIN_LOG)] + _TRAIN_DONE if rel.endswith(_TRAIN_LOG) else rel}"
