@@ -10,7 +10,7 @@ _TRAIN_DONE = Path(outputs.train_done("d", "r")).name
 
 
 FIGURE_INPUTS = {
-    name: [figure_input(rel) for rel in files] + FIGURE_EXTRA_INPUTS.get(name, [])
+    name: [path for rel in files for path in figure_input(rel)] + FIGURE_EXTRA_INPUTS.get(name, [])
     for name, files in _FIGURE_FILES.items()
     if FIGURE_DATASETS.get(name, "voc") in DATASETS
 }

@@ -167,6 +167,27 @@ def table_inputs(number):
     return [out("bench", "table6"), out("bench", "models")] + lc_protocols
 
 
+def run_chain(run):
+    """`run` and every run it starts from, back to the ImageNet-initialised pretraining."""
+    chain = [run]
+    while init_run(chain[-1]):
+        chain.append(init_run(chain[-1]))
+    return chain
+
+
+def trained_runs():
+    """(dataset, run) of the runs the tables need: Table 2's variants on VOC, LC's chain on Cityscapes."""
+    runs = [("voc", v) for v in TABLE2_ORDER] if "voc" in DATASETS else []
+    if "cityscapes" in DATASETS:
+        runs += [("cityscapes", r) for r in reversed(run_chain("lc"))]
+    return runs
+
+
 def figure_input(rel):
-    """A run's train_log.csv is stood for by its train_done.json (the log is complete once it exists)."""
-    return f"{R}/{rel[: -len(_TRAIN_LOG)] + _TRAIN_DONE if rel.endswith(_TRAIN_LOG) else rel}"
+    """The files a figure input names: a wildcard `runs/{dataset}/{variant}/...` stands for every
+    trained run; a run's train_log.csv is stood for by its train_done.json (complete once it exists)."""
+    if rel.endswith(_TRAIN_LOG):
+        rel = rel[: -len(_TRAIN_LOG)] + _TRAIN_DONE
+    if "{dataset}" in rel:
+        return [f"{R}/{rel.format(dataset=d, variant=r)}" for d, r in trained_runs()]
+    return [f"{R}/{rel}"]
