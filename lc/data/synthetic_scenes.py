@@ -1,6 +1,6 @@
 """Synthetic scenes that are learnable but not trivial, for the demo and test presets.
 
-VOC-like scenes: a muted, low-saturation background with a few grey distractors and 1-3 large
+VOC-like scenes: a muted, low-saturation background with a few grey distractors and 2-3 large
 objects. Each of the 20 classes has a saturated colour of its own (far from the others' and from
 grey), a texture and a shape family shared by two classes; instances vary in size, rotation, aspect
 and shade, may be truncated by the image border, occlude each other, and some classes carry thin
@@ -156,7 +156,7 @@ def voc_scene(rng: np.random.Generator, height: int, width: int, first_class: in
     classes gets every class into every set of 20 images or more; the others are drawn at random.
 
     Background: a muted, low-saturation field with low-frequency shading and grain, plus a few muted
-    blobs and strokes (distractors with edges but no object colour). Objects: 1-3 per image, large
+    blobs and strokes (distractors with edges but no object colour). Objects: 2-3 per image, large
     (radius 18-42 % of the short side), each in its class's saturated colours and texture.
     """
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
@@ -179,7 +179,7 @@ def voc_scene(rng: np.random.Generator, height: int, width: int, first_class: in
             blob = _segment_mask(yy, xx, p0, p1, rng.uniform(0.5, 1.5))
         image[blob] = colour
 
-    for number in range(1, int(rng.integers(1, 4)) + 1):
+    for number in range(1, int(rng.integers(2, 4)) + 1):
         cls = int(rng.integers(1, _NUM_VOC_OBJECT_CLASSES + 1))
         if number == 1 and first_class is not None:
             cls = first_class
