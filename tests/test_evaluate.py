@@ -408,7 +408,10 @@ def test_table6_runs_the_evaluations_protocols(cfg, monkeypatch):
         return inference.run_protocol(model, images, protocol, **kwargs)
 
     monkeypatch.setattr(table6, "run_protocol", spy)
-    df = table6.run_table6_bench(BenchSetup.from_config(bench_cfg, device="cpu"))
+    from lc.report.paper import load_paper_table
+
+    df = table6.run_table6_bench(BenchSetup.from_config(bench_cfg, device="cpu",
+                                                        paper_table1=load_paper_table(1)))
     expected = [protocol for _, protocol in table6.table6_protocols(ev)]
     assert expected == [protocol_from_config(ev), protocol_from_config(ev, multi_scale=True),
                         protocol_from_config(ev, multi_scale=True, crf=True)]

@@ -156,7 +156,10 @@ def voc_id_sets(sizes: dict) -> dict[str, list[str]]:
 def _voc_scene(seed: int, image_id: str, image_size: list[int]) -> Scene:
     rng = _rng(seed, "voc", image_id)
     height, width = (max(16, round(s * rng.uniform(0.85, 1.0))) for s in image_size)
-    return voc_scene(rng, height, width)
+    # ids are numbered consecutively within each list (voc_id_sets): the first object's class cycles
+    # through the 20 classes, so every list of 20 or more images has all of them
+    first_class = int(image_id.rsplit("_", 1)[-1]) % 20 + 1
+    return voc_scene(rng, height, width, first_class)
 
 
 def _band_width(scene: Scene) -> int:
