@@ -6,6 +6,7 @@ import shlex
 from lc.config import results_dir
 from lc.data.paths import (archive_path, extracted_dir, prepared_dir, prepared_list_files, voc_test_available,
                            weights_path)
+from lc.data.weights import WEIGHTS_FILENAME
 from lc.models.variants import CASCADE_VARIANTS, TABLE2_ORDER, VARIANTS, get_variant
 from lc.report import outputs
 

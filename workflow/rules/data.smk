@@ -19,10 +19,13 @@ if SYNTHETIC:
         output:
             archives=[f"{MIRROR}/{name}" for name in FILENAME_TO_KEY],
             md5sums=f"{MIRROR}/MD5SUMS",
+            # the ImageNet stand-in in timm's layout, at the preset's width, and its SHA-256
+            weights=f"{MIRROR}/{WEIGHTS_FILENAME}",
+            weights_sha256=f"{MIRROR}/{WEIGHTS_FILENAME}.sha256",
         params:
             lc=LC,
             lc_args=LC_ARGS,
-            settings=reads("seed", "data.synthetic_sizes"),
+            settings=reads("seed", "data.synthetic_sizes", "model.width_mult"),
         log:
             log("data", "synth"),
         threads: threads_for("prepare")

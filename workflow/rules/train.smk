@@ -6,6 +6,8 @@ rule weights:
     """timm's ImageNet inception_resnet_v2 weights (hub or data.mirror), SHA-256 verified."""
     input:
         config=ancient(RESOLVED_CONFIG),
+        # synthetic presets: the stand-in `lc synth` writes into the mirror
+        mirror=[f"{MIRROR}/{WEIGHTS_FILENAME}"] if SYNTHETIC else [],
     output:
         str(weights_path(CFG)),
     params:
