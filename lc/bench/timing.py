@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from torch.utils.benchmark import Timer
 
-from lc.data.io import atomic_path
+from lc.data.io import write_csv as write_table_csv
 
 __all__ = ["Timing", "measure", "set_threads", "write_csv"]
 
@@ -107,8 +107,5 @@ def measure(step: Callable[[int], object], device: torch.device | str, warmup: i
 
 # --- output -----------------------------------------------------------------------------------
 def write_csv(df: pd.DataFrame, path: str | Path) -> Path:
-    """Write a CSV atomically: a temp file in the same folder, then a rename."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False, float_format="%.6g")
-    return path
+    """A benchmark CSV (6 significant digits), atomically (lc.data.io.write_csv)."""
+    return write_table_csv(df, path, float_format="%.6g")

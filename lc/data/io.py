@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from lc.data.errors import CorruptFileError, DataError, NoSpaceError
-from lc.data.labels import VOC_PALETTE
+from lc.data.labels import IGNORE_INDEX, VOC_PALETTE
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -241,7 +241,7 @@ def read_index_png(path: str | Path, fix: str = PREPARED_FIX) -> np.ndarray:
 
 
 def check_label_values(label: np.ndarray, num_classes: int, path: str | Path,
-                       ignore_index: int = 255) -> None:
+                       ignore_index: int = IGNORE_INDEX) -> None:
     """Raise naming `path` if a label holds a value that is neither a class index nor ignore."""
     values = np.unique(label)
     bad = values[(values >= num_classes) & (values != ignore_index)]
@@ -288,3 +288,11 @@ def read_sample_list(path: str | Path) -> list[tuple[str, ...]]:
                              "re-run `lc prepare`")
         rows.append(fields)
     return rows
+
+
+def write_csv(frame, path: str | Path, float_format: str | None = None) -> Path:
+    """A pandas DataFrame as CSV (no index), atomically: a temp file beside it, then a rename."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, float_format=float_format)
+    return path

@@ -23,7 +23,7 @@ from scipy import ndimage
 from torch.utils.data import Dataset
 
 from lc.data import CLASS_NAMES, IGNORE_INDEX, build_dataset, denormalize
-from lc.data.io import atomic_path
+from lc.data.io import atomic_path, write_csv
 from lc.device import device_name, resolve_device
 from lc.evaluation.evaluate import write_json
 from lc.evaluation.inference import predict
@@ -135,8 +135,7 @@ def run_difficulty(cfg: dict, checkpoint: str | Path, dataset: str = "voc", spli
                "variant": model_variant(model), "preset": cfg["preset"],
                "device": device_name(device_t), "model": model_info, **counter.summary()}
     if out_csv is not None:
-        with atomic_path(out_csv) as tmp:
-            table.to_csv(tmp, index=False)
+        write_csv(table, out_csv)
         write_json(out_json if out_json is not None else Path(out_csv).with_suffix(".json"), summary)
     elif out_json is not None:
         write_json(out_json, summary)

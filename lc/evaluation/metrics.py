@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from lc.data.labels import IGNORE_INDEX
+
 ArrayLike = np.ndarray | torch.Tensor
 
 
@@ -28,7 +30,7 @@ def _as_int64_numpy(values: ArrayLike, what: str) -> np.ndarray:
 
 
 def confusion_matrix(
-    pred: ArrayLike, target: ArrayLike, num_classes: int, ignore_index: int = 255
+    pred: ArrayLike, target: ArrayLike, num_classes: int, ignore_index: int = IGNORE_INDEX
 ) -> np.ndarray:
     """(K, K) int64 counts, rows = ground truth, cols = prediction; ignored targets are skipped.
 
@@ -110,7 +112,7 @@ def pixel_accuracy(cm: np.ndarray) -> float:
 class ConfusionMeter:
     """Streaming confusion matrix: `add` batches, read `value` (a copy) or the derived metrics."""
 
-    def __init__(self, num_classes: int, ignore_index: int = 255):
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self._cm = np.zeros((num_classes, num_classes), dtype=np.int64)

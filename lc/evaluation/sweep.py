@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from lc.data import build_dataset
-from lc.data.io import atomic_path
+from lc.data.io import write_csv
 from lc.device import device_name, resolve_device
 from lc.evaluation.evaluate import evaluate_model
 from lc.evaluation.loading import checkpoint_meta, load_for_evaluation, model_variant, routes_at_eval
@@ -103,6 +103,5 @@ def run_sweep(cfg: dict, checkpoints: Sequence[str | Path], dataset: str = "voc"
                          "preset": cfg["preset"], "variant": variant, "checkpoint": str(path)})
     table = pd.DataFrame(rows, columns=SWEEP_COLUMNS)
     if out is not None:
-        with atomic_path(out) as tmp:
-            table.to_csv(tmp, index=False)
+        write_csv(table, out)
     return table

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from lc.data.labels import IGNORE_INDEX
 from lc.report import outputs
 from lc.report.figure_common import PAGE_WIDTH_IN, STAGE_COLOURS, suptitle
 
-IGNORE = 255
 MAX_EXAMPLES = 4
 SKIPPED_DARK, SKIPPED_LIGHT = np.array([90, 90, 90]), np.array([235, 235, 235])
 COLUMNS = ("image", "ground truth", "stage 1", "stage 2", "stage 3", "final", "decided at stage")
@@ -47,7 +47,7 @@ def content_size(data, index: int) -> tuple[int, int]:
         height, width = (int(v) for v in data["image_sizes"][index])
         return height, width
     label, image = data["labels"][index], data["images"][index]
-    blank = (label == IGNORE) & (image.max(axis=-1) == 0)
+    blank = (label == IGNORE_INDEX) & (image.max(axis=-1) == 0)
     rows = np.flatnonzero(~blank.all(axis=1))
     cols = np.flatnonzero(~blank.all(axis=0))
     if rows.size == 0 or cols.size == 0:

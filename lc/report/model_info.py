@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from lc.data import NUM_CLASSES
-from lc.data.io import atomic_path
+from lc.data.io import write_csv
 from lc.models.complexity import FULL_SIZE_BLOCK_COUNTS, lc_cost_vs_irnet, model_info_rows
 from lc.report.paper import load_paper_table
 
@@ -58,6 +58,5 @@ def run_model_info(cfg: dict, full_cfg: dict,
     """The model-info table (written to `out` as CSV when given) and the predicted-savings lines."""
     table = model_info_table(cfg, full_cfg)
     if out is not None:
-        with atomic_path(out) as tmp:
-            table.to_csv(tmp, index=False)
+        write_csv(table, out)
     return table, predicted_savings(full_cfg, (cfg["evaluate"]["rho"], cfg["evaluate"]["fast_rho"]))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lc.data.io import write_text_atomic
+from lc.data.io import write_csv, write_text_atomic
 from lc.report import outputs
 from lc.report.outputs import TABLE_FILES
 from lc.report.paper import PAPER_SPEED_PROTOCOL
@@ -78,7 +78,7 @@ def write_tables(cfg: dict, out_dir: str | Path, results: str | Path, numbers: I
     for number in numbers:
         frame = build_table(number, results, cfg, paper_dir)
         path = out_dir / TABLE_FILES[number]
-        write_text_atomic(path, frame.to_csv(index=False))
+        write_csv(frame, path)
         written.append(path)
     return written
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = 255
+from lc.data.labels import IGNORE_INDEX
 
 LOSS_NORMALIZATIONS = ("region", "image")
 
