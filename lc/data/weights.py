@@ -89,6 +89,8 @@ def _mirror(cfg: dict) -> str | None:
     return None if not mirror else str(mirror)
 
 
+# timm/inception_resnet_v2.tf_in1k at the commit that added model.safetensors (unchanged since)
+TIMM_HUB_REVISION = "89854797f99e77e1189626b74d7c07013a4308fa"
 _downloads: list[Path] = []  # temp files of this fetch, removed when it ends
 
 
@@ -124,7 +126,9 @@ def _hub_file() -> Path:
     if pretrained_cfg is None or not pretrained_cfg.hf_hub_id:
         raise ValueError(f"timm has no hub configuration for {TIMM_MODEL}; set data.mirror or "
                          "model.pretrained")
-    return Path(hf_hub_download(repo_id=pretrained_cfg.hf_hub_id, filename="model.safetensors"))
+    # the revision that added the file: model.pretrained_sha256 pins its digest
+    return Path(hf_hub_download(repo_id=pretrained_cfg.hf_hub_id, filename="model.safetensors",
+                                revision=TIMM_HUB_REVISION))
 
 
 def fetch_weights(cfg: dict) -> Path:
