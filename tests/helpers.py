@@ -15,3 +15,33 @@ def randomise_bn(model: torch.nn.Module, generator: torch.Generator | None = Non
             m.running_var.copy_(torch.rand(c, generator=generator) + 0.5)
             m.weight.data.copy_(torch.rand(c, generator=generator) + 0.5)
             m.bias.data.copy_(torch.rand(c, generator=generator) * 0.2 - 0.1)
+
+
+class LoopbackServer:
+    """An HTTP server on 127.0.0.1 (a free port) serving `handler` from a thread; `url` is its base URL.
+
+    Use as a context manager (or call `start` / `close`); tests never reach beyond the loopback.
+    """
+
+    def __init__(self, handler: type) -> None:
+        import http.server
+        import threading
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
+
+    def start(self) -> LoopbackServer:
+        self.thread.start()
+        return self
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def __enter__(self) -> LoopbackServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()

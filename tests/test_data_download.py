@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import threading
 from pathlib import Path
 
 import pytest
+from helpers import LoopbackServer
 
 from lc.config import load_config
 from lc.data.download import (
@@ -22,7 +22,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
 PAYLOAD = bytes(range(256)) * 400  # 100 KiB, several chunks
 
 
-class _Server:
+class _Server(LoopbackServer):
     """A loopback HTTP server with Range support that can cut the first response short."""
 
     def __init__(self, files: dict[str, bytes], truncate_first: int = 0):
@@ -65,18 +65,7 @@ class _Server:
                     return
                 self.wfile.write(body)
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)
 
 
 def _cfg(tmp_path: Path, url: str | None = None, md5: str | None = None, mirror: str | None = None,

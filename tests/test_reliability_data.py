@@ -25,7 +25,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import threading
 import traceback
 import urllib.parse
 import zipfile
@@ -36,6 +35,7 @@ import pytest
 import requests
 import yaml
 from cityscapesscripts.download import downloader
+from helpers import LoopbackServer
 from PIL import Image
 
 import lc.data.download as download_module
@@ -114,7 +114,7 @@ def _assert_no_canary(capfd, caplog, tmp_path: Path, exc: BaseException | None =
     assert _files_containing(tmp_path, CANARY, skip) == []
 
 
-class _CityscapesSite:
+class _CityscapesSite(LoopbackServer):
     """The Cityscapes login/md5/file endpoints on loopback; `refuse` makes one of them fail."""
 
     def __init__(self, refuse: dict[str, int] | None = None):
@@ -158,18 +158,7 @@ class _CityscapesSite:
                 else:
                     self._send(200, b"<form>Bad credentials</form>")
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)
 
 
 @pytest.fixture
@@ -419,7 +408,7 @@ def test_garbage_md5sums_line_names_file_and_line(tmp_path):
 
 
 # --- clear errors: HTTP mirror, disk full, corrupt labels ------------------------------------
-class _ErrorMirror:
+class _ErrorMirror(LoopbackServer):
     """A loopback mirror answering every request with `status`."""
 
     def __init__(self, status: int):
@@ -434,13 +423,8 @@ class _ErrorMirror:
                 mirror.count += 1
                 self.send_error(status)
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)
+        self.start()
 
 
 def test_http_500_from_the_mirror_is_a_clear_error_and_keeps_nothing(tmp_path):
