@@ -5,6 +5,11 @@ changed no result: `python tests/train_reference.py record` writes tests/data/tr
 The runs: irnet pretraining from scratch, then dsn, dsn_dropout, lc and mc from that irnet
 checkpoint, with the settings the loop had when the digests were recorded (region-normalised
 losses, no ImageNet weights).
+
+History: first recorded before the loop was restructured; the restructured loop, with every other
+change of that round merged, reproduced all eight digests bitwise on the synthetic scenes of that
+time. The digests were then re-recorded once, when the synthetic scene generators changed (new
+training data, so new weights), and guard the loop from there on.
 """
 
 from __future__ import annotations
