@@ -242,7 +242,10 @@ def test_table2_iterations_and_init_per_row(tmp_path, cfg):
     table = build_table(2, make_fake_run(tmp_path), cfg).set_index("variant")
     assert table.loc["irnet", "iterations"] == 30 and table.loc["irnet", "iterations_total"] == 30
     assert table.loc["lc", "iterations"] == 20 and table.loc["lc", "iterations_total"] == 50
-    assert table.loc["lc", "init_from"] == get_variant("lc").init_from
+    # what each row started from follows train.cascade_init (the test preset: dsn)
+    assert cfg["train"]["cascade_init"] == "dsn"
+    assert table.loc["lc", "init_from"] == table.loc["dsn_dropout", "init_from"] == "dsn"
+    assert table.loc["dsn", "init_from"] == table.loc["mc", "init_from"] == get_variant("dsn").init_from
     # no published protocol for the Model Cascade: no difference, the reading in the note
     assert pd.isna(table.loc["mc", "diff_miou"]) and table.loc["mc", "paper_miou"] == 44.20
     assert "not a failed reproduction" in table.loc["mc", "note"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lc.models.variants import TABLE2_ORDER, get_variant
+from lc.models.variants import TABLE2_ORDER, get_variant, init_variant
 from lc.report import outputs
 from lc.report.paper import load_paper_table
 from lc.report.results import Run, as_int, as_number, difference, rounded
@@ -126,7 +126,7 @@ def build_table2(run: Run, paper_dir: str | Path | None = None) -> pd.DataFrame:
             row["diff_miou"] = difference(row["miou"], row["paper_miou"])
         row["iterations"] = iterations
         row["iterations_total"] = iterations_total
-        row["init_from"] = variant.init_from
+        row["init_from"] = init_variant(name, run.cfg["train"].get("cascade_init", "irnet"))
         row.update(protocol(ev, run, "voc", "val", ROUTING_MASKS if routed else "none (all pixels)"))
         row["eval_file"] = run.eval_path("voc", name) if ev else ""
         if ev is None:
