@@ -298,9 +298,9 @@ def test_half_set_environment_is_named(cityscapes_site, monkeypatch, tmp_path):
 
 
 # --- verified before use: archives placed by hand ------------------------------------------------
-def _tar_bytes(members: dict[str, bytes]) -> bytes:
+def _tar_bytes(members: dict[str, bytes], mode: str = "w") -> bytes:
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
+    with tarfile.open(fileobj=buffer, mode=mode) as tar:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -367,13 +367,7 @@ def test_tar_cut_at_a_member_boundary_is_corrupt(tmp_path):
 
 
 def test_truncated_tgz_is_a_clear_error(tmp_path):
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, data in MEMBERS.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    (tmp_path / "cut.tgz").write_bytes(buffer.getvalue()[:-40])
+    (tmp_path / "cut.tgz").write_bytes(_tar_bytes(MEMBERS, mode="w:gz")[:-40])
     with pytest.raises(CorruptFileError, match=r"cut.tgz is damaged .*download it again"):
         safe_extract(tmp_path / "cut.tgz", tmp_path / "work" / "out")
     assert list((tmp_path / "work").iterdir()) == []
