@@ -83,6 +83,9 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
                             "evaluate.fusion")
         q.add_argument("--crf", action="store_true", help="dense CRF post-processing (evaluate.crf)")
 
+    def rho(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--rho", type=rho_arg, default=None, help=RHO_HELP)
+
     def max_images(q: argparse.ArgumentParser) -> None:
         q.add_argument("--max-images", type=positive_int, default=None,
                        help="first N images only (default: evaluate.max_images)")
@@ -91,7 +94,7 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
                        help="mIoU, per-class IoU, stage shares and timing of one checkpoint")
     common(p, "val")
     p.add_argument("--out", required=True, help="JSON report to write")
-    p.add_argument("--rho", type=rho_arg, default=None, help=RHO_HELP)
+    rho(p)
     protocol(p)
     max_images(p)
     p.set_defaults(func=_cmd_evaluate)
@@ -113,7 +116,7 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
                        help="test-set predictions as the evaluation server's archive (+ .json)")
     common(p, "test")
     p.add_argument("--out", required=True, help="voc: .tar.gz (comp6 layout); cityscapes: .zip (labelIds)")
-    p.add_argument("--rho", type=rho_arg, default=None, help=RHO_HELP)
+    rho(p)
     protocol(p)
     p.set_defaults(func=_cmd_export)
 
@@ -132,5 +135,5 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
     common(q, "val")
     q.add_argument("--out", required=True, help="npz to write (analysis/stage_examples_<dataset>.npz)")
     q.add_argument("--num-images", type=positive_int, default=4, help="how many images (default 4)")
-    q.add_argument("--rho", type=rho_arg, default=None, help=RHO_HELP)
+    rho(q)
     q.set_defaults(func=_cmd_analyze_stages)

@@ -25,7 +25,7 @@ from lc.data import build_dataset
 from lc.data.io import write_csv
 from lc.device import device_name, resolve_device
 from lc.evaluation.evaluate import evaluate_model
-from lc.evaluation.loading import checkpoint_meta, load_for_evaluation, model_variant, routes_at_eval
+from lc.evaluation.loading import load_for_evaluation, model_variant, routes_at_eval
 from lc.training.checkpoint import load_checkpoint
 
 __all__ = ["SWEEP_COLUMNS", "run_sweep", "sweep_plan"]
@@ -39,8 +39,7 @@ SWEEP_COLUMNS = ["rho", "stage1_pct", "stage2_pct", "stage3_pct", "miou", "ms_pe
 def _own_rho(path: Path) -> float:
     """The rho a checkpoint stands for: 1 for a model that does not route at evaluation (DSN, IRNet),
     else the rho it was trained with."""
-    load_checkpoint(path)  # a clear error for a missing or corrupt file
-    spec = checkpoint_meta(path)["model_spec"]
+    spec = load_checkpoint(path)["model_spec"]  # a clear error for a missing or corrupt file
     if not routes_at_eval(str(spec.get("variant"))):
         return 1.0
     return float(spec["rho"])

@@ -36,7 +36,6 @@ BENCH_FILES = {
 RESOLVED_CONFIG = "config.resolved.yaml"
 PROVENANCE = "provenance.json"
 MODEL_INFO = "model_info.csv"
-REPORT = "report.html"
 
 VOC_TEST_ARCHIVE = "export/voc_test_comp6.tar.gz"
 CITYSCAPES_TEST_ARCHIVE = "export/cityscapes_test.zip"
@@ -63,10 +62,6 @@ def split_run_name(variant: str, split: str) -> str:
 
 def checkpoint(dataset: str, variant: str) -> str:
     return f"{run_dir(dataset, variant)}/checkpoint.pt"
-
-
-def resume_state(dataset: str, variant: str) -> str:
-    return f"{run_dir(dataset, variant)}/resume.pt"
 
 
 def train_done(dataset: str, variant: str) -> str:
@@ -114,7 +109,8 @@ def stage_examples(dataset: str) -> str:
 
 def export_summary(archive: str) -> str:
     """export/<name>.json beside export/<name>.<ext>: image counts of the submission."""
-    return archive.split(".")[0] + ".json"
+    folder, _, name = archive.rpartition("/")  # the file name's stem only (as lc export writes it)
+    return f"{folder}/{name.split('.')[0]}.json" if folder else f"{name.split('.')[0]}.json"
 
 
 def benchmark(kind: str, name: str) -> str:

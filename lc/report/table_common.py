@@ -12,7 +12,6 @@ from lc.report.paper import PAPER_SPEED_PROTOCOL
 from lc.report.results import Run, as_int
 
 CITED = "cited from the paper, not reproduced"
-PUBLISHED = "published (results/paper/)"
 ROUTING_MASKS = "model (rho routing of its own stage probabilities)"
 PER_CLASS_PROTOCOL = ("preset", "device", "num_images", "scales", "fusion", "flip", "crf", "rho")
 
