@@ -24,13 +24,12 @@ from lc.data.io import md5_file, translate_no_space
 from lc.data.paths import archive_path, archive_spec
 from lc.data.verify import (
     MD5SUMS_NAME,
-    cached_md5,
+    check_digest,
     expected_md5,
     is_url,
     mirror_location,
     read_md5sums,
     record_verified,
-    sidecar_path,
 )
 
 log = logging.getLogger(__name__)
@@ -182,17 +181,12 @@ def _verified_in_place(out: Path, digest: str, digest_source: str) -> bool:
     file is deleted."""
     if not out.exists():
         return False
-    record = cached_md5(out)
-    actual = str(record["md5"]) if record else md5_file(out)
-    if actual == digest:
-        if record is None or record.get("md5") != digest:
-            record_verified(out, digest, digest_source)
+    actual = check_digest(out, digest, digest_source)
+    if actual is None:
         log.info("%s: present, MD5 verified (%s)", out, digest_source)
         return True
-    log.warning("%s: MD5 %s differs from %s (%s); deleting it and fetching again", out, actual, digest,
+    log.warning("%s: MD5 %s differs from %s (%s); deleted it, fetching again", out, actual, digest,
                 digest_source)
-    out.unlink()
-    sidecar_path(out).unlink(missing_ok=True)
     return False
 
 

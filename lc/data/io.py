@@ -252,12 +252,17 @@ def check_label_values(label: np.ndarray, num_classes: int, path: str | Path,
         )
 
 
-def md5_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
-    digest = hashlib.md5()
+def hash_file(path: str | Path, algorithm: str, chunk_bytes: int = 1 << 20) -> str:
+    """Hex digest of a file read in chunks (`algorithm`: any hashlib name)."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(chunk_bytes), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def md5_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
+    return hash_file(path, "md5", chunk_bytes)
 
 
 def read_id_list(path: str | Path) -> list[str]:

@@ -157,10 +157,22 @@ def record_verified(archive: str | Path, digest: str, source: str) -> None:
                     archive)
 
 
-def archive_md5(archive: str | Path) -> str:
-    """MD5 of `archive`, from the sidecar while size and mtime match, else hashed (sidecar not written)."""
+def check_digest(archive: str | Path, digest: str, source: str) -> str | None:
+    """Compare `archive` (its cached digest while size and mtime match, else hashed) with `digest`.
+
+    Match: the sidecar is brought up to date, returns None. Mismatch: the archive and its sidecar are
+    deleted and the digest the file had is returned, for the caller's message.
+    """
+    archive = Path(archive)
     record = cached_md5(archive)
-    return str(record["md5"]) if record else md5_file(archive)
+    actual = str(record["md5"]) if record else md5_file(archive)
+    if actual != digest:
+        archive.unlink(missing_ok=True)
+        sidecar_path(archive).unlink(missing_ok=True)
+        return actual
+    if record is None or record.get("md5") != digest:
+        record_verified(archive, digest, source)
+    return None
 
 
 def verify_archive(cfg: dict, key: str, archive: str | Path) -> str:
@@ -178,15 +190,11 @@ def verify_archive(cfg: dict, key: str, archive: str | Path) -> str:
                 f"--preset {cfg['preset']}` (which checks it against the digest the Cityscapes server "
                 f"publishes), or set data.archives.{key}.md5 to the output of `md5sum {archive.name}`")
         return str(record["md5"])
-    actual = str(record["md5"]) if record else md5_file(archive)
-    if actual != digest:
-        archive.unlink(missing_ok=True)
-        sidecar_path(archive).unlink(missing_ok=True)
+    actual = check_digest(archive, digest, source)
+    if actual is not None:
         raise ChecksumError(
             f"{archive}: MD5 {actual} differs from the expected {digest} ({source}); the file was "
             f"truncated or damaged and has been deleted. Fetch it again with `lc download {key} --preset "
             f"{cfg['preset']}` (or place a good copy there by hand)")
-    if record is None or record.get("md5") != digest:
-        record_verified(archive, digest, source)
     log.info("%s: MD5 verified (%s)", archive, source)
     return digest

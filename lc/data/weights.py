@@ -14,7 +14,6 @@ is a torch state dict written atomically, so a reader never sees a partial one.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import tempfile
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from lc.data.io import atomic_path, write_text_atomic
+from lc.data.io import atomic_path, hash_file, write_text_atomic
 from lc.data.paths import weights_path
 
 __all__ = ["TIMM_MODEL", "WEIGHTS_FILENAME", "fetch_weights", "load_weights_file", "pretrained_file",
@@ -37,11 +36,7 @@ _SOURCE_DIGEST_SUFFIX = ".source.sha256"  # beside the stored file: the verified
 
 
 def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return hash_file(path, "sha256", chunk_bytes)
 
 
 def pretrained_file(cfg: dict) -> Path | None:

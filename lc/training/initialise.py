@@ -97,7 +97,8 @@ def initialise(model: nn.Module, cfg: dict, variant: Variant, init: Path | None)
         for k, member in enumerate(model.members):
             _load_into(member, weights, init, f"Model Cascade member {k + 1}")
     else:
-        unexpected = [k for k in weights if k not in model.state_dict()]
+        ours = model.state_dict()
+        unexpected = [k for k in weights if k not in ours]
         if unexpected:
             raise CheckpointError(f"--init {init} has tensors a {variant.name} model lacks "
                                   f"({unexpected[:5]})")
