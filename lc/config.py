@@ -147,7 +147,7 @@ def _non_finite(value: Any, key: str = "") -> list[str]:
 
 def check_values(cfg: dict) -> None:
     """Checks beyond the schema's types and bounds; ConfigError naming the key and the fix."""
-    problems = [f"  {key}: {_lookup(cfg, key)!r} is not a finite number" for key in _non_finite(cfg)]
+    problems = [f"  {key}: {lookup(cfg, key)!r} is not a finite number" for key in _non_finite(cfg)]
     low, high = (list(cfg.get("train", {}).get("scale_range", [])) + [0, 0])[:2]
     if low > high:
         problems.append(f"  train.scale_range: [{low}, {high}] is upside down; give [low, high], "
@@ -165,7 +165,8 @@ def check_values(cfg: dict) -> None:
         raise ConfigError(f"invalid configuration (preset {cfg.get('preset')!r}):\n" + "\n".join(problems))
 
 
-def _lookup(cfg: dict, key: str) -> Any:
+def lookup(cfg: dict, key: str) -> Any:
+    """The value at a dotted key (`train.lr`, `evaluate.rho_sweep[0]`); KeyError if absent."""
     node: Any = cfg
     for part in key.replace("[", ".").replace("]", "").split("."):
         node = node[int(part)] if isinstance(node, list) else node[part]

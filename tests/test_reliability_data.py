@@ -406,15 +406,11 @@ class _ErrorMirror(LoopbackServer):
     """A loopback mirror answering every request with `status`."""
 
     def __init__(self, status: int):
-        self.count = 0
-        mirror = self
-
         class Handler(http.server.BaseHTTPRequestHandler):
             def log_message(self, *args):
                 pass
 
             def do_GET(self):
-                mirror.count += 1
                 self.send_error(status)
 
         super().__init__(Handler)

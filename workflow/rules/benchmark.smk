@@ -7,7 +7,6 @@ BENCH_KINDS = ("op", "models", "stages", "rho", "table6")
 BENCH_NEEDS_MODEL = {"models", "stages", "rho", "table6"}
 # LC fast is a second model when evaluate.sweep_retrain (the one trained at evaluate.fast_rho).
 BENCH_FAST_MODEL = {"models", "stages"} if SWEEP_RETRAIN else set()
-PAPER_CFG = load_config(Path(workflow.basedir) / "config.yaml", preset="paper", overrides=_overrides)
 # What each `lc bench <kind>` reads (model-level kinds also time the paper preset's full-size model).
 BENCH_READS = {
     "op": ["bench.op_image_size", "bench.fractions", "bench.warmup", "bench.runs", "model.block_counts"],
@@ -35,13 +34,12 @@ for _kind in BENCH_KINDS:
         params:
             lc=LC,
             lc_args=LC_ARGS,
-            command="bench op" if _kind == "op" else f"bench {_kind}",
+            command=f"bench {_kind}",
             flags=(
-                lambda wc, input, output, threads: f"--threads {threads} "
-                + (
-                    f"--png {output.png}"
-                    if "png" in output.keys()
-                    else f"--checkpoint {input.checkpoint}"
+                (lambda wc, output, threads: f"--threads {threads} --png {output.png}")
+                if _kind == "op"
+                else (
+                    lambda wc, input, threads: f"--threads {threads} --checkpoint {input.checkpoint}"
                     + (f" --fast-checkpoint {input.fast}" if input.fast else "")
                 )
             ),

@@ -3,11 +3,11 @@
 import json
 import shlex
 
-from lc.config import results_dir
+from lc.config import load_config, lookup, results_dir
 from lc.data.paths import (archive_path, extracted_dir, prepared_dir, prepared_list_files, voc_test_available,
                            weights_path)
 from lc.data.weights import WEIGHTS_FILENAME
-from lc.models.variants import CASCADE_VARIANTS, TABLE2_ORDER, VARIANTS, get_variant
+from lc.models.variants import TABLE2_ORDER, VARIANTS, get_variant
 from lc.report import outputs
 
 PRESET = CFG["preset"]
@@ -56,17 +56,17 @@ def device_flag(kind):
     return "cuda" if GPUS.get(kind, 0) > 0 else CFG["device"]
 
 
+# "Full size" = the paper preset's model (benchmarks, model-info), with the same overrides.
+PAPER_CFG = CFG if PRESET == "paper" else load_config(
+    Path(workflow.basedir) / "config.yaml", preset="paper", overrides=_overrides)
+
+
 # --- exact rerun tracking ---------------------------------------------------------------------
-_MISSING = object()
-
-
 def _lookup(cfg, dotted):
-    value = cfg
-    for part in dotted.split("."):
-        value = value.get(part, _MISSING) if isinstance(value, dict) else _MISSING
-        if value is _MISSING:
-            raise KeyError(f"workflow params: config key {dotted!r} does not exist")
-    return value
+    try:
+        return lookup(cfg, dotted)
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise KeyError(f"workflow params: config key {dotted!r} does not exist") from None
 
 
 def reads(*keys, cfg=None):

@@ -5,8 +5,6 @@ FIGURE_DATASETS = {"fig6_stages_cityscapes": "cityscapes"}  # every other figure
 # Figs. 4 and 6 name the device of the LC evaluation in their subtitle.
 FIGURE_EXTRA_INPUTS = {"fig4_stages_voc": [eval_json("voc", "lc")],
                        "fig6_stages_cityscapes": [eval_json("cityscapes", "lc")]}
-_TRAIN_LOG = Path(outputs.train_log("d", "r")).name
-_TRAIN_DONE = Path(outputs.train_done("d", "r")).name
 
 
 FIGURE_INPUTS = {

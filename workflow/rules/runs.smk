@@ -183,6 +183,10 @@ def trained_runs():
     return runs
 
 
+_TRAIN_LOG = Path(outputs.train_log("d", "r")).name
+_TRAIN_DONE = Path(outputs.train_done("d", "r")).name
+
+
 def figure_input(rel):
     """The files a figure input names: a wildcard `runs/{dataset}/{variant}/...` stands for every
     trained run; a run's train_log.csv is stood for by its train_done.json (complete once it exists)."""
