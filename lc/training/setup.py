@@ -73,10 +73,15 @@ class Run:
     def paths(self) -> tuple[Path, Path, Path]:
         """checkpoint.pt, resume.pt, train_done.json. The rolling state lives in resume.pt, not in the
         declared output checkpoint.pt: Snakemake deletes a failed job's outputs."""
-        return self.out / "checkpoint.pt", self.out / "resume.pt", self.out / "train_done.json"
+        return state_paths(self.out)
 
     def seconds(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.clock
+
+
+def state_paths(out: Path) -> tuple[Path, Path, Path]:
+    """checkpoint.pt (the final weights), resume.pt (the rolling state), train_done.json of a run folder."""
+    return out / "checkpoint.pt", out / "resume.pt", out / "train_done.json"
 
 
 def total_iterations(cfg: dict, variant: str) -> int:
@@ -94,16 +99,14 @@ def setup_run(cfg: dict, dataset: str, variant: Variant, out: Path, init: Path |
         raise ValueError(f"train.batch_size {tcfg['batch_size']} (the global minibatch) must be divisible by "
                          f"the {ctx.world_size} processes")
     spec = _model_spec(cfg, dataset, variant, float(tcfg["rho"] if rho is None else rho))
-    state_files = [out / "resume.pt", out / "checkpoint.pt", out / "train_done.json"]
+    state_files = list(state_paths(out))
     if not resume:
         _remove(state_files, ctx, "--no-resume")
     inputs = input_digests(cfg, dataset, variant, init, split)
     payload, source = _resumable_state(out, spec, cfg, inputs, ctx) if resume else (None, None)
     model, init_total = _prepare_model(cfg, variant, spec, init, payload, ctx)
-    if payload is not None:
-        init_total = int(payload.get("init_iterations_total", 0))
-        if ctx.is_main:
-            log.info("resuming from %s at iteration %d", source, int(payload["iteration"]))
+    if payload is not None and ctx.is_main:
+        log.info("resuming from %s at iteration %d", source, int(payload["iteration"]))
     start = int(payload["iteration"]) if payload else 0
     total = total_iterations(cfg, variant.name)
     end = total if stop_after is None else min(total, max(stop_after, start))
@@ -112,7 +115,7 @@ def setup_run(cfg: dict, dataset: str, variant: Variant, out: Path, init: Path |
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         if start < end:
-            (out / "train_done.json").unlink(missing_ok=True)  # stale until this run completes
+            state_paths(out)[2].unlink(missing_ok=True)  # train_done.json: stale until this run completes
         train_log = TrainLog(out / "train_log.csv", start)
     use_amp = amp_enabled(tcfg, ctx.device)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=use_amp)
@@ -155,7 +158,7 @@ def _remove(paths: list[Path], ctx: DistContext, why: str) -> None:
 def _resumable_state(out: Path, spec: dict, cfg: dict, inputs: dict,
                      ctx: DistContext) -> tuple[dict | None, Path | None]:
     """The checkpoint to continue from (resume.pt, else checkpoint.pt), or None to start afresh."""
-    resume_path, ckpt_path = out / "resume.pt", out / "checkpoint.pt"
+    ckpt_path, resume_path, done_path = state_paths(out)
     path = resume_path if resume_path.exists() else ckpt_path
     if not path.exists():
         return None, None
@@ -165,7 +168,7 @@ def _resumable_state(out: Path, spec: dict, cfg: dict, inputs: dict,
     if reasons:
         if ctx.is_main:
             log.warning("not resuming from %s: %s; training restarts from scratch", path, "; ".join(reasons))
-        _remove([resume_path, ckpt_path, out / "train_done.json"], ctx, "stale state")
+        _remove([resume_path, ckpt_path, done_path], ctx, "stale state")
         return None, None
     return payload, path
 
@@ -193,11 +196,11 @@ def _prepare_model(cfg: dict, variant: Variant, spec: dict, init: Path | None, p
     model = build_model_from_spec(spec)
     if ctx.distributed and ctx.device.type == "cuda" and not spec["model_cfg"].get("freeze_bn", True):
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    init_total = 0
     if payload is None:
         init_total = initialise(model, cfg, variant, init)
     else:
         model.load_state_dict(payload["model"])
+        init_total = int(payload.get("init_iterations_total", 0))
     model.to(ctx.device)
     torch.manual_seed(seed + ctx.rank)  # per-process stream for the model's own randomness (dsn_dropout)
     if payload is not None:
