@@ -41,7 +41,7 @@ def gather_gemm_kernel(
     acc = tl.zeros((BLOCK_N, BLOCK_CO), dtype=tl.float32)
     for tap in range(TAPS):
         if HAS_TABLE:
-            src_rows = tl.load(table_ptr + rows * stride_table + tap, mask=row_ok, other=M)
+            src_rows = tl.load(table_ptr + rows * stride_table + tap, mask=row_ok, other=M).to(tl.int64)
         else:
             src_rows = rows
         # entry M (or anything outside the source) is the zero row: masked, never read
@@ -91,7 +91,7 @@ def gather_weight_grad_kernel(
         rows = (n0 + tl.arange(0, BLOCK_N)).to(tl.int64)
         row_ok = rows < end
         if HAS_TABLE:
-            src_rows = tl.load(table_ptr + rows * stride_table + tap, mask=row_ok, other=M)
+            src_rows = tl.load(table_ptr + rows * stride_table + tap, mask=row_ok, other=M).to(tl.int64)
         else:
             src_rows = rows
         src_ok = row_ok & (src_rows >= 0) & (src_rows < M)

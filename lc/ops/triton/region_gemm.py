@@ -32,7 +32,8 @@ import triton
 
 from lc.ops.triton.kernels import gather_gemm_kernel, gather_weight_grad_kernel
 
-__all__ = ["INTERPRET", "gather_conv", "gather_linear", "transposed_table"]
+__all__ = ["INTERPRET", "gather_conv", "gather_linear", "launch_gather_gemm", "launch_weight_grad",
+           "transposed_table"]
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -109,6 +110,11 @@ def _weight_grad(src: torch.Tensor, table: torch.Tensor | None, grad: torch.Tens
         num_warps=_warps(block_co, block_ci), num_stages=3,
     )
     return partial.sum(0) if splits > 1 else partial[0]
+
+
+# the launchers of the registered ops (lc.ops.library): no checks, no casts, no caches
+launch_gather_gemm = _gather_gemm
+launch_weight_grad = _weight_grad
 
 
 # --- transposed neighbour tables --------------------------------------------------------------

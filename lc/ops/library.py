@@ -1,0 +1,242 @@
+"""Region convolution as registered PyTorch ops (`torch.library`, namespace `lc`).
+
+    torch.ops.lc.gather_conv(src, table, weight, bias, residual, scale, relu, src_col, table_t)
+    torch.ops.lc.gather_linear(src, weight, bias, residual, scale, relu, src_col)
+    torch.ops.lc.gather_weight_grad(src, table, grad, src_col)
+    torch.ops.lc.transpose_table(table, num_src)
+
+`gather_conv`: out[n] = relu?(residual[n] + scale * (bias + sum_t src[table[n, t], c:c+Cin] @ weight[t]))
+with `weight` packed (K, Cin, Cout) (`pack_conv_weight`), `table` (N, K) int32 or int64 and
+c = `src_col` (the op reads a column window of `src`, so branches of a merged 1x1 need no copy).
+A table entry outside [0, M) reads a zero row: M is the sentinel of every table we build.
+`gather_linear` is the same without a table (a compressed 1x1 conv), `weight` (Cin, Cout).
+
+Kernels: CPU, a torch gather + GEMM per tap (or the Triton kernels under the interpreter when the
+region backend is "triton" and TRITON_INTERPRET=1); CUDA, the Triton kernels of `lc.ops.triton`.
+Fake kernels give shapes for torch.compile; autograd is `register_autograd`, whose backward calls
+the same ops: grad src is `gather_conv` on the transposed table (`transpose_table`, or the
+`table_t` the caller built once) with the transposed weight; grad weight is `gather_weight_grad`.
+Tables must be injective per tap (each source row read through tap t by at most one output row,
+true of every neighbour table). Nothing in an op syncs with the host or keeps a cache.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["gather_conv", "gather_linear", "gather_weight_grad", "pack_conv_weight",
+           "set_library_backend", "transpose_table"]
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_cpu_backend = "torch"  # "triton": CPU tensors through Triton's interpreter (tests only)
+
+
+def set_library_backend(name: str) -> None:
+    """CPU kernel of the ops: "torch" (default) or "triton" (needs TRITON_INTERPRET=1)."""
+    global _cpu_backend
+    if name not in ("torch", "triton"):
+        raise ValueError(f"library backend must be 'torch' or 'triton', got {name!r}")
+    if name == "triton" and not _INTERPRET:
+        raise RuntimeError("the 'triton' CPU backend needs TRITON_INTERPRET=1 set before importing lc")
+    _cpu_backend = name
+
+
+def pack_conv_weight(weight: Tensor) -> Tensor:
+    """(Cout, Cin, kh, kw) conv weight -> (kh*kw, Cin, Cout) contiguous, the ops' layout."""
+    cout, cin, kh, kw = weight.shape
+    return weight.permute(2, 3, 1, 0).reshape(kh * kw, cin, cout).contiguous()
+
+
+def _triton():
+    from lc.ops.triton import region_gemm
+    return region_gemm
+
+
+# --- CPU (torch) implementations ---------------------------------------------------------------
+def _epilogue(out: Tensor, residual: Tensor | None, scale: float, relu: bool) -> Tensor:
+    if residual is not None:
+        out = torch.add(residual, out, alpha=scale)
+    elif scale != 1.0:
+        out = out.mul_(scale)
+    return out.relu_() if relu else out
+
+
+def _padded(src: Tensor, src_col: int, cin: int) -> Tensor:
+    """The source window with the zero row appended at index M."""
+    return torch.cat((src.narrow(1, src_col, cin), src.new_zeros(1, cin)))
+
+
+def _safe(table: Tensor, num_src: int) -> Tensor:
+    """Every entry outside [0, M) becomes M (the zero row)."""
+    return torch.where((table >= 0) & (table < num_src), table, torch.full_like(table, num_src))
+
+
+def _conv_torch(src, table, weight, bias, residual, scale, relu, src_col):
+    taps, cin, cout = weight.shape
+    src_p = _padded(src, src_col, cin)
+    rows = _safe(table, src.shape[0]).t()
+    first = F.embedding(rows[0], src_p)
+    out = torch.addmm(bias, first, weight[0]) if bias is not None else first @ weight[0]
+    for t in range(1, taps):
+        out.addmm_(F.embedding(rows[t], src_p), weight[t])
+    return _epilogue(out, residual, scale, relu)
+
+
+def _linear_torch(src, weight, bias, residual, scale, relu, src_col):
+    window = src.narrow(1, src_col, weight.shape[0])
+    out = torch.addmm(bias, window, weight) if bias is not None else window @ weight
+    return _epilogue(out, residual, scale, relu)
+
+
+def _use_triton(src: Tensor) -> bool:
+    return src.is_cuda or (_cpu_backend == "triton" and _INTERPRET)
+
+
+# --- gather_conv -------------------------------------------------------------------------------
+@torch.library.custom_op("lc::gather_conv", mutates_args=())
+def gather_conv(src: Tensor, table: Tensor, weight: Tensor, bias: Tensor | None = None,
+                residual: Tensor | None = None, scale: float = 1.0, relu: bool = False,
+                src_col: int = 0, table_t: Tensor | None = None) -> Tensor:
+    """(M, C) source, (N, K) table, (K, Cin, Cout) weight -> (N, Cout); see the module docstring.
+
+    `table_t` (optional, the backward's transposed table) is not read by the forward.
+    """
+    if _use_triton(src):
+        taps, cin, cout = weight.shape
+        return _triton().launch_gather_gemm(src.narrow(1, src_col, cin), table,
+                                            weight.view(taps * cin, cout), bias, residual, scale, relu,
+                                            num_out=table.shape[0])
+    return _conv_torch(src, table, weight, bias, residual, scale, relu, src_col)
+
+
+@gather_conv.register_fake
+def _(src, table, weight, bias=None, residual=None, scale=1.0, relu=False, src_col=0, table_t=None):
+    return src.new_empty(table.shape[0], weight.shape[2])
+
+
+# --- gather_linear -----------------------------------------------------------------------------
+@torch.library.custom_op("lc::gather_linear", mutates_args=())
+def gather_linear(src: Tensor, weight: Tensor, bias: Tensor | None = None,
+                  residual: Tensor | None = None, scale: float = 1.0, relu: bool = False,
+                  src_col: int = 0) -> Tensor:
+    """(N, C) rows, (Cin, Cout) weight -> (N, Cout) = relu?(residual + scale * (rows @ w + bias))."""
+    if _use_triton(src):
+        return _triton().launch_gather_gemm(src.narrow(1, src_col, weight.shape[0]), None, weight, bias,
+                                            residual, scale, relu, num_out=src.shape[0])
+    return _linear_torch(src, weight, bias, residual, scale, relu, src_col)
+
+
+@gather_linear.register_fake
+def _(src, weight, bias=None, residual=None, scale=1.0, relu=False, src_col=0):
+    return src.new_empty(src.shape[0], weight.shape[1])
+
+
+# --- backward helpers --------------------------------------------------------------------------
+@torch.library.custom_op("lc::transpose_table", mutates_args=())
+def transpose_table(table: Tensor, num_src: int) -> Tensor:
+    """(N, K) table -> (num_src, K): entry [m, t] = the n with table[n, t] == m, else N.
+
+    Entries outside [0, num_src) (the sentinel, padded rows) scatter to a dummy row that is
+    dropped. Deterministic for tables injective per tap; no host sync.
+    """
+    num_out, taps = table.shape
+    target = _safe(table, num_src).long() * taps + torch.arange(taps, device=table.device)
+    inverse = torch.full(((num_src + 1) * taps,), num_out, dtype=table.dtype, device=table.device)
+    values = torch.arange(num_out, dtype=table.dtype, device=table.device)[:, None].expand(num_out, taps)
+    inverse.scatter_(0, target.reshape(-1), values.reshape(-1))
+    return inverse.view(num_src + 1, taps)[:num_src].clone()
+
+
+@transpose_table.register_fake
+def _(table, num_src):
+    return table.new_empty(num_src, table.shape[1])
+
+
+@torch.library.custom_op("lc::gather_weight_grad", mutates_args=())
+def gather_weight_grad(src: Tensor, table: Tensor, grad: Tensor, src_col: int = 0) -> Tensor:
+    """(K, Cin, Cout): dw[t] = src[table[:, t], c:c+Cin].T @ grad, Cin = src.shape[1] - src_col.
+
+    Accumulated in fp32 and returned in src's dtype.
+    """
+    taps = table.shape[1]
+    cin = src.shape[1] - src_col
+    if _use_triton(src):
+        dw = _triton().launch_weight_grad(src.narrow(1, src_col, cin), table, grad, taps)
+        return dw.permute(0, 2, 1).contiguous().to(src.dtype)  # (K, Cout, Cin) -> (K, Cin, Cout)
+    src_p = _padded(src, src_col, cin).float()
+    rows = _safe(table, src.shape[0]).t()
+    grad32 = grad.float()
+    return torch.stack([F.embedding(rows[t], src_p).t() @ grad32 for t in range(taps)]).to(src.dtype)
+
+
+@gather_weight_grad.register_fake
+def _(src, table, grad, src_col=0):
+    return src.new_empty(table.shape[1], src.shape[1] - src_col, grad.shape[1])
+
+
+# --- autograd ----------------------------------------------------------------------------------
+def _grad_epilogue(ctx, grad: Tensor) -> tuple[Tensor, Tensor | None]:
+    if ctx.relu:
+        grad = grad * (ctx.saved_tensors[-1] > 0)
+    grad_residual = grad if ctx.has_residual else None
+    return (grad * ctx.scale if ctx.scale != 1.0 else grad), grad_residual
+
+
+def _full_width(grad_window: Tensor, src_col: int, width: int) -> Tensor:
+    if src_col == 0 and grad_window.shape[1] == width:
+        return grad_window
+    return F.pad(grad_window, (src_col, width - src_col - grad_window.shape[1]))
+
+
+def _conv_setup(ctx, inputs, output):
+    src, table, weight, bias, residual, scale, relu, src_col, table_t = inputs
+    ctx.scale, ctx.relu, ctx.src_col = scale, relu, src_col
+    ctx.has_bias, ctx.has_residual = bias is not None, residual is not None
+    ctx.has_table_t = table_t is not None
+    ctx.save_for_backward(src, table, weight, table_t if table_t is not None else table,
+                          output if relu else table)
+
+
+def _conv_backward(ctx, grad):
+    src, table, weight, table_t, _ = ctx.saved_tensors
+    grad_conv, grad_residual = _grad_epilogue(ctx, grad)
+    grad_src = grad_weight = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        inverse = table_t if ctx.has_table_t else transpose_table(table, src.shape[0])
+        window = gather_conv(grad_conv, inverse, weight.transpose(1, 2).contiguous())
+        grad_src = _full_width(window, ctx.src_col, src.shape[1])
+    if ctx.needs_input_grad[2]:
+        grad_weight = gather_weight_grad(src.narrow(1, 0, ctx.src_col + weight.shape[1]), table,
+                                         grad_conv, ctx.src_col)
+    if ctx.has_bias and ctx.needs_input_grad[3]:
+        grad_bias = grad_conv.sum(0)
+    return grad_src, None, grad_weight, grad_bias, grad_residual, None, None, None, None
+
+
+def _linear_setup(ctx, inputs, output):
+    src, weight, bias, residual, scale, relu, src_col = inputs
+    ctx.scale, ctx.relu, ctx.src_col = scale, relu, src_col
+    ctx.has_bias, ctx.has_residual = bias is not None, residual is not None
+    ctx.save_for_backward(src, weight, output if relu else weight)
+
+
+def _linear_backward(ctx, grad):
+    src, weight, _ = ctx.saved_tensors
+    grad_conv, grad_residual = _grad_epilogue(ctx, grad)
+    grad_src = grad_weight = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_src = _full_width(gather_linear(grad_conv, weight.t().contiguous()), ctx.src_col, src.shape[1])
+    if ctx.needs_input_grad[1]:
+        window = src.narrow(1, ctx.src_col, weight.shape[0])
+        grad_weight = (window.t().float() @ grad_conv.float()).to(weight.dtype)
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        grad_bias = grad_conv.sum(0)
+    return grad_src, grad_weight, grad_bias, grad_residual, None, None, None
+
+
+gather_conv.register_autograd(_conv_backward, setup_context=_conv_setup)
+gather_linear.register_autograd(_linear_backward, setup_context=_linear_setup)
