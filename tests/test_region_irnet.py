@@ -6,6 +6,7 @@ from helpers import randomise_bn
 
 from lc.models.irnet import IRNet
 from lc.models.region_irnet import run_stage_compressed, run_stage_masked_dense
+from lc.models.region_plan import invalidate_plans
 from lc.ops.active_set import ActiveSet
 
 TOL = dict(atol=1e-4, rtol=1e-4)
@@ -74,13 +75,16 @@ def test_full_mask_equals_plain_dense_stage(narrow_irnet):
         torch.testing.assert_close(active.scatter(run_stage_compressed(net, 2, x, active)), dense, **TOL)
         # second call: the folded-weight cache is used and still right
         torch.testing.assert_close(active.scatter(run_stage_compressed(net, 2, x, active)), dense, **TOL)
-        net.conv2d_7b.conv.weight.mul_(2.0)  # a changed parameter invalidates the cache
+        # an in-place edit outside an optimiser must invalidate the plans explicitly
+        net.conv2d_7b.conv.weight.mul_(2.0)
+        invalidate_plans()
         try:
             dense3 = net.forward_stage(3, dense)
             torch.testing.assert_close(active.scatter(run_stage_compressed(net, 3, dense, active)),
                                        dense3, **TOL)
         finally:
             net.conv2d_7b.conv.weight.div_(2.0)
+            invalidate_plans()
 
 
 def test_region_execution_refuses_training_bn_and_strided_stages():

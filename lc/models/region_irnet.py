@@ -21,12 +21,26 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lc.models.irnet import Block8, Block17, ConvBN, IRNet, Mixed_6a, Mixed_7a
+from lc.models.region_plan import run_planned, stage_plan, stage_tables
 from lc.ops.active_set import ActiveSet
+from lc.ops.region_tables import RegionTables, bucket_for
 from lc.ops.region_conv import compressed_conv, dense_input_conv, linear_rows, region_max_pool
 
-__all__ = ["REGION_STAGES", "check_region_ready", "run_stage_compressed", "run_stage_masked_dense"]
+__all__ = ["REGION_STAGES", "check_region_ready", "configure_region", "run_stage_compressed",
+           "run_stage_masked_dense"]
 
 REGION_STAGES = (2, 3)  # the stages that can run on a region; stage 1 always sees every pixel
+# the planned path (registered ops, packed weights, device tables) and its row buckets; config
+# keys region.planned / region.buckets (`configure_region`)
+_options = {"planned": True, "buckets": True}
+
+
+def configure_region(planned: bool | None = None, buckets: bool | None = None) -> None:
+    """Switch the planned path and the row buckets on or off (the config's `region` block)."""
+    if planned is not None:
+        _options["planned"] = bool(planned)
+    if buckets is not None:
+        _options["buckets"] = bool(buckets)
 
 # Folded conv+BN weights, reused while no parameter changes (inference only: under autograd the
 # fold must be part of the graph). Keyed weakly so a deleted model frees its entries.
@@ -183,12 +197,48 @@ def _module_compressed(name: str, module: nn.Module, state: torch.Tensor | _Stag
     raise TypeError(f"no compressed execution for {name} ({type(module).__name__})")
 
 
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+def planned_tables(irnet: IRNet, stage: int, active: ActiveSet, dtype: torch.dtype,
+                   source: ActiveSet | None = None, num_rows: int | None = None):
+    """(plan, tables) of a stage on `active`, both cached (tables on the ActiveSet, per bucket)."""
+    plan = stage_plan(irnet, stage, dtype)
+    if num_rows is None:
+        num_rows = (bucket_for(active.num_active, active.num_pixels) if _options["buckets"]
+                    else active.num_active)
+    key = ("planned", tuple(plan.geometries), int(num_rows), source)
+    tables = active._tables.get(key)
+    if tables is None:
+        src_rows = None
+        if source is not None:
+            src_key = ("region_rows", source.num_active)
+            if src_key not in source._tables:
+                source._tables[src_key] = RegionTables(source.mask, source.num_active)
+            src_rows = source._tables[src_key]
+        tables = stage_tables(plan, active.mask, int(num_rows), active.num_active, src_rows)
+        active._tables[key] = tables
+    return plan, tables
+
+
+def stage_rows(x: torch.Tensor, source: ActiveSet | None, dtype: torch.dtype) -> torch.Tensor:
+    """The stage input as a matrix: dense (B, C, H, W) flattened NHWC, or the source's rows."""
+    rows = x if source is not None else x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+    return rows if rows.dtype == dtype else rows.to(dtype)
+
+
 def run_stage_compressed(irnet: IRNet, stage: int, x: torch.Tensor, active: ActiveSet,
-                         source: ActiveSet | None = None) -> torch.Tensor:
+                         source: ActiveSet | None = None, *, planned: bool | None = None,
+                         num_rows: int | None = None) -> torch.Tensor:
     """Stage 2 or 3 of `irnet` at the pixels of `active` -> (N_active, C_out).
 
     x: the dense stage input (B, C, H, W), or with `source` the (M, C) compressed output of the
     previous stage on the pixels of `source` (a superset of `active`; zero elsewhere).
+    planned: the planned path (default: `configure_region`); num_rows: its padded row count
+    (default: the active count's bucket). Without the plan, the per-layer path below.
     """
     check_region_ready(irnet, stage)
     if source is None:
@@ -196,6 +246,11 @@ def run_stage_compressed(irnet: IRNet, stage: int, x: torch.Tensor, active: Acti
     elif x.dim() != 2 or x.shape[0] != source.num_active:
         raise ValueError(f"with a source ActiveSet x must be its ({source.num_active}, C) matrix, "
                          f"got {tuple(x.shape)}")
+    if _options["planned"] if planned is None else planned:
+        dtype = _compute_dtype(x)
+        plan, tables = planned_tables(irnet, stage, active, dtype, source, num_rows)
+        out = run_planned(plan, stage_rows(x, source, dtype), tables)
+        return out if tables.num_rows == active.num_active else out[: active.num_active]
     state: torch.Tensor | _StageInput = _StageInput(x, active, source)
     for name, module in irnet.stage_modules(stage):
         state = _module_compressed(name, module, state, active)

@@ -4,6 +4,7 @@
     torch.ops.lc.gather_linear(src, weight, bias, residual, scale, relu, src_col)
     torch.ops.lc.gather_weight_grad(src, table, grad, src_col)
     torch.ops.lc.transpose_table(table, num_src)
+    torch.ops.lc.gather_max(src, table)
 
 `gather_conv`: out[n] = relu?(residual[n] + scale * (bias + sum_t src[table[n, t], c:c+Cin] @ weight[t]))
 with `weight` packed (K, Cin, Cout) (`pack_conv_weight`), `table` (N, K) int32 or int64 and
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["gather_conv", "gather_linear", "gather_weight_grad", "pack_conv_weight",
+__all__ = ["gather_conv", "gather_linear", "gather_max", "gather_weight_grad", "pack_conv_weight",
            "set_library_backend", "transpose_table"]
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -176,6 +177,48 @@ def gather_weight_grad(src: Tensor, table: Tensor, grad: Tensor, src_col: int = 
 @gather_weight_grad.register_fake
 def _(src, table, grad, src_col=0):
     return src.new_empty(table.shape[1], src.shape[1] - src_col, grad.shape[1])
+
+
+# --- gather_max: a max pool through a table ------------------------------------------------------
+def _max_rows(src: Tensor, table: Tensor) -> Tensor:
+    """Entries in [0, M] index the padded source (M reads zero); anything else reads -inf (M + 1)."""
+    num_src = src.shape[0]
+    return torch.where((table >= 0) & (table <= num_src), table, torch.full_like(table, num_src + 1))
+
+
+@torch.library.custom_op("lc::gather_max", mutates_args=())
+def gather_max(src: Tensor, table: Tensor) -> Tensor:
+    """(N, C): out[n] = max_t src[table[n, t]]; entry M reads zero, entries outside [0, M] -inf.
+
+    A stride-1 max pool at the active pixels (pool tables mark out-of-bounds taps M + 1). The same
+    torch code on every device (on CUDA a few elementwise kernels; it does no arithmetic to save).
+    """
+    channels = src.shape[1]
+    padded = torch.cat((src, src.new_zeros(1, channels), src.new_full((1, channels), float("-inf"))))
+    return F.embedding(_max_rows(src, table), padded).amax(1)
+
+
+@gather_max.register_fake
+def _(src, table):
+    return src.new_empty(table.shape[0], src.shape[1])
+
+
+def _max_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _max_backward(ctx, grad):
+    src, table = ctx.saved_tensors
+    rows = _max_rows(src, table)
+    channels = src.shape[1]
+    padded = torch.cat((src, src.new_zeros(1, channels), src.new_full((1, channels), float("-inf"))))
+    arg = F.embedding(rows, padded).argmax(1)  # (N, C): the first maximum, as F.max_pool2d
+    winner = rows.long().gather(1, arg)
+    grad_src = grad.new_zeros(src.shape[0] + 2, channels).scatter_add_(0, winner, grad)
+    return grad_src[: src.shape[0]], None
+
+
+gather_max.register_autograd(_max_backward, setup_context=_max_setup)
 
 
 # --- autograd ----------------------------------------------------------------------------------

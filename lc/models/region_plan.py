@@ -1,0 +1,272 @@
+"""The planned region stage: IRNet stage 2 or 3 as a short list of registered-op calls.
+
+A `StagePlan` is built once per (weights generation, stage, dtype, device, both TF32 flags): every
+BatchNorm folded into its conv, weights packed (K, Cin, Cout) in the compute dtype, the 1x1 convs
+that read one input merged into one GEMM (a Block17 or Block8 is then 4 convs plus the closing
+1x1 split in two so that no concat is ever built), epilogues (bias, ReLU, residual scale-add)
+fused into the ops. Geometry is checked when the plan is built, never per call.
+
+Weights change through `load_state_dict`, an optimiser step or `.to()`: the first two bump a
+generation counter through hooks, the third changes the device/dtype in the key, and anything
+else (an in-place edit of a parameter) must call `invalidate_plans()`. Under autograd the fold is
+recomputed on each call (the fold is part of the graph), the packing plan and tables are not.
+
+`StageTables` holds the int32 device tables of one stage for one active set and row bucket
+(`lc.ops.region_tables.RegionTables`): built once, shared by every block.
+"""
+
+from __future__ import annotations
+
+import itertools
+import weakref
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+import lc.ops.library  # noqa: F401  (registers torch.ops.lc.*)
+from lc.models.irnet import Block8, Block17, ConvBN, IRNet, Mixed_6a, Mixed_7a
+from lc.ops.region_tables import RegionTables
+
+__all__ = ["StagePlan", "StageTables", "invalidate_plans", "plan_key", "stage_plan", "stage_tables"]
+
+_generation = itertools.count()
+_current = [next(_generation)]
+_plans: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
+_hooked: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+
+def invalidate_plans() -> None:
+    """Mark every stage plan stale (call after editing weights in place outside an optimiser)."""
+    _current[0] = next(_generation)
+
+
+def _bump(*_args, **_kwargs) -> None:
+    invalidate_plans()
+
+
+register_optimizer_step_post_hook(_bump)
+
+
+def plan_key(irnet: IRNet, stage: int, dtype: torch.dtype) -> tuple:
+    """What a plan depends on: generation, stage, dtype, device and both TF32 switches."""
+    ref = irnet.stage_modules(stage)[0][1]
+    device = next(ref.parameters()).device
+    return (_current[0], stage, dtype, device, torch.backends.cuda.matmul.allow_tf32,
+            torch.backends.cudnn.allow_tf32)
+
+
+# --- weights ------------------------------------------------------------------------------------
+def _pack(weight: Tensor, dtype: torch.dtype) -> Tensor:
+    cout, cin, kh, kw = weight.shape
+    return weight.permute(2, 3, 1, 0).reshape(kh * kw, cin, cout).to(dtype).contiguous()
+
+
+def _check_same_size(conv: nn.Conv2d, name: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    kh, kw = conv.kernel_size
+    dh, dw = conv.dilation
+    if conv.stride != (1, 1) or conv.groups != 1 or conv.padding != (dh * (kh - 1) // 2, dw * (kw - 1) // 2) \
+            or kh % 2 == 0 or kw % 2 == 0:
+        raise ValueError(f"{name}: a planned region stage needs stride-1, size-preserving, ungrouped convs "
+                         f"(output_stride 8); got {conv}")
+    return (kh, kw), (dh, dw)
+
+
+def _fold(cbr: ConvBN, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    weight, bias = cbr.fused_weight_bias()
+    return _pack(weight, dtype), bias.to(dtype)
+
+
+def _merged(cbrs: list[ConvBN], dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    pairs = [cbr.fused_weight_bias() for cbr in cbrs]
+    weight = torch.cat([w for w, _ in pairs])
+    return _pack(weight, dtype), torch.cat([b for _, b in pairs]).to(dtype)
+
+
+@dataclass
+class _Conv:
+    weight: Tensor  # (K, Cin, Cout)
+    bias: Tensor | None
+    geometry: tuple  # (kernel, dilation)
+
+
+def _conv(cbr: ConvBN, dtype: torch.dtype, name: str) -> _Conv:
+    return _Conv(*_fold(cbr, dtype), _check_same_size(cbr.conv, name))
+
+
+def _reduction_a(m: Mixed_6a, dtype: torch.dtype, name: str) -> dict:
+    pool = m.branch2
+    if pool.stride not in (1, (1, 1)) or pool.kernel_size not in (3, (3, 3)) or pool.padding not in (1, (1, 1)):
+        raise ValueError(f"{name}.branch2: a planned stage needs the stride-1 3x3 pool (output_stride 8)")
+    return {"b0": _conv(m.branch0, dtype, f"{name}.branch0"),
+            "heads": _Conv(*_merged([m.branch1[0]], dtype), ((1, 1), (1, 1))),
+            "chains": [[_conv(c, dtype, f"{name}.branch1.{i + 1}") for i, c in enumerate(m.branch1[1:])]],
+            "widths": [m.branch1[0].conv.out_channels]}
+
+
+def _reduction_b(m: Mixed_7a, dtype: torch.dtype, name: str) -> dict:
+    seqs = (m.branch0, m.branch1, m.branch2)
+    return {"b0": None,
+            "heads": _Conv(*_merged([s[0] for s in seqs], dtype), ((1, 1), (1, 1))),
+            "chains": [[_conv(c, dtype, f"{name}.branch{j}.{i + 1}") for i, c in enumerate(s[1:])]
+                       for j, s in enumerate(seqs)],
+            "widths": [s[0].conv.out_channels for s in seqs]}
+
+
+def _residual(m: Block17 | Block8, dtype: torch.dtype, name: str) -> dict:
+    head = m.branch1[0].conv.out_channels
+    width0 = m.branch0.conv.out_channels
+    w_in, b_in = _merged([m.branch1[0], m.branch0], dtype)  # [branch1 head | branch0]
+    closing = m.conv2d.weight.flatten(1)  # (Cout, width0 + branch1 out)
+    relu = (m.act if isinstance(m, Block17) else m.relu) is not None
+    return {"in": (w_in[0], b_in), "head": head,
+            "a": _conv(m.branch1[1], dtype, f"{name}.branch1.1"),
+            "b": _conv(m.branch1[2], dtype, f"{name}.branch1.2"),
+            "c0": closing[:, :width0].t().to(dtype).contiguous(),
+            "c1": closing[:, width0:].t().to(dtype).contiguous(),
+            "bias": m.conv2d.bias.to(dtype), "scale": float(m.scale), "relu": relu}
+
+
+def _weights(irnet: IRNet, stage: int, dtype: torch.dtype) -> list[tuple[str, dict]]:
+    steps: list[tuple[str, dict]] = []
+    for name, module in irnet.stage_modules(stage):
+        subs = list(module) if isinstance(module, nn.Sequential) else [module]
+        for i, sub in enumerate(subs):
+            where = f"{name}.{i}" if isinstance(module, nn.Sequential) else name
+            if isinstance(sub, Mixed_6a) and not steps:
+                steps.append(("reduction", _reduction_a(sub, dtype, where)))
+            elif isinstance(sub, Mixed_7a) and not steps:
+                steps.append(("reduction", _reduction_b(sub, dtype, where)))
+            elif isinstance(sub, (Block17, Block8)) and steps:
+                steps.append(("residual", _residual(sub, dtype, where)))
+            elif isinstance(sub, ConvBN) and steps and sub.conv.kernel_size == (1, 1):
+                w, b = _fold(sub, dtype)
+                steps.append(("pointwise", {"w": w[0], "bias": b}))
+            else:
+                raise TypeError(f"{where} ({type(sub).__name__}): no planned region execution here")
+    return steps
+
+
+class StagePlan:
+    """The packed weights of one stage; `steps(training)` gives them (refolded under autograd)."""
+
+    def __init__(self, irnet: IRNet, stage: int, dtype: torch.dtype, key: tuple):
+        self.irnet_ref = weakref.ref(irnet)
+        self.stage, self.dtype, self.key = stage, dtype, key
+        with torch.no_grad():
+            self._steps = _weights(irnet, stage, dtype)
+        self.geometries = sorted({c.geometry for _, s in self._steps for c in _convs(s)})
+
+    def steps(self) -> list[tuple[str, dict]]:
+        if torch.is_grad_enabled():  # the fold is part of the autograd graph
+            return _weights(self.irnet_ref(), self.stage, self.dtype)
+        return self._steps
+
+
+def _convs(step: dict) -> list[_Conv]:
+    out = [c for c in (step.get("b0"), step.get("a"), step.get("b")) if isinstance(c, _Conv)]
+    return out + [c for chain in step.get("chains", []) for c in chain]
+
+
+def stage_plan(irnet: IRNet, stage: int, dtype: torch.dtype) -> StagePlan:
+    """The cached plan of `stage`, rebuilt when its key changes."""
+    if irnet not in _hooked:
+        irnet.register_load_state_dict_post_hook(_bump)
+        _hooked.add(irnet)
+    key = plan_key(irnet, stage, dtype)
+    entries = _plans.setdefault(irnet, {})
+    plan = entries.get((stage, dtype))
+    if plan is None or plan.key != key:
+        plan = StagePlan(irnet, stage, dtype, key)
+        entries[(stage, dtype)] = plan
+    return plan
+
+
+# --- tables -------------------------------------------------------------------------------------
+@dataclass
+class StageTables:
+    """The int32 tables of one planned stage on one active set, padded to `num_rows` rows."""
+
+    num_rows: int
+    num_active: int
+    region: RegionTables
+    input_one: Tensor      # (R, 1) rows of the stage input matrix
+    input_taps: Tensor     # (R, 9) the reduction's dense-input 3x3 (branch0 of Mixed_6a)
+    input_pool: Tensor     # (R, 9) the 3x3 max pool's windows (M + 1: -inf)
+    own: dict              # geometry -> (table (R, K), transposed table (R, K))
+
+
+def stage_tables(plan: StagePlan, mask: torch.Tensor, num_rows: int, num_active: int,
+                 source: RegionTables | None = None, source_rows: int | None = None) -> StageTables:
+    """Every table the plan's convs read, built on the device without a host sync."""
+    region = RegionTables(mask, num_rows)
+    src: str | RegionTables = "dense" if source is None else source
+    own = {}
+    for kernel, dilation in plan.geometries:
+        table = region.table(kernel, dilation, "active")
+        own[(kernel, dilation)] = (table, torch.ops.lc.transpose_table(table, num_rows))
+    b0 = next((s["b0"] for _, s in plan._steps if s.get("b0") is not None), None)
+    taps = region.table(*b0.geometry, source=src, source_rows=source_rows) if b0 is not None else None
+    return StageTables(num_rows, num_active, region,
+                       region.table((1, 1), (1, 1), source=src, source_rows=source_rows), taps,
+                       region.table((3, 3), (1, 1), source=src, pool=True, source_rows=source_rows), own)
+
+
+# --- the planned forward ------------------------------------------------------------------------
+def _poison(t: Tensor, tables: StageTables, poison: bool) -> Tensor:
+    """Test hook: NaN in every padded row, to prove that no real row reads one."""
+    if not poison or tables.num_rows == tables.num_active:
+        return t
+    return t.index_fill(0, torch.arange(tables.num_active, tables.num_rows, device=t.device), float("nan"))
+
+
+def _gconv(src: Tensor, conv: _Conv, tables: StageTables, src_col: int = 0, **epilogue) -> Tensor:
+    table, transposed = tables.own[conv.geometry]
+    return torch.ops.lc.gather_conv(src, table, conv.weight, conv.bias, epilogue.get("residual"),
+                                    epilogue.get("scale", 1.0), epilogue.get("relu", True), src_col,
+                                    transposed)
+
+
+def _run_reduction(s: dict, rows: Tensor, t: StageTables, poison: bool) -> Tensor:
+    heads = _poison(torch.ops.lc.gather_conv(rows, t.input_one, s["heads"].weight, s["heads"].bias,
+                                             None, 1.0, True, 0, None), t, poison)
+    branches = []
+    if s["b0"] is not None:
+        branches.append(_poison(torch.ops.lc.gather_conv(rows, t.input_taps, s["b0"].weight, s["b0"].bias,
+                                                         None, 1.0, True, 0, None), t, poison))
+    col = 0
+    for chain, width in zip(s["chains"], s["widths"], strict=True):
+        feat, feat_col = heads, col
+        for conv in chain:
+            feat = _poison(_gconv(feat, conv, t, feat_col), t, poison)
+            feat_col = 0
+        branches.append(feat)
+        col += width
+    branches.append(torch.ops.lc.gather_max(rows, t.input_pool))
+    return _poison(torch.cat(branches, 1), t, poison)
+
+
+def _run_residual(s: dict, x: Tensor, t: StageTables, poison: bool) -> Tensor:
+    w_in, b_in = s["in"]
+    y = _poison(torch.ops.lc.gather_linear(x, w_in, b_in, None, 1.0, True, 0), t, poison)
+    u = _poison(_gconv(y, s["a"], t), t, poison)
+    u = _poison(_gconv(u, s["b"], t), t, poison)
+    partial = torch.ops.lc.gather_linear(u, s["c1"], s["bias"], x, s["scale"], False, 0)
+    return _poison(torch.ops.lc.gather_linear(y, s["c0"], None, partial, s["scale"], s["relu"], s["head"]),
+                   t, poison)
+
+
+def run_planned(plan: StagePlan, rows: Tensor, tables: StageTables, poison: bool = False) -> Tensor:
+    """The stage on the input matrix `rows` (dense NHWC rows or the source's rows) -> (R, C_out)."""
+    feat = rows
+    for kind, step in plan.steps():
+        if kind == "reduction":
+            feat = _run_reduction(step, feat, tables, poison)
+        elif kind == "residual":
+            feat = _run_residual(step, feat, tables, poison)
+        else:
+            feat = _poison(torch.ops.lc.gather_linear(feat, step["w"], step["bias"], None, 1.0, True, 0),
+                           tables, poison)
+    return feat
