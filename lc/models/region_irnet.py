@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from lc.models.irnet import Block8, Block17, ConvBN, IRNet, Mixed_6a, Mixed_7a
 from lc.models.region_plan import run_planned, stage_plan, stage_tables
 from lc.ops.active_set import ActiveSet
-from lc.ops.region_tables import RegionTables, bucket_for
 from lc.ops.region_conv import compressed_conv, dense_input_conv, linear_rows, region_max_pool
+from lc.ops.region_tables import RegionTables, bucket_for
 
 __all__ = ["REGION_STAGES", "check_region_ready", "configure_region", "run_stage_compressed",
            "run_stage_masked_dense"]

@@ -98,7 +98,7 @@ def _conv(cbr: ConvBN, dtype: torch.dtype, name: str) -> _Conv:
 
 def _reduction_a(m: Mixed_6a, dtype: torch.dtype, name: str) -> dict:
     pool = m.branch2
-    if pool.stride not in (1, (1, 1)) or pool.kernel_size not in (3, (3, 3)) or pool.padding not in (1, (1, 1)):
+    if (pool.stride, pool.kernel_size, pool.padding) not in ((1, 3, 1), ((1, 1), (3, 3), (1, 1))):
         raise ValueError(f"{name}.branch2: a planned stage needs the stride-1 3x3 pool (output_stride 8)")
     return {"b0": _conv(m.branch0, dtype, f"{name}.branch0"),
             "heads": _Conv(*_merged([m.branch1[0]], dtype), ((1, 1), (1, 1))),

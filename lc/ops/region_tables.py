@@ -24,14 +24,13 @@ __all__ = ["BUCKET_RATIO", "MAX_BUCKETS", "RegionTables", "bucket_for", "bucket_
 
 BUCKET_RATIO = 1.25
 MAX_BUCKETS = 12
-_MIN_ROWS = 16  # tl.dot's smallest tile: no bucket is smaller
 
 
 def bucket_sizes(num_pixels: int, ratio: float = BUCKET_RATIO, count: int = MAX_BUCKETS) -> tuple[int, ...]:
     """The geometric row counts ceil(P / ratio**i), i < count, ascending (at most `count`)."""
     if num_pixels < 1:
         raise ValueError(f"bucket_sizes needs at least one pixel, got {num_pixels}")
-    sizes = {min(num_pixels, max(_MIN_ROWS, math.ceil(num_pixels / ratio ** i))) for i in range(count)}
+    sizes = {min(num_pixels, max(1, math.ceil(num_pixels / ratio ** i))) for i in range(count)}
     return tuple(sorted(sizes))
 
 
@@ -57,7 +56,8 @@ class RegionTables:
 
     def __init__(self, mask: torch.Tensor, num_rows: int | None = None):
         if mask.dtype != torch.bool or mask.dim() != 3:
-            raise ValueError(f"RegionTables needs a (B, H, W) bool mask, got {mask.dtype} {tuple(mask.shape)}")
+            raise ValueError(f"RegionTables needs a (B, H, W) bool mask, got {mask.dtype} "
+                             f"{tuple(mask.shape)}")
         self.mask = mask
         self.batch_size, self.height, self.width = (int(s) for s in mask.shape)
         self.num_pixels = self.batch_size * self.height * self.width
