@@ -8,10 +8,17 @@ import pandas as pd
 
 from lc.device import resolve_device
 
-__all__ = ["BENCH_KINDS", "run_benchmark", "run_op_benchmark", "speedup_lines"]
+__all__ = ["BENCH_KINDS", "apply_region_config", "run_benchmark", "run_op_benchmark", "speedup_lines"]
 
 # The model-level benchmarks (`op`, the region-conv op alone, is `run_op_benchmark`).
 BENCH_KINDS = ("models", "stages", "rho", "table6")
+
+
+def apply_region_config(cfg: dict) -> None:
+    """The config's `region` block (planned path, buckets, CUDA graphs) for this process."""
+    from lc.models.region_irnet import configure_region
+
+    configure_region(**cfg.get("region", {}))
 
 
 def run_op_benchmark(cfg: dict, out: str | Path, png: str | Path | None = None, device: str = "all",
@@ -21,6 +28,7 @@ def run_op_benchmark(cfg: dict, out: str | Path, png: str | Path | None = None, 
     usable); writes the CSV and its plot. A named device that cannot be used raises DeviceError."""
     from lc.bench.op import level_titles, run_op_bench, save_op_bench
 
+    apply_region_config(cfg)
     devices = None if device == "all" else [str(resolve_device(device))]
     table = run_op_bench(cfg, devices=devices, warmup=warmup, runs=runs, threads=threads)
     save_op_bench(table, out, png, level_titles(cfg))
@@ -48,6 +56,7 @@ def run_benchmark(kind: str, cfg: dict, full_cfg: dict, out: str | Path,
                "table6": run_table6_bench}
     if kind not in runners:
         raise ValueError(f"unknown benchmark {kind!r}; choose one of {', '.join(BENCH_KINDS)} (or op)")
+    apply_region_config(cfg)
     setup = BenchSetup.from_config(cfg, full_cfg["model"], checkpoint=checkpoint, device=device,
                                    warmup=warmup, runs=runs, paper_table1=paper_table1, threads=threads,
                                    fast_checkpoint=fast_checkpoint)

@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lc.models.irnet import Block8, Block17, ConvBN, IRNet, Mixed_6a, Mixed_7a
+from lc.models.region_graphs import graphed_stage
 from lc.models.region_plan import run_planned, stage_plan, stage_tables
 from lc.ops.active_set import ActiveSet
 from lc.ops.region_conv import compressed_conv, dense_input_conv, linear_rows, region_max_pool
@@ -32,15 +33,15 @@ __all__ = ["REGION_STAGES", "check_region_ready", "configure_region", "run_stage
 REGION_STAGES = (2, 3)  # the stages that can run on a region; stage 1 always sees every pixel
 # the planned path (registered ops, packed weights, device tables) and its row buckets; config
 # keys region.planned / region.buckets (`configure_region`)
-_options = {"planned": True, "buckets": True}
+_options = {"planned": True, "buckets": True, "cuda_graphs": True}
 
 
-def configure_region(planned: bool | None = None, buckets: bool | None = None) -> None:
-    """Switch the planned path and the row buckets on or off (the config's `region` block)."""
-    if planned is not None:
-        _options["planned"] = bool(planned)
-    if buckets is not None:
-        _options["buckets"] = bool(buckets)
+def configure_region(planned: bool | None = None, buckets: bool | None = None,
+                     cuda_graphs: bool | None = None) -> None:
+    """Switch the planned path, its row buckets and its CUDA graphs (the config's `region` block)."""
+    for name, value in (("planned", planned), ("buckets", buckets), ("cuda_graphs", cuda_graphs)):
+        if value is not None:
+            _options[name] = bool(value)
 
 # Folded conv+BN weights, reused while no parameter changes (inference only: under autograd the
 # fold must be part of the graph). Keyed weakly so a deleted model frees its entries.
@@ -230,15 +231,30 @@ def stage_rows(x: torch.Tensor, source: ActiveSet | None, dtype: torch.dtype) ->
     return rows if rows.dtype == dtype else rows.to(dtype)
 
 
+def _run_graphed(irnet: IRNet, stage: int, x: torch.Tensor, active: ActiveSet, source: ActiveSet | None,
+                 dtype: torch.dtype, num_rows: int | None) -> torch.Tensor:
+    plan = stage_plan(irnet, stage, dtype)
+    if num_rows is None:
+        num_rows = bucket_for(active.num_active, active.num_pixels)
+    source_mask = source_rows = None
+    if source is not None:  # the previous stage's rows, padded to its bucket (padded rows unread)
+        source_rows = bucket_for(source.num_active, source.num_pixels)
+        x = F.pad(x, (0, 0, 0, source_rows - x.shape[0]))
+        source_mask = source.mask
+    out = graphed_stage(irnet, plan, x, active.mask, int(num_rows), source_mask, source_rows)
+    return out[: active.num_active].clone()  # the graph's output buffer is reused by its next replay
+
+
 def run_stage_compressed(irnet: IRNet, stage: int, x: torch.Tensor, active: ActiveSet,
                          source: ActiveSet | None = None, *, planned: bool | None = None,
-                         num_rows: int | None = None) -> torch.Tensor:
+                         num_rows: int | None = None, graphs: bool | None = None) -> torch.Tensor:
     """Stage 2 or 3 of `irnet` at the pixels of `active` -> (N_active, C_out).
 
     x: the dense stage input (B, C, H, W), or with `source` the (M, C) compressed output of the
     previous stage on the pixels of `source` (a superset of `active`; zero elsewhere).
     planned: the planned path (default: `configure_region`); num_rows: its padded row count
-    (default: the active count's bucket). Without the plan, the per-layer path below.
+    (default: the active count's bucket); graphs: CUDA-graph replay per (stage, bucket) on CUDA
+    without autograd (default: `configure_region`). Without the plan, the per-layer path below.
     """
     check_region_ready(irnet, stage)
     if source is None:
@@ -248,6 +264,9 @@ def run_stage_compressed(irnet: IRNet, stage: int, x: torch.Tensor, active: Acti
                          f"got {tuple(x.shape)}")
     if _options["planned"] if planned is None else planned:
         dtype = _compute_dtype(x)
+        use_graphs = _options["cuda_graphs"] if graphs is None else graphs
+        if use_graphs and x.is_cuda and not torch.is_grad_enabled():
+            return _run_graphed(irnet, stage, x, active, source, dtype, num_rows)
         plan, tables = planned_tables(irnet, stage, active, dtype, source, num_rows)
         out = run_planned(plan, stage_rows(x, source, dtype), tables)
         return out if tables.num_rows == active.num_active else out[: active.num_active]

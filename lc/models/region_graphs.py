@@ -1,0 +1,82 @@
+"""CUDA-graph replay of the planned region stages, one graph per (plan, stage, row bucket).
+
+A graph captures the whole planned stage, neighbour tables included: its static inputs are the
+stage's mask, the stage input (dense (B, C, H, W), or the previous stage's (R2, C) rows padded to
+that stage's bucket) and, for stage 3, the previous stage's mask. A call copies those in, replays
+and returns the static output; tables are rebuilt inside the graph from the mask (no host work,
+no sync: the bucket R is part of the key). Graphs are captured at first use of a key (warm-up:
+two eager runs on a side stream, then the capture) and share one memory pool. Inference only
+(no autograd); on CPU, or with the switch off (`region.cuda_graphs: false`), the eager path runs.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+
+from lc.models.region_plan import StagePlan, run_planned, stage_tables
+from lc.ops.region_tables import RegionTables
+
+__all__ = ["clear_graphs", "graphed_stage"]
+
+_graphs: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
+_pool: list = []
+
+
+def clear_graphs() -> None:
+    """Drop every captured graph (they hold their plan's weights and static buffers)."""
+    _graphs.clear()
+
+
+class _Graphed:
+    def __init__(self, fn: Callable, static: list[torch.Tensor]):
+        if not _pool:
+            _pool.append(torch.cuda.graph_pool_handle())
+        self.static = static
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                fn(*static)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, pool=_pool[0]):
+            self.out = fn(*static)
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        for buffer, value in zip(self.static, inputs, strict=True):
+            buffer.copy_(value)
+        self.graph.replay()
+        return self.out
+
+
+def graphed_stage(irnet: nn.Module, plan: StagePlan, x: torch.Tensor, mask: torch.Tensor, num_rows: int,
+                  source_mask: torch.Tensor | None = None, source_rows: int | None = None) -> torch.Tensor:
+    """The planned stage replayed from its graph -> the static (num_rows, C_out) output.
+
+    x: dense (B, C, H, W), or (source_rows, C) rows of the previous stage's bucket. The returned
+    tensor is overwritten by the next replay of the same key: copy it to keep it.
+    """
+    entries = _graphs.setdefault(irnet, {})
+    key = (plan.key, plan.stage, plan.dtype, int(num_rows), tuple(x.shape), x.dtype, tuple(mask.shape),
+           source_rows)
+    graphed = entries.get(key)
+    if graphed is None:
+        for stale in [k for k in entries if k[0] != plan.key]:
+            del entries[stale]
+
+        def fn(static_mask, static_x, *static_source):
+            source = RegionTables(static_source[0], source_rows) if static_source else None
+            tables = stage_tables(plan, static_mask, num_rows, num_rows, source)
+            rows = static_x if source is not None else static_x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+            return run_planned(plan, rows.to(plan.dtype), tables)
+
+        static = [mask.clone(), x.clone()] + ([source_mask.clone()] if source_mask is not None else [])
+        with torch.no_grad():
+            graphed = _Graphed(fn, static)
+        entries[key] = graphed
+    inputs = [mask, x] + ([source_mask] if source_mask is not None else [])
+    return graphed(*inputs)
