@@ -216,8 +216,10 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA dev
 
 @pytest.mark.gpu
 @gpu
-def test_gpu_fp32_cases() -> None:
-    torch.backends.cuda.matmul.allow_tf32 = False
+def test_gpu_fp32_cases(monkeypatch) -> None:
+    # both switches alike: the reference F.conv2d runs on cuDNN, the kernels follow matmul's
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     for name, errors in {
         "dense_3x3": _case_dense_source((3, 3), (2, 2), (2, 2), batch=4, cin=96, cout=160, size=(33, 31),
                                         device="cuda"),
