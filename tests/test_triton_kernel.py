@@ -216,17 +216,21 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA dev
 
 @pytest.mark.gpu
 @gpu
-def test_gpu_fp32_cases(monkeypatch) -> None:
+def test_gpu_fp32_cases() -> None:
     # both switches alike: the reference F.conv2d runs on cuDNN, the kernels follow matmul's
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    for name, errors in {
-        "dense_3x3": _case_dense_source((3, 3), (2, 2), (2, 2), batch=4, cin=96, cout=160, size=(33, 31),
-                                        device="cuda"),
-        "active_1x7": _case_active_source((1, 7), (0, 6), (1, 2), batch=4, cin=128, cout=160,
-                                          size=(32, 32), device="cuda"),
-        "linear": _case_linear_residual(device="cuda", num_rows=5000, cin=384, cout=1088),
-    }.items():
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        cases = {
+            "dense_3x3": _case_dense_source((3, 3), (2, 2), (2, 2), batch=4, cin=96, cout=160, size=(33, 31),
+                                            device="cuda"),
+            "active_1x7": _case_active_source((1, 7), (0, 6), (1, 2), batch=4, cin=128, cout=160,
+                                              size=(32, 32), device="cuda"),
+            "linear": _case_linear_residual(device="cuda", num_rows=5000, cin=384, cout=1088),
+        }
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+    for name, errors in cases.items():
         bad = {k: v for k, v in errors.items() if not v <= 1e-4}
         assert not bad, f"{name}: {bad}"
 
