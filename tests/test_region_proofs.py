@@ -9,32 +9,17 @@
 
 from __future__ import annotations
 
-import collections
-
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from lc.bench.launches import SYNCING_OPS, OpCounter
 from lc.models.irnet import IRNet
 from lc.models.region_irnet import planned_tables, run_stage_compressed, stage_rows
 from lc.models.region_plan import run_planned
 from lc.ops.active_set import ActiveSet
 
-SYNCING = {"aten._local_scalar_dense.default", "aten.nonzero.default", "aten.is_nonzero.default",
-           "aten.item.default"}
+SYNCING = SYNCING_OPS
 BUDGET = {2: 60, 3: 45}
-
-
-class OpCounter(TorchDispatchMode):
-    """Every op dispatched below Python (aten ops and torch.ops.lc.* calls), by name."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops: collections.Counter = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops[str(func)] += 1
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.fixture(scope="module")

@@ -57,6 +57,14 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
+def _cmd_gpu_check(args: argparse.Namespace) -> None:
+    from lc.bench.gpu_check import run_gpu_check
+    from lc.device import resolve_device
+
+    run_gpu_check(args.out, device=str(resolve_device(args.device)), quick=args.quick)
+    print(f"wrote {args.out}")
+
+
 def _add_repeats(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=nonneg_int, default=None, help="warm-up runs (default: bench.warmup)")
     p.add_argument("--runs", type=positive_int, default=None, help="timed runs (default: bench.runs)")
@@ -81,6 +89,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                         help_text="all: the CPU, plus CUDA when usable")
     _add_repeats(q)
     q.set_defaults(func=_cmd_bench_op)
+    q = kinds.add_parser("gpu-check", parents=[common], help="the one GPU check of region execution (<= 6 "
+                         "min on one GPU): GPU tests, graphed vs eager, launches, stage efficiency grid, end "
+                         "to end, train s/iter; CSVs, a plot and summary.txt with pass/fail")
+    q.add_argument("--out", required=True, help="folder to write")
+    q.add_argument("--quick", action="store_true", help="tiny network and map (CI: --device cpu --quick)")
+    add_device_argument(q, default="cuda")
+    q.set_defaults(func=_cmd_gpu_check)
     for kind, text in BENCH_HELP.items():
         q = kinds.add_parser(kind, parents=[common], help=text)
         q.add_argument("--out", required=True, help="CSV to write")

@@ -5,7 +5,8 @@ stage's mask, the stage input (dense (B, C, H, W), or the previous stage's (R2, 
 that stage's bucket) and, for stage 3, the previous stage's mask. A call copies those in, replays
 and returns the static output; tables are rebuilt inside the graph from the mask (no host work,
 no sync: the bucket R is part of the key). Graphs are captured at first use of a key (warm-up:
-two eager runs on a side stream, then the capture) and share one memory pool. Inference only
+two eager runs on a side stream, then the capture), each with its own memory pool (they replay
+in any order, so sharing one would be unsafe). Inference only
 (no autograd); on CPU, or with the switch off (`region.cuda_graphs: false`), the eager path runs.
 """
 
@@ -20,10 +21,9 @@ import torch.nn as nn
 from lc.models.region_plan import StagePlan, run_planned, stage_tables
 from lc.ops.region_tables import RegionTables
 
-__all__ = ["clear_graphs", "graphed_stage"]
+__all__ = ["GraphedCall", "clear_graphs", "graphed_stage"]
 
 _graphs: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
-_pool: list = []
 
 
 def clear_graphs() -> None:
@@ -31,20 +31,21 @@ def clear_graphs() -> None:
     _graphs.clear()
 
 
-class _Graphed:
+class GraphedCall:
+    """fn(*static) captured in a CUDA graph (after two warm-up runs); a call copies inputs in, replays."""
+
     def __init__(self, fn: Callable, static: list[torch.Tensor]):
-        if not _pool:
-            _pool.append(torch.cuda.graph_pool_handle())
         self.static = static
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                fn(*static)
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=_pool[0]):
-            self.out = fn(*static)
+        with torch.no_grad():
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    fn(*static)
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):  # a private pool: graphs replay in any order
+                self.out = fn(*static)
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         for buffer, value in zip(self.static, inputs, strict=True):
@@ -75,8 +76,7 @@ def graphed_stage(irnet: nn.Module, plan: StagePlan, x: torch.Tensor, mask: torc
             return run_planned(plan, rows.to(plan.dtype), tables)
 
         static = [mask.clone(), x.clone()] + ([source_mask.clone()] if source_mask is not None else [])
-        with torch.no_grad():
-            graphed = _Graphed(fn, static)
+        graphed = GraphedCall(fn, static)
         entries[key] = graphed
     inputs = [mask, x] + ([source_mask] if source_mask is not None else [])
     return graphed(*inputs)

@@ -1,0 +1,312 @@
+"""`lc bench gpu-check`: the one GPU check of region execution (<= 6 minutes on one GPU).
+
+Sections, each a CSV in the output folder (the summary and plot: `lc.bench.gpu_summary`):
+- tests.csv: the `gpu`-marked tests (pytest in a subprocess; CUDA only);
+- equality.csv: graphed vs eager planned stages (CUDA; on the CPU: planned vs per-layer path);
+- launches.csv: ops dispatched per planned stage (aten + registered-op calls), eager and graphed;
+  the host time of one eager planned stage;
+- stage_grid.csv: stage efficiency = (dense ms / region ms) x active fraction, dense at its best
+  (BN folded, channels_last, CUDA-graphed), the region stage planned and graphed, tables built;
+- end_to_end.csv: backbone stages 1-3 of dense IRNet vs LC and LC fast at the paper's stage shares
+  (eager and graphed), with the time-predicted speedup T_dense / (T1 + f2*T2 + f3*T3);
+- train.csv: s/iter of a backbone training step, dense (DSN's backbone) vs LC's region stages,
+  AMP, the first (compiling) iteration reported apart.
+`--device cpu --quick` runs the same code on a tiny network and map (what CI proves).
+"""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from lc.bench.launches import OpCounter
+from lc.bench.timing import measure, write_csv
+from lc.models.irnet import ConvBN, IRNet, freeze_batchnorm
+from lc.models.region_graphs import GraphedCall
+from lc.models.region_irnet import run_stage_compressed
+from lc.ops.active_set import ActiveSet
+
+__all__ = ["CheckSetup", "run_gpu_check"]
+
+# paper stage shares (gpu-h100 bench_stages: LC 77% / 48%, LC fast 44% / 15% of pixels)
+SHARES = {"lc": (0.77, 0.48), "lc_fast": (0.44, 0.15)}
+GPU_TEST_FILES = ("tests/test_gpu_region.py", "tests/test_library_ops.py", "tests/test_triton_kernel.py")
+
+
+@dataclass
+class CheckSetup:
+    device: torch.device
+    quick: bool
+    map_size: int
+    batches: tuple[int, ...]
+    fractions: tuple[float, ...]
+    modes: tuple[str, ...]
+    width: float
+    blocks: tuple[int, int, int]
+    warmup: int
+    runs: int
+    train_batch: int
+
+    @classmethod
+    def make(cls, device: str, quick: bool) -> CheckSetup:
+        dev = torch.device(device)
+        if quick:
+            return cls(dev, True, 8, (1,), (0.25, 1.0), ("tf32",), 0.0625, (1, 2, 2), 1, 2, 1)
+        return cls(dev, False, 64, (1, 8), (0.1, 0.25, 0.5, 1.0), ("tf32", "bf16"), 1.0, (5, 10, 5), 5, 20, 8)
+
+
+def _mode(mode: str) -> torch.dtype:
+    """Set both TF32 switches for `mode` and return its dtype ("tf32": fp32 with TF32 on)."""
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = mode == "tf32"
+    return torch.bfloat16 if mode == "bf16" else torch.float32
+
+
+def _net(setup: CheckSetup, dtype: torch.dtype) -> IRNet:
+    torch.manual_seed(0)
+    net = IRNet(width_mult=setup.width, block_counts=setup.blocks).eval()
+    return net.to(setup.device, dtype)
+
+
+def folded_dense(net: IRNet) -> IRNet:
+    """Dense IRNet at its best for inference: every BN folded into its conv, channels_last."""
+    dense = copy.deepcopy(net)
+    with torch.no_grad():
+        for m in dense.modules():
+            if isinstance(m, ConvBN):
+                weight, bias = m.fused_weight_bias()
+                conv = torch.nn.Conv2d(m.conv.in_channels, m.conv.out_channels, m.conv.kernel_size,
+                                       m.conv.stride, m.conv.padding, m.conv.dilation, bias=True)
+                conv.weight.copy_(weight)
+                conv.bias.copy_(bias)
+                m.conv, m.bn = conv.to(weight.device, weight.dtype), torch.nn.Identity()
+    return dense.to(memory_format=torch.channels_last)
+
+
+def _mask(shape, fraction: float, gen: torch.Generator, device, within: torch.Tensor | None = None):
+    scores = torch.rand(shape, generator=gen)
+    if within is not None:
+        scores = torch.where(within.cpu(), scores, torch.full_like(scores, 2.0))
+    count = int(round(fraction * shape[1] * shape[2]))
+    ranks = scores.flatten(1).argsort(1).argsort(1)
+    return (ranks < count).view(shape).to(device)
+
+
+def _time(fn, setup: CheckSetup) -> float:
+    return measure(lambda i: fn(), setup.device, setup.warmup, setup.runs).median
+
+
+def _maybe_graphed(fn, inputs, setup: CheckSetup):
+    """fn(*inputs) replayed from a CUDA graph on CUDA; fn itself elsewhere."""
+    if setup.device.type != "cuda":
+        return lambda: fn(*inputs)
+    graphed = GraphedCall(fn, [t.clone() for t in inputs])
+    return lambda: graphed(*inputs)
+
+
+# --- sections -----------------------------------------------------------------------------------
+def gpu_tests(setup: CheckSetup, out: Path) -> pd.DataFrame:
+    root = Path(__file__).resolve().parents[2]
+    files = [f for f in GPU_TEST_FILES if (root / f).exists()]
+    if setup.device.type != "cuda" or not files:
+        why = "no CUDA device" if setup.device.type != "cuda" else "tests/ not found beside the package"
+        return pd.DataFrame([{"check": "gpu tests", "passed": None, "detail": f"not run: {why}"}])
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
+                           *files], cwd=root, capture_output=True, text=True, timeout=240)
+    (out / "pytest_gpu.log").write_text(proc.stdout + proc.stderr)
+    last = (proc.stdout.strip().splitlines() or ["(no output)"])[-1]
+    return pd.DataFrame([{"check": "gpu tests", "passed": proc.returncode == 0, "detail": last}])
+
+
+def equality(setup: CheckSetup) -> pd.DataFrame:
+    dtype = _mode("tf32")
+    net = _net(setup, dtype)
+    gen = torch.Generator().manual_seed(1)
+    b, s = setup.batches[-1], setup.map_size
+    x = torch.randn(b, net.stage_channels[0], s, s, generator=gen).relu().to(setup.device)
+    mask2 = _mask((b, s, s), 0.5, gen, setup.device)
+    mask3 = _mask((b, s, s), 0.25, gen, setup.device, within=mask2)
+    a2, a3 = ActiveSet(mask2), ActiveSet(mask3)
+    cuda = setup.device.type == "cuda"
+    rows = []
+    with torch.inference_mode():
+        e2 = run_stage_compressed(net, 2, x, a2, graphs=False)
+        e3 = run_stage_compressed(net, 3, e2, a3, source=a2, graphs=False)
+        for stage, eager, other in (
+                (2, e2, lambda: run_stage_compressed(net, 2, x, a2, graphs=cuda, planned=cuda)),
+                (3, e3, lambda: run_stage_compressed(net, 3, e2, a3, source=a2, graphs=cuda, planned=cuda))):
+            got = other()
+            diff = float((got.float() - eager.float()).abs().max()) if got.numel() else 0.0
+            close = diff <= 1e-3 * float(eager.abs().max())
+            rows.append({"stage": stage, "compared": "graphed vs eager" if cuda else "planned vs per-layer",
+                         "max_abs_diff": diff, "bitwise": bool(torch.equal(got, eager)),
+                         "passed": torch.equal(got, eager) if cuda else close})
+    return pd.DataFrame(rows)
+
+
+def launches(setup: CheckSetup) -> pd.DataFrame:
+    dtype = _mode("tf32")
+    net = _net(setup, dtype)
+    gen = torch.Generator().manual_seed(2)
+    s = setup.map_size
+    x = torch.randn(1, net.stage_channels[0], s, s, generator=gen).relu().to(setup.device)
+    mask2 = _mask((1, s, s), 0.5, gen, setup.device)
+    a2, a3 = ActiveSet(mask2), ActiveSet(_mask((1, s, s), 0.25, gen, setup.device, within=mask2))
+    rows = []
+    with torch.inference_mode():
+        f2 = run_stage_compressed(net, 2, x, a2, graphs=False)
+        calls = {2: lambda g: run_stage_compressed(net, 2, x, a2, graphs=g),
+                 3: lambda g: run_stage_compressed(net, 3, f2, a3, source=a2, graphs=g)}
+        for stage, call in calls.items():
+            for graphed in ((False, True) if setup.device.type == "cuda" else (False,)):
+                call(graphed)  # tables and graphs built
+                with OpCounter() as counter:
+                    call(graphed)
+                host = []
+                for _ in range(max(3, setup.runs)):
+                    if setup.device.type == "cuda":
+                        torch.cuda.synchronize()
+                    start = time.perf_counter()
+                    call(graphed)
+                    host.append(1e3 * (time.perf_counter() - start))
+                if setup.device.type == "cuda":
+                    torch.cuda.synchronize()
+                rows.append({"stage": stage, "path": "graphed" if graphed else "eager", "ops": counter.total,
+                             "budget": {2: 60, 3: 45}[stage],
+                             "syncing_ops": ",".join(sorted(counter.syncing())),
+                             "host_ms": sorted(host)[len(host) // 2]})
+    return pd.DataFrame(rows)
+
+
+def stage_grid(setup: CheckSetup) -> pd.DataFrame:
+    rows = []
+    cuda = setup.device.type == "cuda"
+    for mode in setup.modes:
+        dtype = _mode(mode)
+        net = _net(setup, dtype)
+        dense = folded_dense(net)
+        gen = torch.Generator().manual_seed(3)
+        for batch in setup.batches:
+            s = setup.map_size
+            x2 = torch.randn(batch, net.stage_channels[0], s, s, generator=gen).relu().to(setup.device, dtype)
+            with torch.inference_mode():
+                x3 = dense.forward_stage(2, x2.contiguous(memory_format=torch.channels_last))
+            for stage, x in ((2, x2), (3, x3)):
+                x_cl = x.contiguous(memory_format=torch.channels_last)
+                with torch.inference_mode():
+                    dense_fn = _maybe_graphed(lambda t, st=stage, d=dense: d.forward_stage(st, t), [x_cl],
+                                              setup)
+                t_dense = _time(dense_fn, setup)
+                for f in setup.fractions:
+                    active = ActiveSet(_mask((batch, s, s), f, gen, setup.device))
+
+                    def region(a=active, st=stage, t=x, n=net):
+                        return run_stage_compressed(n, st, t, a, graphs=cuda)
+                    t_region = _time(region, setup)
+                    rows.append({"mode": mode, "batch": batch, "stage": stage, "fraction": f,
+                                 "dense_ms": t_dense, "region_ms": t_region,
+                                 "efficiency": t_dense / t_region * f})
+    return pd.DataFrame(rows)
+
+
+def end_to_end(setup: CheckSetup) -> pd.DataFrame:
+    dtype = _mode("tf32")
+    net = _net(setup, dtype)
+    dense = folded_dense(net)
+    gen = torch.Generator().manual_seed(4)
+    s = 8 * setup.map_size
+    img = torch.randn(1, 3, s, s, generator=gen).to(setup.device)
+    img = img.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        feats = dense.forward_stages(img)
+        per_stage = []
+        for stage, inp in ((1, img), (2, feats[0]), (3, feats[1])):
+            fn = _maybe_graphed(lambda t, st=stage: dense.forward_stage(st, t), [inp.contiguous(
+                memory_format=torch.channels_last)], setup)
+            per_stage.append(_time(fn, setup))
+        whole = _time(_maybe_graphed(lambda t: dense(t), [img], setup), setup)
+    rows = [{"method": "irnet_dense", "graphed": setup.device.type == "cuda", "ms": whole, "f2": 1.0,
+             "f3": 1.0, "speedup": 1.0, "predicted": 1.0}]
+    stage1 = _maybe_graphed(lambda t: dense.forward_stage(1, t), [img], setup)
+    for method, (f2, f3) in SHARES.items():
+        m2 = _mask((1, setup.map_size, setup.map_size), f2, gen, setup.device)
+        a2 = ActiveSet(m2)
+        a3 = ActiveSet(_mask((1, setup.map_size, setup.map_size), f3, gen, setup.device, within=m2))
+        for graphed in ((False, True) if setup.device.type == "cuda" else (False,)):
+            def step(g=graphed, a2=a2, a3=a3):
+                feat1 = stage1()
+                feat2 = run_stage_compressed(net, 2, feat1, a2, graphs=g)
+                return run_stage_compressed(net, 3, feat2, a3, source=a2, graphs=g)
+            ms = _time(step, setup)
+            predicted = sum(per_stage) / (per_stage[0] + f2 * per_stage[1] + f3 * per_stage[2])
+            rows.append({"method": method, "graphed": graphed, "ms": ms, "f2": f2, "f3": f3,
+                         "speedup": whole / ms, "predicted": predicted})
+    return pd.DataFrame(rows)
+
+
+def train_steps(setup: CheckSetup, iterations: int = 6) -> pd.DataFrame:
+    _mode("tf32")
+    rows = []
+    s = 8 * setup.map_size
+    cuda = setup.device.type == "cuda"
+    for variant in ("dsn", "lc"):
+        net = _net(setup, torch.float32).train()
+        freeze_batchnorm(net)
+        opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+        gen = torch.Generator().manual_seed(5)
+        img = torch.randn(setup.train_batch, 3, s, s, generator=gen).to(setup.device)
+        shape = (setup.train_batch, setup.map_size, setup.map_size)
+        m2 = _mask(shape, SHARES["lc"][0], gen, setup.device)
+        a2, a3 = ActiveSet(m2), ActiveSet(_mask(shape, SHARES["lc"][1], gen, setup.device, within=m2))
+        times = []
+        for _ in range(iterations if not setup.quick else 2):
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            with torch.autocast(setup.device.type, dtype=torch.bfloat16, enabled=cuda):
+                if variant == "dsn":
+                    loss = sum(f.float().mean() for f in net.forward_stages(img))
+                else:
+                    feat1 = net.forward_stage(1, img)
+                    feat2 = run_stage_compressed(net, 2, feat1, a2)
+                    feat3 = run_stage_compressed(net, 3, feat2, a3, source=a2)
+                    loss = feat1.float().mean() + feat2.float().mean() + feat3.float().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if cuda:
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        steady = times[1:]
+        rows.append({"variant": variant, "batch": setup.train_batch, "crop": s, "amp": cuda,
+                     "first_iter_s": times[0], "s_per_iter": sum(steady) / len(steady)})
+    return pd.DataFrame(rows)
+
+
+def run_gpu_check(out: str | Path, device: str = "cuda", quick: bool = False) -> dict[str, pd.DataFrame]:
+    """Every section, its CSV, the plot and summary.txt under `out`; returns the tables."""
+    from lc.bench.gpu_summary import summarise
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    setup = CheckSetup.make(device, quick)
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    tables = {}
+    try:
+        sections = {"tests": lambda: gpu_tests(setup, out), "equality": equality, "launches": launches,
+                    "stage_grid": stage_grid, "end_to_end": end_to_end, "train": train_steps}
+        for name, section in sections.items():
+            start = time.perf_counter()
+            tables[name] = section() if name == "tests" else section(setup)
+            write_csv(tables[name], out / f"{name}.csv")
+            print(f"[gpu-check] {name}: {time.perf_counter() - start:.1f} s", flush=True)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+    summarise(tables, setup, out)
+    return tables

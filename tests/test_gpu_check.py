@@ -1,0 +1,28 @@
+"""`lc bench gpu-check --device cpu --quick`: the GPU check's code runs end to end on tiny shapes."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+
+@pytest.mark.slow
+def test_gpu_check_quick_on_cpu_writes_every_output(tmp_path) -> None:
+    from lc.cli.main import main
+
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.get_num_threads())
+    try:
+        assert main(["bench", "gpu-check", "--device", "cpu", "--quick", "--out", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(old[2])
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == old[:2]  # restored
+    for name in ("tests", "equality", "launches", "stage_grid", "end_to_end", "train"):
+        assert not pd.read_csv(tmp_path / f"{name}.csv").empty, name
+    assert (tmp_path / "stage_efficiency.png").stat().st_size > 0
+    summary = (tmp_path / "summary.txt").read_text()
+    assert "not GPU measurements" in summary
+    assert "PASS  planned vs per-layer equal" in summary  # the planned path agrees with the per-layer one
+    assert "PASS  launch budget" in summary and "PASS  no syncing op" in summary
+    grid = pd.read_csv(tmp_path / "stage_grid.csv")
+    assert set(grid["stage"]) == {2, 3} and (grid["region_ms"] > 0).all()
