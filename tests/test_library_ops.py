@@ -87,6 +87,25 @@ def test_transpose_table_inverts_each_tap() -> None:
     assert int((inverse < table.shape[0]).sum()) == int((table < num_src).sum())
 
 
+def test_readme_example_is_two_masked_convs() -> None:
+    from lc.ops.region_tables import RegionTables
+
+    gen = torch.Generator().manual_seed(5)
+    x, mask = torch.randn(2, 4, 7, 6, generator=gen), torch.rand(2, 7, 6, generator=gen) < 0.5
+    w1, b1 = torch.randn(5, 4, 3, 3, generator=gen), torch.randn(5, generator=gen)
+    w2, b2 = torch.randn(3, 5, 3, 3, generator=gen), torch.randn(3, generator=gen)
+    tables = RegionTables(mask)
+    assert tables.num_rows >= int(mask.sum())  # a bucket
+    rows = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+    table = tables.table((3, 3), (1, 1), "dense")
+    h = torch.ops.lc.gather_conv(rows, table, pack_conv_weight(w1), b1, None, 1.0, True, 0, None)
+    own = tables.table((3, 3), (2, 2), "active")
+    h = torch.ops.lc.gather_conv(h, own, pack_conv_weight(w2), b2, None, 1.0, False, 0, None)
+    m = mask[:, None].float()
+    want = m * F.conv2d(m * F.conv2d(x, w1, b1, padding=1).relu(), w2, b2, padding=2, dilation=2)
+    torch.testing.assert_close(tables.scatter(h), want, rtol=1e-4, atol=1e-4)
+
+
 # --- opcheck and gradients ------------------------------------------------------------------------
 def _opcheck_all(device: str, dtype: torch.dtype) -> None:
     c = _case(device=device, dtype=dtype, src_col=1)
