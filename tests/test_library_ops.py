@@ -69,6 +69,17 @@ def test_gather_conv_is_the_masked_conv(kernel, dilation) -> None:
     torch.testing.assert_close(got, want)
 
 
+def test_a_large_source_reads_the_same_rows() -> None:
+    """Rows the table never reads (a stage's dense input at a small fraction) change nothing."""
+    c = _case(src_col=1)
+    args = _conv_args(c)
+    extra = torch.randn(500, c["src"].shape[1], dtype=c["src"].dtype)
+    table = torch.where(c["table"] == c["src"].shape[0], c["src"].shape[0] + 500, c["table"]).to(torch.int32)
+    big = [torch.cat((c["src"], extra)), table, *args[2:]]  # > N*K rows: the masked-tap path
+    assert big[0].shape[0] > table.numel()
+    torch.testing.assert_close(torch.ops.lc.gather_conv(*big), torch.ops.lc.gather_conv(*args))
+
+
 def test_gather_linear_is_a_matmul_with_epilogue() -> None:
     c = _case(kernel=(1, 1), src_col=3)
     w = c["weight"].flatten(1)

@@ -76,14 +76,28 @@ def _safe(table: Tensor, num_src: int) -> Tensor:
     return torch.where((table >= 0) & (table < num_src), table, torch.full_like(table, num_src))
 
 
+def _tap_reader(src: Tensor, table: Tensor, src_col: int, cin: int):
+    """tap t -> the (N, Cin) rows it reads. A source larger than the gathered rows (a stage's dense
+    input at a small active fraction) is not copied to append the zero row: its taps are masked."""
+    num_src = src.shape[0]
+    if num_src > table.numel():
+        valid = (table >= 0) & (table < num_src)
+        rows = torch.where(valid, table, torch.zeros_like(table)).t()
+        drop = (~valid).t().unsqueeze(2)  # masked_fill, not a multiply: 0 * inf would be NaN
+        window = src.narrow(1, src_col, cin)
+        return lambda t: F.embedding(rows[t], window).masked_fill_(drop[t], 0)
+    padded = _padded(src, src_col, cin)
+    rows = _safe(table, num_src).t()
+    return lambda t: F.embedding(rows[t], padded)
+
+
 def _conv_torch(src, table, weight, bias, residual, scale, relu, src_col):
     taps, cin, cout = weight.shape
-    src_p = _padded(src, src_col, cin)
-    rows = _safe(table, src.shape[0]).t()
-    first = F.embedding(rows[0], src_p)
+    read = _tap_reader(src, table, src_col, cin)
+    first = read(0)
     out = torch.addmm(bias, first, weight[0]) if bias is not None else first @ weight[0]
     for t in range(1, taps):
-        out.addmm_(F.embedding(rows[t], src_p), weight[t])
+        out.addmm_(read(t), weight[t])
     return _epilogue(out, residual, scale, relu)
 
 
