@@ -78,6 +78,12 @@ def test_a_large_source_reads_the_same_rows() -> None:
     big = [torch.cat((c["src"], extra)), table, *args[2:]]  # > N*K rows: the masked-tap path
     assert big[0].shape[0] > table.numel()
     torch.testing.assert_close(torch.ops.lc.gather_conv(*big), torch.ops.lc.gather_conv(*args))
+    n = c["src"].shape[0]
+    small = c["table"].clone()
+    small[::2, 0] = n + 1  # out of bounds: -inf; entries n read zero
+    big_pool = torch.where(small == n, n + 500, torch.where(small == n + 1, n + 501, small))
+    want = torch.ops.lc.gather_max(c["src"], small)
+    torch.testing.assert_close(torch.ops.lc.gather_max(big[0], big_pool), want)
 
 
 def test_gather_linear_is_a_matmul_with_epilogue() -> None:
@@ -131,6 +137,9 @@ def _opcheck_all(device: str, dtype: torch.dtype) -> None:
     grad = torch.randn(c["table"].shape[0], c["weight"].shape[0], device=device, dtype=dtype)
     torch.library.opcheck(torch.ops.lc.gather_weight_grad.default, (c["src"].detach(), c["table"], grad, 1))
     torch.library.opcheck(torch.ops.lc.transpose_table.default, (c["table"], c["src"].shape[0]))
+    pool = c["table"].clone()
+    pool[::3, 1] = c["src"].shape[0] + 1  # out-of-bounds taps (-inf)
+    torch.library.opcheck(torch.ops.lc.gather_max.default, (c["src"].detach().requires_grad_(), pool))
 
 
 def test_opcheck_cpu() -> None:

@@ -207,9 +207,14 @@ def gather_max(src: Tensor, table: Tensor) -> Tensor:
     A stride-1 max pool at the active pixels (pool tables mark out-of-bounds taps M + 1). The same
     torch code on every device (on CUDA a few elementwise kernels; it does no arithmetic to save).
     """
-    channels = src.shape[1]
+    num_src, channels = src.shape
+    rows = _max_rows(src, table)
+    if num_src > table.numel():  # a large source (the dense stage input): mask, do not copy it
+        values = F.embedding(torch.where(rows < num_src, rows, torch.zeros_like(rows)), src)
+        values = values.masked_fill_((rows == num_src).unsqueeze(2), 0)
+        return values.masked_fill_((rows > num_src).unsqueeze(2), float("-inf")).amax(1)
     padded = torch.cat((src, src.new_zeros(1, channels), src.new_full((1, channels), float("-inf"))))
-    return F.embedding(_max_rows(src, table), padded).amax(1)
+    return F.embedding(rows, padded).amax(1)
 
 
 @gather_max.register_fake
