@@ -159,6 +159,14 @@ def test_gradcheck_cpu(use_table_t: bool) -> None:
     assert torch.autograd.gradcheck(fn, (args[0], args[2], args[3], args[4]))
 
 
+def test_gather_max_gradcheck() -> None:
+    c = _case(src_col=0)
+    pool = c["table"].clone()
+    pool[::3, 1] = c["src"].shape[0] + 1  # out-of-bounds taps (-inf)
+    src = c["src"].detach().requires_grad_()
+    assert torch.autograd.gradcheck(lambda s: torch.ops.lc.gather_max(s, pool), (src,))
+
+
 # --- Triton interpreter ---------------------------------------------------------------------------
 def _interpreter_errors() -> dict:
     """Max |triton - torch| of every op output and gradient, float32, under the interpreter."""

@@ -169,6 +169,26 @@ def test_plan_key_holds_dtype_and_both_tf32_flags() -> None:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
+def test_config_switch_selects_the_per_layer_path() -> None:
+    from lc.bench.launches import OpCounter
+    from lc.models.region_irnet import configure_region
+
+    net = _net()
+    x, active = _inputs(net)
+    counts = {}
+    try:
+        with torch.no_grad():
+            for planned in (True, False):
+                configure_region(planned=planned)
+                run_stage_compressed(net, 2, x, active)
+                with OpCounter() as counter:
+                    counts[planned] = run_stage_compressed(net, 2, x, active)
+                assert bool(counter.ops["lc.gather_conv.default"]) == planned
+    finally:
+        configure_region(planned=True)
+    torch.testing.assert_close(counts[True], counts[False], rtol=1e-4, atol=1e-4)
+
+
 def test_planned_path_follows_the_new_weights_after_a_step() -> None:
     net = _net()
     x, active = _inputs(net)

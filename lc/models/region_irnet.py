@@ -22,7 +22,14 @@ import torch.nn.functional as F
 
 from lc.models.irnet import Block8, Block17, ConvBN, IRNet, Mixed_6a, Mixed_7a
 from lc.models.region_graphs import graphed_stage
-from lc.models.region_plan import run_planned, stage_plan, stage_tables
+from lc.models.region_plan import (
+    REGION_STAGES,
+    _check_stage,
+    check_region_ready,
+    run_planned,
+    stage_plan,
+    stage_tables,
+)
 from lc.ops.active_set import ActiveSet
 from lc.ops.region_conv import compressed_conv, dense_input_conv, linear_rows, region_max_pool
 from lc.ops.region_tables import RegionTables, bucket_for
@@ -30,7 +37,6 @@ from lc.ops.region_tables import RegionTables, bucket_for
 __all__ = ["REGION_STAGES", "check_region_ready", "configure_region", "run_stage_compressed",
            "run_stage_masked_dense"]
 
-REGION_STAGES = (2, 3)  # the stages that can run on a region; stage 1 always sees every pixel
 # the planned path (registered ops, packed weights, device tables) and its row buckets; config
 # keys region.planned / region.buckets (`configure_region`)
 _options = {"planned": True, "buckets": True, "cuda_graphs": True}
@@ -46,26 +52,6 @@ def configure_region(planned: bool | None = None, buckets: bool | None = None,
 # Folded conv+BN weights, reused while no parameter changes (inference only: under autograd the
 # fold must be part of the graph). Keyed weakly so a deleted model frees its entries.
 _fold_cache: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
-
-
-def _check_stage(stage: int) -> None:
-    if stage not in REGION_STAGES:
-        raise ValueError(f"region execution covers stages 2 and 3, got stage {stage}; "
-                         "stage 1 always sees every pixel")
-
-
-def check_region_ready(irnet: IRNet, stage: int) -> None:
-    """Raise unless `stage` (2 or 3) can run on a region: eval-mode BN, stride-1 layers."""
-    _check_stage(stage)
-    for name, module in irnet.stage_modules(stage):
-        for sub_name, sub in module.named_modules():
-            if isinstance(sub, nn.modules.batchnorm._BatchNorm) and sub.training:
-                raise RuntimeError(f"region execution needs eval-mode (frozen) BatchNorm, but "
-                                   f"{name}.{sub_name} is in training mode; call "
-                                   f"lc.models.irnet.freeze_batchnorm(model) after .train()")
-            if isinstance(sub, (nn.Conv2d, nn.MaxPool2d)) and sub.stride not in (1, (1, 1)):
-                raise ValueError(f"{name}.{sub_name} has stride {sub.stride}: region execution "
-                                 f"needs output_stride 8 (stride-1 reductions)")
 
 
 # --- parameters ---------------------------------------------------------------------------------
@@ -256,13 +242,12 @@ def run_stage_compressed(irnet: IRNet, stage: int, x: torch.Tensor, active: Acti
     (default: the active count's bucket); graphs: CUDA-graph replay per (stage, bucket) on CUDA
     without autograd (default: `configure_region`). Without the plan, the per-layer path below.
     """
-    check_region_ready(irnet, stage)
     if source is None:
         active._check_dense(x)
     elif x.dim() != 2 or x.shape[0] != source.num_active:
         raise ValueError(f"with a source ActiveSet x must be its ({source.num_active}, C) matrix, "
                          f"got {tuple(x.shape)}")
-    if _options["planned"] if planned is None else planned:
+    if _options["planned"] if planned is None else planned:  # checked when the plan is built
         dtype = _compute_dtype(x)
         use_graphs = _options["cuda_graphs"] if graphs is None else graphs
         if use_graphs and x.is_cuda and not torch.is_grad_enabled():
@@ -270,6 +255,7 @@ def run_stage_compressed(irnet: IRNet, stage: int, x: torch.Tensor, active: Acti
         plan, tables = planned_tables(irnet, stage, active, dtype, source, num_rows)
         out = run_planned(plan, stage_rows(x, source, dtype), tables)
         return out if tables.num_rows == active.num_active else out[: active.num_active]
+    check_region_ready(irnet, stage)
     state: torch.Tensor | _StageInput = _StageInput(x, active, source)
     for name, module in irnet.stage_modules(stage):
         state = _module_compressed(name, module, state, active)

@@ -30,7 +30,10 @@ import lc.ops.library  # noqa: F401  (registers torch.ops.lc.*)
 from lc.models.irnet import Block8, Block17, ConvBN, IRNet, Mixed_6a, Mixed_7a
 from lc.ops.region_tables import RegionTables
 
-__all__ = ["StagePlan", "StageTables", "invalidate_plans", "plan_key", "stage_plan", "stage_tables"]
+REGION_STAGES = (2, 3)  # the stages that can run on a region; stage 1 always sees every pixel
+
+__all__ = ["REGION_STAGES", "StagePlan", "StageTables", "check_region_ready", "invalidate_plans", "plan_key",
+           "stage_plan", "stage_tables"]
 
 _generation = itertools.count()
 _current = [next(_generation)]
@@ -51,11 +54,33 @@ register_optimizer_step_post_hook(_bump)
 
 
 def plan_key(irnet: IRNet, stage: int, dtype: torch.dtype) -> tuple:
-    """What a plan depends on: generation, stage, dtype, device and both TF32 switches."""
+    """What a plan depends on: generation, stage, dtype, device, both TF32 switches and the
+    network's train/eval flag (`.train()` rebuilds, and so rechecks, the plan)."""
     ref = irnet.stage_modules(stage)[0][1]
     device = next(ref.parameters()).device
     return (_current[0], stage, dtype, device, torch.backends.cuda.matmul.allow_tf32,
-            torch.backends.cudnn.allow_tf32)
+            torch.backends.cudnn.allow_tf32, irnet.training)
+
+
+def _check_stage(stage: int) -> None:
+    if stage not in REGION_STAGES:
+        raise ValueError(f"region execution covers stages 2 and 3, got stage {stage}; "
+                         "stage 1 always sees every pixel")
+
+
+def check_region_ready(irnet: IRNet, stage: int) -> None:
+    """Raise unless `stage` (2 or 3) can run on a region: eval-mode BN, stride-1 layers."""
+    _check_stage(stage)
+    for name, module in irnet.stage_modules(stage):
+        for sub_name, sub in module.named_modules():
+            if isinstance(sub, nn.modules.batchnorm._BatchNorm) and sub.training:
+                raise RuntimeError(f"region execution needs eval-mode (frozen) BatchNorm, but "
+                                   f"{name}.{sub_name} is in training mode; call "
+                                   f"lc.models.irnet.freeze_batchnorm(model) after .train()")
+            if isinstance(sub, (nn.Conv2d, nn.MaxPool2d)) and sub.stride not in (1, (1, 1)):
+                raise ValueError(f"{name}.{sub_name} has stride {sub.stride}: region execution "
+                                 f"needs output_stride 8 (stride-1 reductions)")
+
 
 
 # --- weights ------------------------------------------------------------------------------------
@@ -153,6 +178,7 @@ class StagePlan:
     """The packed weights of one stage; `steps(training)` gives them (refolded under autograd)."""
 
     def __init__(self, irnet: IRNet, stage: int, dtype: torch.dtype, key: tuple):
+        check_region_ready(irnet, stage)
         self.irnet_ref = weakref.ref(irnet)
         self.stage, self.dtype, self.key = stage, dtype, key
         with torch.no_grad():
