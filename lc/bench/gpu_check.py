@@ -9,8 +9,8 @@ Sections, each a CSV in the output folder (the summary and plot: `lc.bench.gpu_s
   (BN folded, channels_last, CUDA-graphed), the region stage planned and graphed, tables built;
 - end_to_end.csv: backbone stages 1-3 of dense IRNet vs LC and LC fast at the paper's stage shares
   (eager and graphed), with the time-predicted speedup T_dense / (T1 + f2*T2 + f3*T3);
-- train.csv: s/iter of a backbone training step, dense (DSN's backbone) vs LC's region stages,
-  AMP, the first (compiling) iteration reported apart.
+- train.csv: s/iter of a LayerCascade training step (forward, cascade loss, backward, SGD), dsn
+  vs lc at the paper's stage shares, AMP, the first (compiling) iteration reported apart.
 `--device cpu --quick` runs the same code on a tiny network and map (what CI proves).
 """
 
@@ -28,7 +28,7 @@ import torch
 
 from lc.bench.launches import OpCounter
 from lc.bench.timing import measure, write_csv
-from lc.models.irnet import ConvBN, IRNet, freeze_batchnorm
+from lc.models.irnet import ConvBN, IRNet
 from lc.models.region_graphs import GraphedCall
 from lc.models.region_irnet import run_stage_compressed
 from lc.ops.active_set import ActiveSet
@@ -251,32 +251,36 @@ def end_to_end(setup: CheckSetup) -> pd.DataFrame:
 
 
 def train_steps(setup: CheckSetup, iterations: int = 6) -> pd.DataFrame:
+    """s/iter of a LayerCascade training step (forward, cascade loss, backward, SGD), dsn vs lc
+    (lc routed by prescribed masks at the paper's stage shares), AMP (bf16) on CUDA."""
+    from lc.models.cascade import LayerCascade
+    from lc.training.losses import cascade_loss
+
     _mode("tf32")
     rows = []
-    s = 8 * setup.map_size
+    crop = 8 * setup.map_size
     cuda = setup.device.type == "cuda"
+    model_cfg = {"width_mult": setup.width, "block_counts": list(setup.blocks), "freeze_bn": True,
+                 "head_channels": 16 if setup.quick else 128, "head_kernel": 3}
     for variant in ("dsn", "lc"):
-        net = _net(setup, torch.float32).train()
-        freeze_batchnorm(net)
-        opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+        torch.manual_seed(0)
+        model = LayerCascade(21, variant, model_cfg).to(setup.device).train()
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
         gen = torch.Generator().manual_seed(5)
-        img = torch.randn(setup.train_batch, 3, s, s, generator=gen).to(setup.device)
+        images = torch.randn(setup.train_batch, 3, crop, crop, generator=gen).to(setup.device)
+        labels = torch.randint(0, 21, (setup.train_batch, crop, crop), generator=gen).to(setup.device)
         shape = (setup.train_batch, setup.map_size, setup.map_size)
         m2 = _mask(shape, SHARES["lc"][0], gen, setup.device)
-        a2, a3 = ActiveSet(m2), ActiveSet(_mask(shape, SHARES["lc"][1], gen, setup.device, within=m2))
+        masks = {2: m2, 3: _mask(shape, SHARES["lc"][1], gen, setup.device, within=m2)}
+        router = (lambda stage, proposed, m=masks: m[stage]) if variant == "lc" else None
         times = []
-        for _ in range(iterations if not setup.quick else 2):
+        for _ in range(2 if setup.quick else iterations):
             if cuda:
                 torch.cuda.synchronize()
             start = time.perf_counter()
             with torch.autocast(setup.device.type, dtype=torch.bfloat16, enabled=cuda):
-                if variant == "dsn":
-                    loss = sum(f.float().mean() for f in net.forward_stages(img))
-                else:
-                    feat1 = net.forward_stage(1, img)
-                    feat2 = run_stage_compressed(net, 2, feat1, a2)
-                    feat3 = run_stage_compressed(net, 3, feat2, a3, source=a2)
-                    loss = feat1.float().mean() + feat2.float().mean() + feat3.float().mean()
+                out = model(images, router=router)
+            loss = cascade_loss(out.stage_logits, out.stage_masks, labels, [1.0, 1.0, 1.0]).total
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -284,7 +288,7 @@ def train_steps(setup: CheckSetup, iterations: int = 6) -> pd.DataFrame:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
         steady = times[1:]
-        rows.append({"variant": variant, "batch": setup.train_batch, "crop": s, "amp": cuda,
+        rows.append({"variant": variant, "batch": setup.train_batch, "crop": crop, "amp": cuda,
                      "first_iter_s": times[0], "s_per_iter": sum(steady) / len(steady)})
     return pd.DataFrame(rows)
 
