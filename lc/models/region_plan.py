@@ -181,19 +181,21 @@ class StagePlan:
         check_region_ready(irnet, stage)
         self.irnet_ref = weakref.ref(irnet)
         self.stage, self.dtype, self.key = stage, dtype, key
-        with torch.no_grad():
-            self._steps = _weights(irnet, stage, dtype)
-        self.geometries = sorted({c.geometry for _, s in self._steps for c in _convs(s)})
+        self._steps: list[tuple[str, dict]] | None = None  # folded when first run without autograd
+        convs = [m for _, top in irnet.stage_modules(stage) for m in top.modules()
+                 if isinstance(m, nn.Conv2d)]
+        self.geometries = sorted({(tuple(c.kernel_size), tuple(c.dilation)) for c in convs
+                                  if tuple(c.kernel_size) != (1, 1)})
+        first = irnet.stage_modules(stage)[0][1]
+        self.input_geometry = ((tuple(first.branch0.conv.kernel_size), tuple(first.branch0.conv.dilation))
+                               if isinstance(first, Mixed_6a) else None)
 
     def steps(self) -> list[tuple[str, dict]]:
         if torch.is_grad_enabled():  # the fold is part of the autograd graph
             return _weights(self.irnet_ref(), self.stage, self.dtype)
+        if self._steps is None:
+            self._steps = _weights(self.irnet_ref(), self.stage, self.dtype)
         return self._steps
-
-
-def _convs(step: dict) -> list[_Conv]:
-    out = [c for c in (step.get("b0"), step.get("a"), step.get("b")) if isinstance(c, _Conv)]
-    return out + [c for chain in step.get("chains", []) for c in chain]
 
 
 def stage_plan(irnet: IRNet, stage: int, dtype: torch.dtype) -> StagePlan:
@@ -233,8 +235,8 @@ def stage_tables(plan: StagePlan, mask: torch.Tensor, num_rows: int, num_active:
     for kernel, dilation in plan.geometries:
         table = region.table(kernel, dilation, "active")
         own[(kernel, dilation)] = (table, torch.ops.lc.transpose_table(table, num_rows))
-    b0 = next((s["b0"] for _, s in plan._steps if s.get("b0") is not None), None)
-    taps = region.table(*b0.geometry, source=src, source_rows=source_rows) if b0 is not None else None
+    taps = (region.table(*plan.input_geometry, source=src, source_rows=source_rows)
+            if plan.input_geometry is not None else None)
     return StageTables(num_rows, num_active, region,
                        region.table((1, 1), (1, 1), source=src, source_rows=source_rows), taps,
                        region.table((3, 3), (1, 1), source=src, pool=True, source_rows=source_rows), own)
