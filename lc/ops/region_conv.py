@@ -11,8 +11,9 @@ Execution paths:
 - compressed: inside a stage the features stay an (N_active, C) matrix; 1x1 convs are plain GEMMs
   and kxk convs gather through the `ActiveSet`'s cached neighbour tables (`compressed_conv`,
   `dense_input_conv`, `region_max_pool`).
-Every kxk path goes through `gather_conv`, which runs the Triton kernel (`lc.ops.triton`) on CUDA
-tensors when it is importable and a gather + GEMM in torch otherwise.
+Every kxk path goes through `gather_conv`, which runs the registered op `lc::gather_conv` (its
+Triton kernel, `lc.ops.library`) on CUDA tensors when Triton is importable and a gather + GEMM in
+torch otherwise.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from lc.ops.active_set import ActiveSet, as_pair, normalise_mask
+from lc.ops.library import pack_conv_weight  # also registers torch.ops.lc.*
 
 __all__ = [
     "ActiveSet",
@@ -76,6 +78,8 @@ def gather_conv(src: torch.Tensor, table: torch.Tensor, weight: torch.Tensor,
     if table.shape[1] != kh * kw or src.shape[1] != cin:
         raise ValueError(f"gather_conv: table has {table.shape[1]} taps and src {src.shape[1]} "
                          f"channels, weight {tuple(weight.shape)} needs {kh * kw} and {cin}")
+    if src.is_cuda and _backend != "torch" and src.dtype in _TRITON_DTYPES and _triton_module() is not None:
+        return _registered_conv(src, table, weight, bias)
     if _backend == "triton" or (_backend == "auto" and src.is_cuda and src.dtype in _TRITON_DTYPES):
         triton_ops = _triton_module()
         # on CPU tensors only Triton's interpreter (TRITON_INTERPRET=1) can run the kernels
@@ -86,6 +90,15 @@ def gather_conv(src: torch.Tensor, table: torch.Tensor, weight: torch.Tensor,
                                "an importable lc.ops.triton (pip install triton); use "
                                "set_region_backend('auto')")
     return _gather_conv_torch(src, table, weight, bias)
+
+
+def _registered_conv(src: torch.Tensor, table: torch.Tensor, weight: torch.Tensor,
+                     bias: torch.Tensor | None) -> torch.Tensor:
+    """CUDA: the registered op `lc::gather_conv` (Triton kernel; backward on the transposed table,
+    no host sync) in the autocast dtype when autocast is on."""
+    dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else src.dtype
+    return torch.ops.lc.gather_conv(src.to(dtype), table, pack_conv_weight(weight).to(dtype),
+                                    bias.to(dtype) if bias is not None else None, None, 1.0, False, 0, None)
 
 
 def linear_rows(rows: torch.Tensor, weight_2d: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
