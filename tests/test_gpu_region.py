@@ -40,12 +40,25 @@ def test_a_near_zero_flip_passes_and_a_wrong_row_fails() -> None:
 
 
 # --- CUDA ---------------------------------------------------------------------------------------
+def _set_tf32(on: bool):
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = on
+    return old
+
+
 @pytest.fixture(params=[False, True], ids=["tf32_off", "tf32_on"])
 def tf32(request):
     """Both TF32 switches set alike (restored after)."""
-    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = request.param
+    old = _set_tf32(request.param)
     yield request.param
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+@pytest.fixture
+def tf32_off():
+    """An exact fp32 reference (cuDNN and matmul both without TF32), restored after."""
+    old = _set_tf32(False)
+    yield
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
@@ -87,7 +100,7 @@ def test_gpu_opcheck_and_fp32_matches_cudnn(tf32: bool) -> None:
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_gpu_half_precision_gradients_with_the_kernels_mask(dtype: torch.dtype) -> None:
+def test_gpu_half_precision_gradients_with_the_kernels_mask(dtype: torch.dtype, tf32_off) -> None:
     tol = 3e-2 if dtype == torch.bfloat16 else 5e-3
     c = _conv_case(dtype)
     inputs = [c["src"], c["weight"], c["bias"], c["residual"]]
