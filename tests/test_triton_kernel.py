@@ -249,13 +249,19 @@ def test_gpu_fp32_cases() -> None:
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_gpu_half_precision(dtype: torch.dtype) -> None:
     tol = 2e-2 if dtype == torch.bfloat16 else 5e-3
-    for name, errors in {
-        "dense_3x3": _case_dense_source((3, 3), (1, 1), (1, 1), batch=2, cin=320, cout=256, size=(64, 64),
-                                        device="cuda", dtype=dtype, scale=0.2, relu=True),
-        "active_7x1": _case_active_source((7, 1), (6, 0), (2, 1), batch=8, cin=160, cout=192,
-                                          size=(64, 64), device="cuda", dtype=dtype),
-        "linear": _case_linear_residual(device="cuda", dtype=dtype, num_rows=20000, cin=448, cout=2080),
-    }.items():
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # an exact reference
+    try:
+        cases = {
+            "dense_3x3": _case_dense_source((3, 3), (1, 1), (1, 1), batch=2, cin=320, cout=256, size=(64, 64),
+                                            device="cuda", dtype=dtype, scale=0.2, relu=True),
+            "active_7x1": _case_active_source((7, 1), (6, 0), (2, 1), batch=8, cin=160, cout=192,
+                                              size=(64, 64), device="cuda", dtype=dtype),
+            "linear": _case_linear_residual(device="cuda", dtype=dtype, num_rows=20000, cin=448, cout=2080),
+        }
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+    for name, errors in cases.items():
         bad = {k: v for k, v in errors.items() if not v <= tol}
         assert not bad, f"{name} {dtype}: {bad}"
 
