@@ -54,6 +54,20 @@ def _precision(dtype: torch.dtype) -> str:
     return "tf32"
 
 
+_sm_count: dict[torch.device, int] = {}
+
+
+def _block_n(num_out: int, co_tiles: int, device: torch.device) -> int:
+    """Rows per program: 128 for long matrices; 32 when 64-row tiles would leave most SMs idle
+    (small active sets at batch 1: the row count is the bucket, so this is fixed per bucket)."""
+    if num_out >= 4096 and not INTERPRET:
+        return 128
+    if device not in _sm_count:
+        _sm_count[device] = (torch.cuda.get_device_properties(device).multi_processor_count
+                             if device.type == "cuda" else 132)
+    return 32 if triton.cdiv(num_out, 64) * co_tiles < 2 * _sm_count[device] else 64
+
+
 def _warps(block_a: int, block_b: int) -> int:
     return 8 if block_a * block_b >= 128 * 128 else 4
 
@@ -69,8 +83,8 @@ def _gather_gemm(src: torch.Tensor, table: torch.Tensor | None, w_packed: torch.
     out = src.new_empty(num_out, cout)
     if num_out == 0 or cout == 0:
         return out
-    block_n = 128 if num_out >= 4096 and not INTERPRET else 64
     block_co = _tile(cout, 128 if src.element_size() == 2 else 64)
+    block_n = _block_n(num_out, triton.cdiv(cout, block_co), src.device)
     block_ci = _tile(cin, 64 if src.element_size() == 2 else 32)
     grid = (triton.cdiv(num_out, block_n), triton.cdiv(cout, block_co))
     gather_gemm_kernel[grid](
