@@ -223,7 +223,7 @@ class StageTables:
     input_one: Tensor      # (R, 1) rows of the stage input matrix
     input_taps: Tensor     # (R, 9) the reduction's dense-input 3x3 (branch0 of Mixed_6a)
     input_pool: Tensor     # (R, 9) the 3x3 max pool's windows (M + 1: -inf)
-    own: dict              # geometry -> (table (R, K), transposed table (R, K))
+    own: dict              # geometry -> (table (R, K), transposed table (R, K) under autograd, else None)
 
 
 def stage_tables(plan: StagePlan, mask: torch.Tensor, num_rows: int, num_active: int,
@@ -232,9 +232,10 @@ def stage_tables(plan: StagePlan, mask: torch.Tensor, num_rows: int, num_active:
     region = RegionTables(mask, num_rows)
     src: str | RegionTables = "dense" if source is None else source
     own = {}
+    training = torch.is_grad_enabled()  # transposed tables serve the backward only
     for kernel, dilation in plan.geometries:
         table = region.table(kernel, dilation, "active")
-        own[(kernel, dilation)] = (table, torch.ops.lc.transpose_table(table, num_rows))
+        own[(kernel, dilation)] = (table, torch.ops.lc.transpose_table(table, num_rows) if training else None)
     taps = (region.table(*plan.input_geometry, source=src, source_rows=source_rows)
             if plan.input_geometry is not None else None)
     return StageTables(num_rows, num_active, region,
