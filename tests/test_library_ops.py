@@ -142,6 +142,7 @@ def _opcheck_all(device: str, dtype: torch.dtype) -> None:
     torch.library.opcheck(torch.ops.lc.gather_max.default, (c["src"].detach().requires_grad_(), pool))
 
 
+@pytest.mark.slow
 def test_opcheck_cpu() -> None:
     _opcheck_all("cpu", torch.float64)
 
