@@ -42,6 +42,12 @@ CHANGES = [
                          "build_table1"}),
     ("train.pretrain_bn", "frozen", {"train:voc/irnet", "train:cityscapes/irnet"}),
     ("bench.runs", 4, {"bench_op", "bench_models", "bench_stages", "bench_rho", "bench_table6"}),
+    # region stages: routed cascade training, LC's evaluations, the sweep, the exports, every benchmark
+    ("region.cuda_graphs", False, {"train:voc/lc", "train:voc/dsn_dropout", "train:cityscapes/lc",
+                                   "evaluate:voc/lc/eval_val", "evaluate:voc/lc/eval_val_ms",
+                                   "evaluate:voc/lc/eval_val_ms_crf", "evaluate:cityscapes/lc/eval_val",
+                                   "sweep", "export_voc", "export_cityscapes", "bench_op", "bench_models",
+                                   "bench_stages", "bench_rho", "bench_table6"}),
 ]
 
 

@@ -7,18 +7,12 @@ from pathlib import Path
 import pandas as pd
 
 from lc.device import resolve_device
+from lc.models.region_irnet import apply_region_config
 
 __all__ = ["BENCH_KINDS", "apply_region_config", "run_benchmark", "run_op_benchmark", "speedup_lines"]
 
 # The model-level benchmarks (`op`, the region-conv op alone, is `run_op_benchmark`).
 BENCH_KINDS = ("models", "stages", "rho", "table6")
-
-
-def apply_region_config(cfg: dict) -> None:
-    """The config's `region` block (planned path, buckets, CUDA graphs) for this process."""
-    from lc.models.region_irnet import configure_region
-
-    configure_region(**cfg.get("region", {}))
 
 
 def run_op_benchmark(cfg: dict, out: str | Path, png: str | Path | None = None, device: str = "all",

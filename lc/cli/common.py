@@ -8,13 +8,14 @@ import logging
 import sys
 from pathlib import Path
 
-from lc.config import add_config_arguments, rho_arg
+from lc.config import add_config_arguments, config_from_args, rho_arg
 from lc.data.labels import NUM_CLASSES
 from lc.device import DEVICE_CHOICES, DeviceError
 from lc.models.variants import VARIANTS
 
 __all__ = ["DATASETS", "DEVICE_CHOICES", "EVAL_SPLITS", "VARIANT_NAMES", "add_device_argument",
-           "common_options", "configure_logging", "is_user_error", "nonneg_int", "positive_int", "rho_arg"]
+           "common_options", "config_with_region", "configure_logging", "is_user_error", "nonneg_int",
+           "positive_int", "rho_arg"]
 
 # The choices of --dataset and --variant (neither module imports torch, so `lc --help` stays fast).
 DATASETS = tuple(NUM_CLASSES)
@@ -35,6 +36,16 @@ def common_options() -> argparse.ArgumentParser:
     noise.add_argument("-q", "--quiet", action="store_const", const=-1, dest="verbosity",
                        help="log warnings and errors only")
     return parent
+
+
+def config_with_region(args: argparse.Namespace) -> dict:
+    """`config_from_args`, with the config's `region` block (planned path, buckets, CUDA graphs)
+    applied to this process: what every command that runs a routed model loads."""
+    from lc.models.region_irnet import apply_region_config  # imports torch: not at `lc --help`
+
+    cfg = config_from_args(args)
+    apply_region_config(cfg)
+    return cfg
 
 
 def add_device_argument(parser: argparse.ArgumentParser, choices=DEVICE_CHOICES, default=None,

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import argparse
 
-from lc.cli.common import DATASETS, EVAL_SPLITS, add_device_argument, positive_int, rho_arg
-from lc.config import config_from_args
+from lc.cli.common import (
+    DATASETS,
+    EVAL_SPLITS,
+    add_device_argument,
+    config_with_region,
+    positive_int,
+    rho_arg,
+)
 
 RHO_HELP = "routing threshold in (0, 1] (default: the checkpoint's)"
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from lc.evaluation.evaluate import run_evaluation
 
-    cfg = config_from_args(args)
+    cfg = config_with_region(args)
     report = run_evaluation(cfg, args.checkpoint, args.dataset, args.split, args.out, rho=args.rho,
                             multi_scale=args.multi_scale, crf=args.crf, max_images=args.max_images,
                             device=args.device)
@@ -26,7 +32,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 def _cmd_sweep(args: argparse.Namespace) -> None:
     from lc.evaluation.sweep import run_sweep
 
-    cfg = config_from_args(args)
+    cfg = config_with_region(args)
     table = run_sweep(cfg, args.checkpoint, args.dataset, args.split, args.out, rhos=args.rho,
                       max_images=args.max_images, device=args.device)
     print(table.to_string(index=False, float_format="{:.3f}".format))
@@ -36,7 +42,7 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
 def _cmd_export(args: argparse.Namespace) -> None:
     from lc.evaluation.export import run_export, summary_path
 
-    cfg = config_from_args(args)
+    cfg = config_with_region(args)
     summary = run_export(cfg, args.checkpoint, args.dataset, args.out, split=args.split, rho=args.rho,
                          multi_scale=args.multi_scale, crf=args.crf, device=args.device)
     print(f"{summary['num_images']} {args.dataset} {args.split} predictions: wrote {args.out} and "
@@ -49,7 +55,7 @@ def _cmd_analyze_difficulty(args: argparse.Namespace) -> None:
     from lc.evaluation.analysis import run_difficulty
 
     out_json = args.out_json or str(Path(args.out_csv).with_suffix(".json"))
-    cfg = config_from_args(args)
+    cfg = config_with_region(args)
     table, summary = run_difficulty(cfg, args.checkpoint, args.dataset, args.split, args.out_csv,
                                     out_json, max_images=args.max_images, device=args.device)
     print(table.to_string(index=False, float_format="{:.1f}".format))
@@ -62,7 +68,7 @@ def _cmd_analyze_difficulty(args: argparse.Namespace) -> None:
 def _cmd_analyze_stages(args: argparse.Namespace) -> None:
     from lc.evaluation.analysis import run_stage_examples
 
-    cfg = config_from_args(args)
+    cfg = config_with_region(args)
     path = run_stage_examples(cfg, args.checkpoint, args.dataset, args.out, split=args.split,
                               num_images=args.num_images, rho=args.rho, device=args.device)
     print(f"wrote {path}")

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import argparse
 
-from lc.cli.common import DATASETS, VARIANT_NAMES, add_device_argument, positive_int, rho_arg
-from lc.config import config_from_args
+from lc.cli.common import (
+    DATASETS,
+    VARIANT_NAMES,
+    add_device_argument,
+    config_with_region,
+    positive_int,
+    rho_arg,
+)
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
     from lc.training.loop import train
 
-    result = train(config_from_args(args), args.dataset, args.variant, args.out, init=args.init,
+    result = train(config_with_region(args), args.dataset, args.variant, args.out, init=args.init,
                    resume=not args.no_resume, device=args.device, rho=args.rho, stop_after=args.stop_after,
                    split=args.split)
     if result.rank == 0:

@@ -34,8 +34,8 @@ from lc.ops.active_set import ActiveSet
 from lc.ops.region_conv import compressed_conv, dense_input_conv, linear_rows, region_max_pool
 from lc.ops.region_tables import RegionTables, bucket_for
 
-__all__ = ["REGION_STAGES", "check_region_ready", "configure_region", "run_stage_compressed",
-           "run_stage_masked_dense"]
+__all__ = ["REGION_STAGES", "apply_region_config", "check_region_ready", "configure_region",
+           "run_stage_compressed", "run_stage_masked_dense"]
 
 # the planned path (registered ops, packed weights, device tables) and its row buckets; config
 # keys region.planned / region.buckets (`configure_region`)
@@ -48,6 +48,11 @@ def configure_region(planned: bool | None = None, buckets: bool | None = None,
     for name, value in (("planned", planned), ("buckets", buckets), ("cuda_graphs", cuda_graphs)):
         if value is not None:
             _options[name] = bool(value)
+
+
+def apply_region_config(cfg: dict) -> None:
+    """The config's `region` block (planned path, buckets, CUDA graphs) for this process."""
+    configure_region(**cfg.get("region", {}))
 
 # Folded conv+BN weights, reused while no parameter changes (inference only: under autograd the
 # fold must be part of the graph). Keyed weakly so a deleted model frees its entries.

@@ -20,7 +20,8 @@ rule evaluate:
         split=lambda wc: eval_tag(wc.tag)[0],
         flags=lambda wc: PROTOCOL_FLAGS[eval_tag(wc.tag)[1]],
         device=device_flag("evaluate"),
-        settings=lambda wc: reads("evaluate.max_images", *protocol_reads(eval_tag(wc.tag)[1])),
+        settings=lambda wc: reads("evaluate.max_images", *protocol_reads(eval_tag(wc.tag)[1]),
+                                  *eval_region_reads(wc.run)),
     log:
         log("evaluate", "{dataset}_{run}_{tag}"),
     benchmark:
@@ -53,7 +54,7 @@ rule sweep:
             for rho, run in sweep_pairs()
         ) + ("" if SWEEP_RETRAIN else f" --checkpoint {checkpoint('voc', 'lc')}"),
         device=device_flag("evaluate"),
-        settings=reads("evaluate.max_images"),
+        settings=reads("evaluate.max_images", *region_reads()),
     log:
         log("evaluate", "sweep_voc_val"),
     benchmark:
@@ -92,7 +93,7 @@ for _dataset, _archive in EXPORTS.items():
             dataset=_dataset,
             flags=PROTOCOL_FLAGS[EXPORT_PROTOCOLS[_dataset]],
             device=device_flag("evaluate"),
-            settings=reads(*protocol_reads(EXPORT_PROTOCOLS[_dataset])),
+            settings=reads(*protocol_reads(EXPORT_PROTOCOLS[_dataset]), *region_reads()),
         log:
             log("evaluate", f"export_{_dataset}"),
         benchmark:

@@ -72,7 +72,18 @@ def train_reads(run):
         keys.append("train.rho")
     if variant.init_from == "imagenet":
         keys += [f"train.{k}" for k in ("pretrain_bn", "allow_scratch") if k in CFG["train"]]
-    return keys
+    return keys + region_reads(variant.routed and variant.model_kind == "cascade")
+
+
+def region_reads(runs_regions=True):
+    """The `region` block (planned path, buckets, CUDA graphs) where a command runs region stages."""
+    return ["region"] if runs_regions and "region" in CFG else []
+
+
+def eval_region_reads(run):
+    """`region` for an evaluation of `run` whose cascade routes at evaluation (lc)."""
+    variant = get_variant(run_spec(run)[0])
+    return region_reads(variant.routed_at_eval and variant.model_kind == "cascade")
 
 
 # model keys only pretraining reads (the others start from a checkpoint that already holds them)
@@ -126,7 +137,7 @@ def sweep_pairs():
 
 
 def bench_settings(kind):
-    keys = BENCH_READS[kind] + (BENCH_MODEL_READS if kind in BENCH_NEEDS_MODEL else [])
+    keys = BENCH_READS[kind] + (BENCH_MODEL_READS if kind in BENCH_NEEDS_MODEL else []) + region_reads()
     paper = reads("model", cfg=PAPER_CFG) if kind in BENCH_NEEDS_MODEL else ""
     return reads(*keys) + paper
 
