@@ -123,6 +123,21 @@ def test_readme_example_is_two_masked_convs() -> None:
     torch.testing.assert_close(tables.scatter(h), want, rtol=1e-4, atol=1e-4)
 
 
+def test_into_ops_fill_their_slice_of_a_concat_buffer() -> None:
+    c = _case(src_col=1)
+    args = _conv_args(c)
+    packed, num_out, cout = args[2], c["table"].shape[0], c["weight"].shape[0]
+    pool = c["table"].clone()
+    pool[::3, 1] = c["src"].shape[0] + 1
+    buffer = torch.full((num_out, 2 + cout + c["src"].shape[1] + 1), 7.0, dtype=torch.float64)
+    torch.ops.lc.gather_conv_into(c["src"], c["table"], packed, c["bias"], True, 1, buffer, 2)
+    torch.ops.lc.gather_max_into(c["src"], pool, buffer, 2 + cout)
+    seven = torch.full((num_out, 2), 7.0, dtype=torch.float64)
+    conv = torch.ops.lc.gather_conv(c["src"], c["table"], packed, c["bias"], None, 1.0, True, 1)
+    expected = torch.cat((seven, conv, torch.ops.lc.gather_max(c["src"], pool), seven[:, :1]), 1)
+    assert torch.equal(buffer, expected)  # its slice, bitwise; the other columns untouched
+
+
 # --- opcheck and gradients ------------------------------------------------------------------------
 def _opcheck_all(device: str, dtype: torch.dtype) -> None:
     c = _case(device=device, dtype=dtype, src_col=1)
@@ -140,6 +155,11 @@ def _opcheck_all(device: str, dtype: torch.dtype) -> None:
     pool = c["table"].clone()
     pool[::3, 1] = c["src"].shape[0] + 1  # out-of-bounds taps (-inf)
     torch.library.opcheck(torch.ops.lc.gather_max.default, (c["src"].detach().requires_grad_(), pool))
+    src, packed = c["src"].detach(), pack_conv_weight(c["weight"])
+    buffer = torch.zeros(c["table"].shape[0], 11, device=device, dtype=dtype)
+    torch.library.opcheck(torch.ops.lc.gather_conv_into.default,
+                          (src, c["table"], packed, c["bias"], True, 1, buffer, 2))
+    torch.library.opcheck(torch.ops.lc.gather_max_into.default, (src, pool, buffer, 3))
 
 
 @pytest.mark.slow

@@ -128,7 +128,8 @@ def _reduction_a(m: Mixed_6a, dtype: torch.dtype, name: str) -> dict:
     return {"b0": _conv(m.branch0, dtype, f"{name}.branch0"),
             "heads": _Conv(*_merged([m.branch1[0]], dtype), ((1, 1), (1, 1))),
             "chains": [[_conv(c, dtype, f"{name}.branch1.{i + 1}") for i, c in enumerate(m.branch1[1:])]],
-            "widths": [m.branch1[0].conv.out_channels]}
+            "widths": [m.branch1[0].conv.out_channels],
+            "width": m.out_channels}
 
 
 def _reduction_b(m: Mixed_7a, dtype: torch.dtype, name: str) -> dict:
@@ -137,7 +138,8 @@ def _reduction_b(m: Mixed_7a, dtype: torch.dtype, name: str) -> dict:
             "heads": _Conv(*_merged([s[0] for s in seqs], dtype), ((1, 1), (1, 1))),
             "chains": [[_conv(c, dtype, f"{name}.branch{j}.{i + 1}") for i, c in enumerate(s[1:])]
                        for j, s in enumerate(seqs)],
-            "widths": [s[0].conv.out_channels for s in seqs]}
+            "widths": [s[0].conv.out_channels for s in seqs],
+            "width": m.out_channels}
 
 
 def _residual(m: Block17 | Block8, dtype: torch.dtype, name: str) -> dict:
@@ -261,6 +263,8 @@ def _gconv(src: Tensor, conv: _Conv, tables: StageTables, src_col: int = 0, **ep
 def _run_reduction(s: dict, rows: Tensor, t: StageTables, poison: bool) -> Tensor:
     heads = _poison(torch.ops.lc.gather_conv(rows, t.input_one, s["heads"].weight, s["heads"].bias,
                                              None, 1.0, True, 0, None), t, poison)
+    if not torch.is_grad_enabled():
+        return _reduction_into(s, rows, heads, t, poison)
     branches = []
     if s["b0"] is not None:
         branches.append(_poison(torch.ops.lc.gather_conv(rows, t.input_taps, s["b0"].weight, s["b0"].bias,
@@ -275,6 +279,28 @@ def _run_reduction(s: dict, rows: Tensor, t: StageTables, poison: bool) -> Tenso
         col += width
     branches.append(torch.ops.lc.gather_max(rows, t.input_pool))
     return _poison(torch.cat(branches, 1), t, poison)
+
+
+def _reduction_into(s: dict, rows: Tensor, heads: Tensor, t: StageTables, poison: bool) -> Tensor:
+    """Inference: every branch writes its slice of one concat buffer (no torch.cat)."""
+    out = rows.new_empty(t.num_rows, s["width"])
+    col = 0
+    if s["b0"] is not None:
+        torch.ops.lc.gather_conv_into(rows, t.input_taps, s["b0"].weight, s["b0"].bias, True, 0, out, col)
+        col += s["b0"].weight.shape[2]
+    head_col = 0
+    for chain, width in zip(s["chains"], s["widths"], strict=True):
+        feat, feat_col = heads, head_col
+        for conv in chain[:-1]:
+            feat = _poison(_gconv(feat, conv, t, feat_col), t, poison)
+            feat_col = 0
+        last = chain[-1]
+        torch.ops.lc.gather_conv_into(feat, t.own[last.geometry][0], last.weight, last.bias, True, feat_col,
+                                      out, col)
+        col += last.weight.shape[2]
+        head_col += width
+    torch.ops.lc.gather_max_into(rows, t.input_pool, out, col)
+    return _poison(out, t, poison)
 
 
 def _run_residual(s: dict, x: Tensor, t: StageTables, poison: bool) -> Tensor:

@@ -5,6 +5,8 @@
     torch.ops.lc.gather_weight_grad(src, table, grad, src_col)
     torch.ops.lc.transpose_table(table, num_src)
     torch.ops.lc.gather_max(src, table)
+    torch.ops.lc.gather_conv_into(src, table, weight, bias, relu, src_col, out, out_col)
+    torch.ops.lc.gather_max_into(src, table, out, out_col)
 
 `gather_conv`: out[n] = relu?(residual[n] + scale * (bias + sum_t src[table[n, t], c:c+Cin] @ weight[t]))
 with `weight` packed (K, Cin, Cout) (`pack_conv_weight`), `table` (N, K) int32 or int64 and
@@ -17,6 +19,9 @@ region backend is "triton" and TRITON_INTERPRET=1); CUDA, the Triton kernels of 
 Fake kernels give shapes for torch.compile; autograd is `register_autograd`, whose backward calls
 the same ops: grad src is `gather_conv` on the transposed table (`transpose_table`, or the
 `table_t` the caller built once) with the transposed weight; grad weight is `gather_weight_grad`.
+The `_into` ops write their result into the column slice out[:, out_col:out_col + Cout] of a
+preallocated buffer (a reduction block's branches filling one concat buffer); they mutate `out`,
+have no autograd (inference only; training concatenates the functional ops' outputs).
 Tables must be injective per tap (each source row read through tap t by at most one output row,
 true of every neighbour table). Nothing in an op syncs with the host or keeps a cache.
 """
@@ -29,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["gather_conv", "gather_linear", "gather_max", "gather_weight_grad", "pack_conv_weight",
-           "set_library_backend", "transpose_table"]
+__all__ = ["gather_conv", "gather_conv_into", "gather_linear", "gather_max", "gather_max_into",
+           "gather_weight_grad", "pack_conv_weight", "set_library_backend", "transpose_table"]
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _cpu_backend = "torch"  # "triton": CPU tensors through Triton's interpreter (tests only)
@@ -91,11 +96,17 @@ def _tap_reader(src: Tensor, table: Tensor, src_col: int, cin: int):
     return lambda t: F.embedding(rows[t], padded)
 
 
-def _conv_torch(src, table, weight, bias, residual, scale, relu, src_col):
+def _conv_torch(src, table, weight, bias, residual, scale, relu, src_col, out=None):
+    """out: a (N, Cout) view to accumulate in (no residual), else a new tensor."""
     taps, cin, cout = weight.shape
     read = _tap_reader(src, table, src_col, cin)
     first = read(0)
-    out = torch.addmm(bias, first, weight[0]) if bias is not None else first @ weight[0]
+    if out is None:
+        out = torch.addmm(bias, first, weight[0]) if bias is not None else first @ weight[0]
+    elif bias is not None:
+        torch.addmm(bias, first, weight[0], out=out)
+    else:
+        torch.mm(first, weight[0], out=out)
     for t in range(1, taps):
         out.addmm_(read(t), weight[t])
     return _epilogue(out, residual, scale, relu)
@@ -131,6 +142,24 @@ def gather_conv(src: Tensor, table: Tensor, weight: Tensor, bias: Tensor | None 
 @gather_conv.register_fake
 def _(src, table, weight, bias=None, residual=None, scale=1.0, relu=False, src_col=0, table_t=None):
     return src.new_empty(table.shape[0], weight.shape[2])
+
+
+@torch.library.custom_op("lc::gather_conv_into", mutates_args=("out",))
+def gather_conv_into(src: Tensor, table: Tensor, weight: Tensor, bias: Tensor | None, relu: bool,
+                     src_col: int, out: Tensor, out_col: int) -> None:
+    """`gather_conv` (no residual, scale 1) written into out[:, out_col:out_col + Cout]."""
+    taps, cin, cout = weight.shape
+    target = out.narrow(1, out_col, cout)
+    if _use_triton(src):
+        _triton().launch_gather_gemm(src.narrow(1, src_col, cin), table, weight.view(taps * cin, cout), bias,
+                                     None, 1.0, relu, num_out=table.shape[0], out=target)
+    else:
+        _conv_torch(src, table, weight, bias, None, 1.0, relu, src_col, out=target)
+
+
+@gather_conv_into.register_fake
+def _(src, table, weight, bias, relu, src_col, out, out_col):
+    return None
 
 
 # --- gather_linear -----------------------------------------------------------------------------
@@ -220,6 +249,17 @@ def gather_max(src: Tensor, table: Tensor) -> Tensor:
 @gather_max.register_fake
 def _(src, table):
     return src.new_empty(table.shape[0], src.shape[1])
+
+
+@torch.library.custom_op("lc::gather_max_into", mutates_args=("out",))
+def gather_max_into(src: Tensor, table: Tensor, out: Tensor, out_col: int) -> None:
+    """`gather_max` written into out[:, out_col:out_col + C]."""
+    out.narrow(1, out_col, src.shape[1]).copy_(gather_max(src, table))
+
+
+@gather_max_into.register_fake
+def _(src, table, out, out_col):
+    return None
 
 
 def _max_setup(ctx, inputs, output):

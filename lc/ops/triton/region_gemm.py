@@ -75,12 +75,15 @@ def _warps(block_a: int, block_b: int) -> int:
 # --- launchers --------------------------------------------------------------------------------
 def _gather_gemm(src: torch.Tensor, table: torch.Tensor | None, w_packed: torch.Tensor,
                  bias: torch.Tensor | None, residual: torch.Tensor | None, scale: float,
-                 relu: bool, num_out: int) -> torch.Tensor:
-    """(num_out, COUT) = epilogue(sum_t src[table[:, t]] @ w_packed[t*CIN:(t+1)*CIN])."""
+                 relu: bool, num_out: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """(num_out, COUT) = epilogue(sum_t src[table[:, t]] @ w_packed[t*CIN:(t+1)*CIN]).
+
+    out: where to write it (a column slice of a wider buffer: rows strided, channels contiguous)."""
     taps = 1 if table is None else table.shape[1]
     cin = src.shape[1]
     cout = w_packed.shape[1]
-    out = src.new_empty(num_out, cout)
+    if out is None:
+        out = src.new_empty(num_out, cout)
     if num_out == 0 or cout == 0:
         return out
     block_co = _tile(cout, 128 if src.element_size() == 2 else 64)
