@@ -26,3 +26,30 @@ def test_gpu_check_quick_on_cpu_writes_every_output(tmp_path) -> None:
     assert "PASS  launch budget" in summary and "PASS  no syncing op" in summary
     grid = pd.read_csv(tmp_path / "stage_grid.csv")
     assert set(grid["stage"]) == {2, 3} and (grid["region_ms"] > 0).all()
+
+
+@pytest.mark.slow
+def test_bench_train_quick_on_cpu_writes_both_variants(tmp_path) -> None:
+    from lc.cli.main import main
+
+    out = tmp_path / "train.csv"
+    threads = torch.get_num_threads()
+    try:
+        assert main(["bench", "train", "--device", "cpu", "--quick", "--iterations", "3",
+                     "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    table = pd.read_csv(out)
+    assert list(table["variant"]) == ["dsn", "lc"]
+    assert (table[["batch", "crop", "iterations"]].values == [1, 64, 2]).all()
+    assert not table["amp"].any()  # AMP is CUDA only
+    assert (table["s_per_iter"] > 0).all() and (table["first_iter_s"] > 0).all()
+    assert (table["compile_s"] >= 0).all()
+
+
+def test_bench_train_refuses_a_crop_off_the_stride(tmp_path, capsys) -> None:
+    from lc.cli.main import main
+
+    assert main(["bench", "train", "--device", "cpu", "--quick", "--crop", "60", "--out",
+                 str(tmp_path / "t.csv")]) == 2
+    assert "multiple of 8" in capsys.readouterr().err

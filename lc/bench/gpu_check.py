@@ -28,6 +28,8 @@ import torch
 
 from lc.bench.launches import OpCounter
 from lc.bench.timing import measure, write_csv
+from lc.bench.train_step import SHARES, TrainBench, train_step_times
+from lc.bench.train_step import fraction_mask as _mask
 from lc.models.irnet import ConvBN, IRNet
 from lc.models.region_graphs import GraphedCall
 from lc.models.region_irnet import run_stage_compressed
@@ -35,8 +37,6 @@ from lc.ops.active_set import ActiveSet
 
 __all__ = ["CheckSetup", "run_gpu_check"]
 
-# paper stage shares (gpu-h100 bench_stages: LC 77% / 48%, LC fast 44% / 15% of pixels)
-SHARES = {"lc": (0.77, 0.48), "lc_fast": (0.44, 0.15)}
 GPU_TEST_FILES = ("tests/test_gpu_region.py", "tests/test_library_ops.py", "tests/test_triton_kernel.py")
 
 
@@ -87,15 +87,6 @@ def folded_dense(net: IRNet) -> IRNet:
                 conv.bias.copy_(bias)
                 m.conv, m.bn = conv.to(weight.device, weight.dtype), torch.nn.Identity()
     return dense.to(memory_format=torch.channels_last)
-
-
-def _mask(shape, fraction: float, gen: torch.Generator, device, within: torch.Tensor | None = None):
-    scores = torch.rand(shape, generator=gen)
-    if within is not None:
-        scores = torch.where(within.cpu(), scores, torch.full_like(scores, 2.0))
-    count = int(round(fraction * shape[1] * shape[2]))
-    ranks = scores.flatten(1).argsort(1).argsort(1)
-    return (ranks < count).view(shape).to(device)
 
 
 def _time(fn, setup: CheckSetup) -> float:
@@ -251,46 +242,12 @@ def end_to_end(setup: CheckSetup) -> pd.DataFrame:
 
 
 def train_steps(setup: CheckSetup, iterations: int = 6) -> pd.DataFrame:
-    """s/iter of a LayerCascade training step (forward, cascade loss, backward, SGD), dsn vs lc
-    (lc routed by prescribed masks at the paper's stage shares), AMP (bf16) on CUDA."""
-    from lc.models.cascade import LayerCascade
-    from lc.training.losses import cascade_loss
-
+    """s/iter of a LayerCascade training step, dsn vs lc (`lc.bench.train_step`, `lc bench train`)."""
     _mode("tf32")
-    rows = []
-    crop = 8 * setup.map_size
-    cuda = setup.device.type == "cuda"
-    model_cfg = {"width_mult": setup.width, "block_counts": list(setup.blocks), "freeze_bn": True,
-                 "head_channels": 16 if setup.quick else 128, "head_kernel": 3}
-    for variant in ("dsn", "lc"):
-        torch.manual_seed(0)
-        model = LayerCascade(21, variant, model_cfg).to(setup.device).train()
-        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
-        gen = torch.Generator().manual_seed(5)
-        images = torch.randn(setup.train_batch, 3, crop, crop, generator=gen).to(setup.device)
-        labels = torch.randint(0, 21, (setup.train_batch, crop, crop), generator=gen).to(setup.device)
-        shape = (setup.train_batch, setup.map_size, setup.map_size)
-        m2 = _mask(shape, SHARES["lc"][0], gen, setup.device)
-        masks = {2: m2, 3: _mask(shape, SHARES["lc"][1], gen, setup.device, within=m2)}
-        router = (lambda stage, proposed, m=masks: m[stage]) if variant == "lc" else None
-        times = []
-        for _ in range(2 if setup.quick else iterations):
-            if cuda:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            with torch.autocast(setup.device.type, dtype=torch.bfloat16, enabled=cuda):
-                out = model(images, router=router)
-            loss = cascade_loss(out.stage_logits, out.stage_masks, labels, [1.0, 1.0, 1.0]).total
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if cuda:
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-        steady = times[1:]
-        rows.append({"variant": variant, "batch": setup.train_batch, "crop": crop, "amp": cuda,
-                     "first_iter_s": times[0], "s_per_iter": sum(steady) / len(steady)})
-    return pd.DataFrame(rows)
+    bench = (TrainBench.quick(setup.device) if setup.quick
+             else TrainBench(setup.device, batch=setup.train_batch, crop=8 * setup.map_size,
+                             width=setup.width, blocks=setup.blocks, iterations=iterations))
+    return train_step_times(bench)
 
 
 def run_gpu_check(out: str | Path, device: str = "cuda", quick: bool = False) -> dict[str, pd.DataFrame]:

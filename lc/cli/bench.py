@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lc.cli.common import add_device_argument, nonneg_int, positive_int
+from lc.cli.common import add_device_argument, config_with_region, nonneg_int, positive_int
 from lc.config import config_from_args, load_config
 
 # The model-level benchmarks (lc.bench.run.BENCH_KINDS) and what each measures.
@@ -65,6 +65,22 @@ def _cmd_gpu_check(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
+def _cmd_bench_train(args: argparse.Namespace) -> None:
+    from lc.bench.train_step import TrainBench, run_train_bench
+    from lc.device import resolve_device
+
+    config_with_region(args)  # the planned region path as configured
+    device = resolve_device(args.device)
+    bench = TrainBench.quick(device) if args.quick else TrainBench(device)
+    for name in ("batch", "crop", "iterations"):
+        if getattr(args, name) is not None:
+            setattr(bench, name, getattr(args, name))
+    bench.amp = not args.no_amp
+    table = run_train_bench(args.out, bench)
+    _print_table(table)
+    print(f"wrote {args.out}")
+
+
 def _add_repeats(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=nonneg_int, default=None, help="warm-up runs (default: bench.warmup)")
     p.add_argument("--runs", type=positive_int, default=None, help="timed runs (default: bench.runs)")
@@ -96,6 +112,19 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     q.add_argument("--quick", action="store_true", help="tiny network and map (CI: --device cpu --quick)")
     add_device_argument(q, default="cuda")
     q.set_defaults(func=_cmd_gpu_check)
+    q = kinds.add_parser("train", parents=[common], help="s/iter of a training step (forward, cascade loss, "
+                         "backward, SGD) of dsn and lc at the paper's stage shares; AMP on CUDA; the first "
+                         "(compiling) iteration apart")
+    q.add_argument("--out", required=True, help="CSV to write")
+    q.add_argument("--batch", type=positive_int, default=None, help="images per step (default 8)")
+    q.add_argument("--crop", type=positive_int, default=None, help="crop side, a multiple of 8 (default 512)")
+    q.add_argument("--iterations", type=positive_int, default=None,
+                   help="steps per variant, the first reported apart (default 6, >= 2)")
+    q.add_argument("--no-amp", action="store_true", help="fp32 on CUDA too (default: bf16 autocast on CUDA)")
+    q.add_argument("--quick", action="store_true",
+                   help="tiny network, batch 1, crop 64, 2 iterations (CI: --device cpu --quick)")
+    add_device_argument(q, default="auto", help_text="default auto: CUDA when usable")
+    q.set_defaults(func=_cmd_bench_train)
     for kind, text in BENCH_HELP.items():
         q = kinds.add_parser(kind, parents=[common], help=text)
         q.add_argument("--out", required=True, help="CSV to write")
