@@ -110,16 +110,61 @@ def test_padded_rows_are_inert_torch() -> None:
     _check_padded(_padded_results(_net()))
 
 
+class _TileSpy:
+    """Wraps the gather-GEMM kernel: records each launch's (BLOCK_N, BLOCK_CO, BLOCK_CI)."""
+
+    def __init__(self, kernel):
+        self.kernel, self.seen = kernel, []
+
+    def __getitem__(self, grid):
+        launch = self.kernel[grid]
+
+        def run(*args, **kwargs):
+            self.seen.append((kwargs["BLOCK_N"], kwargs["BLOCK_CO"], kwargs["BLOCK_CI"]))
+            return launch(*args, **kwargs)
+        return run
+
+
+def _check_plan_tiles() -> float:
+    """On Triton the plan fixes every GEMM's tiles per bucket and the launches run with them."""
+    from lc.ops.triton import region_gemm
+
+    net = _net(width=0.0625, blocks=(1, 1, 1))
+    x, active = _inputs(net)
+    spy = region_gemm.gather_gemm_kernel = _TileSpy(region_gemm.gather_gemm_kernel)
+    try:
+        with torch.no_grad():
+            plan, tables = planned_tables(net, 2, active, torch.float32)
+            fixed = plan.tiles[tables.num_rows]
+            assert fixed and tables.tiles is fixed
+            for (cin, cout), tiles in fixed.items():
+                assert tiles == region_gemm.choose_tiles(tables.num_rows, cin, cout, 4, plan.device)
+            shapes = set(fixed)
+            rows = stage_rows(x, None, torch.float32)
+            first = run_planned(plan, rows, tables)
+            assert spy.seen and set(spy.seen) <= {tuple(t) for t in fixed.values()}
+            assert set(fixed) == shapes  # recorded when built, nothing chosen at run time
+            for tiles in fixed.values():
+                tiles[0] = 16  # another BLOCK_N in the plan: the launches follow it
+            spy.seen.clear()
+            forced = run_planned(plan, rows, tables)
+            assert spy.seen and all(block_n == 16 for block_n, _, _ in spy.seen)
+    finally:
+        region_gemm.gather_gemm_kernel = spy.kernel
+    return float((forced - first).abs().max())
+
+
 def _interpreter_main() -> None:
     from lc.ops.library import set_library_backend
 
     set_library_backend("triton")
     found = _padded_results(_net(width=0.0625, blocks=(1, 1, 1)))
     _check_padded(found)
+    tiles_err = _check_plan_tiles()
     set_library_backend("torch")
     reference = _padded_results(_net(width=0.0625, blocks=(1, 1, 1)))["results"]
     err = max(float((found["results"][k] - reference[k])[: found["n"]].abs().max()) for k in reference)
-    print(json.dumps({"ok": True, "max_err_vs_torch": err}))
+    print(json.dumps({"ok": True, "max_err_vs_torch": err, "forced_tiles_err": tiles_err}))
 
 
 @pytest.mark.slow
@@ -132,6 +177,15 @@ def test_padded_rows_are_inert_triton_interpreter() -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = json.loads(proc.stdout.strip().splitlines()[-1])
     assert found["ok"] and found["max_err_vs_torch"] < 1e-4
+    assert found["forced_tiles_err"] < 1e-4  # other tiles, the same stage
+
+
+def test_plan_fixes_no_tiles_off_triton() -> None:
+    net = _net()
+    x, active = _inputs(net)
+    with torch.no_grad():
+        plan, tables = planned_tables(net, 2, active, torch.float32)
+    assert plan.tiles is None and tables.tiles is None  # the torch kernels take no tiles
 
 
 # --- plan keys and rebuilds -----------------------------------------------------------------------

@@ -11,6 +11,10 @@ generation counter through hooks, the third changes the device/dtype in the key,
 else (an in-place edit of a parameter) must call `invalidate_plans()`. Under autograd the fold is
 recomputed on each call (the fold is part of the graph), the packing plan and tables are not.
 
+Where the ops run the Triton kernels (CUDA; the interpreter in tests) the plan also fixes the
+kernel's tiles: per row bucket and GEMM shape, chosen once (`lc.ops.library.gemm_tiles`) and
+passed to every launch (`plan.tiles`), so no launch picks its tiles by shape.
+
 `StageTables` holds the int32 device tables of one stage for one active set and row bucket
 (`lc.ops.region_tables.RegionTables`): built once, shared by every block.
 """
@@ -28,6 +32,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import lc.ops.library  # noqa: F401  (registers torch.ops.lc.*)
 from lc.models.irnet import Block8, Block17, ConvBN, IRNet, Mixed_6a, Mixed_7a
+from lc.ops.library import gemm_tiles, uses_triton
 from lc.ops.region_tables import RegionTables
 
 REGION_STAGES = (2, 3)  # the stages that can run on a region; stage 1 always sees every pixel
@@ -59,7 +64,7 @@ def plan_key(irnet: IRNet, stage: int, dtype: torch.dtype) -> tuple:
     ref = irnet.stage_modules(stage)[0][1]
     device = next(ref.parameters()).device
     return (_current[0], stage, dtype, device, torch.backends.cuda.matmul.allow_tf32,
-            torch.backends.cudnn.allow_tf32, irnet.training)
+            torch.backends.cudnn.allow_tf32, irnet.training, uses_triton(device))
 
 
 def _check_stage(stage: int) -> None:
@@ -191,6 +196,20 @@ class StagePlan:
         first = irnet.stage_modules(stage)[0][1]
         self.input_geometry = ((tuple(first.branch0.conv.kernel_size), tuple(first.branch0.conv.dilation))
                                if isinstance(first, Mixed_6a) else None)
+        # Triton tiles: row bucket -> {(Cin, Cout): [BLOCK_N, BLOCK_CO, BLOCK_CI]}; None off Triton
+        self.device = key[3]
+        self.tiles: dict[int, dict[tuple[int, int], list[int]]] | None = {} if key[-1] else None
+
+    def bucket_tiles(self, num_rows: int) -> dict[tuple[int, int], list[int]] | None:
+        """The tiles of every GEMM of the stage at `num_rows` rows, fixed on first use (None off Triton)."""
+        if self.tiles is None:
+            return None
+        fixed = self.tiles.setdefault(num_rows, {})
+        if not fixed and not torch.is_grad_enabled():  # every GEMM of the folded stage
+            for weight in _gemm_weights(self.steps()):
+                shape = tuple(weight.shape[-2:])
+                fixed.setdefault(shape, gemm_tiles(num_rows, *shape, self.dtype, self.device))
+        return fixed
 
     def steps(self) -> list[tuple[str, dict]]:
         if torch.is_grad_enabled():  # the fold is part of the autograd graph
@@ -198,6 +217,21 @@ class StagePlan:
         if self._steps is None:
             self._steps = _weights(self.irnet_ref(), self.stage, self.dtype)
         return self._steps
+
+
+def _gemm_weights(obj):
+    """Every GEMM weight ((K,) Cin, Cout) in a plan's steps."""
+    if isinstance(obj, _Conv):
+        yield obj.weight
+    elif isinstance(obj, Tensor):
+        if obj.dim() >= 2:
+            yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from _gemm_weights(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from _gemm_weights(value)
 
 
 def stage_plan(irnet: IRNet, stage: int, dtype: torch.dtype) -> StagePlan:
@@ -226,6 +260,7 @@ class StageTables:
     input_taps: Tensor     # (R, 9) the reduction's dense-input 3x3 (branch0 of Mixed_6a)
     input_pool: Tensor     # (R, 9) the 3x3 max pool's windows (M + 1: -inf)
     own: dict              # geometry -> (table (R, K), transposed table (R, K) under autograd, else None)
+    tiles: dict | None = None  # the plan's Triton tiles at num_rows (`StagePlan.bucket_tiles`)
 
 
 def stage_tables(plan: StagePlan, mask: torch.Tensor, num_rows: int, num_active: int,
@@ -242,7 +277,8 @@ def stage_tables(plan: StagePlan, mask: torch.Tensor, num_rows: int, num_active:
             if plan.input_geometry is not None else None)
     return StageTables(num_rows, num_active, region,
                        region.table((1, 1), (1, 1), source=src, source_rows=source_rows), taps,
-                       region.table((3, 3), (1, 1), source=src, pool=True, source_rows=source_rows), own)
+                       region.table((3, 3), (1, 1), source=src, pool=True, source_rows=source_rows), own,
+                       plan.bucket_tiles(num_rows))
 
 
 # --- the planned forward ------------------------------------------------------------------------
@@ -253,22 +289,35 @@ def _poison(t: Tensor, tables: StageTables, poison: bool) -> Tensor:
     return t.index_fill(0, torch.arange(tables.num_active, tables.num_rows, device=t.device), float("nan"))
 
 
+def _tiles(t: StageTables, weight: Tensor) -> list[int] | None:
+    """The plan's tiles of a GEMM with this weight at the bucket's rows (None: not on Triton)."""
+    if t.tiles is None:
+        return None
+    shape = tuple(weight.shape[-2:])
+    tiles = t.tiles.get(shape)
+    if tiles is None:  # under autograd the plan is not folded ahead: fixed at first use
+        tiles = t.tiles[shape] = gemm_tiles(t.num_rows, *shape, weight.dtype, weight.device)
+    return tiles
+
+
 def _gconv(src: Tensor, conv: _Conv, tables: StageTables, src_col: int = 0, **epilogue) -> Tensor:
     table, transposed = tables.own[conv.geometry]
     return torch.ops.lc.gather_conv(src, table, conv.weight, conv.bias, epilogue.get("residual"),
                                     epilogue.get("scale", 1.0), epilogue.get("relu", True), src_col,
-                                    transposed)
+                                    transposed, _tiles(tables, conv.weight))
 
 
 def _run_reduction(s: dict, rows: Tensor, t: StageTables, poison: bool) -> Tensor:
     heads = _poison(torch.ops.lc.gather_conv(rows, t.input_one, s["heads"].weight, s["heads"].bias,
-                                             None, 1.0, True, 0, None), t, poison)
+                                             None, 1.0, True, 0, None, _tiles(t, s["heads"].weight)),
+                    t, poison)
     if not torch.is_grad_enabled():
         return _reduction_into(s, rows, heads, t, poison)
     branches = []
     if s["b0"] is not None:
         branches.append(_poison(torch.ops.lc.gather_conv(rows, t.input_taps, s["b0"].weight, s["b0"].bias,
-                                                         None, 1.0, True, 0, None), t, poison))
+                                                         None, 1.0, True, 0, None, _tiles(t, s["b0"].weight)),
+                                t, poison))
     col = 0
     for chain, width in zip(s["chains"], s["widths"], strict=True):
         feat, feat_col = heads, col
@@ -286,7 +335,8 @@ def _reduction_into(s: dict, rows: Tensor, heads: Tensor, t: StageTables, poison
     out = rows.new_empty(t.num_rows, s["width"])
     col = 0
     if s["b0"] is not None:
-        torch.ops.lc.gather_conv_into(rows, t.input_taps, s["b0"].weight, s["b0"].bias, True, 0, out, col)
+        torch.ops.lc.gather_conv_into(rows, t.input_taps, s["b0"].weight, s["b0"].bias, True, 0, out, col,
+                                      _tiles(t, s["b0"].weight))
         col += s["b0"].weight.shape[2]
     head_col = 0
     for chain, width in zip(s["chains"], s["widths"], strict=True):
@@ -296,7 +346,7 @@ def _reduction_into(s: dict, rows: Tensor, heads: Tensor, t: StageTables, poison
             feat_col = 0
         last = chain[-1]
         torch.ops.lc.gather_conv_into(feat, t.own[last.geometry][0], last.weight, last.bias, True, feat_col,
-                                      out, col)
+                                      out, col, _tiles(t, last.weight))
         col += last.weight.shape[2]
         head_col += width
     torch.ops.lc.gather_max_into(rows, t.input_pool, out, col)
@@ -305,12 +355,12 @@ def _reduction_into(s: dict, rows: Tensor, heads: Tensor, t: StageTables, poison
 
 def _run_residual(s: dict, x: Tensor, t: StageTables, poison: bool) -> Tensor:
     w_in, b_in = s["in"]
-    y = _poison(torch.ops.lc.gather_linear(x, w_in, b_in, None, 1.0, True, 0), t, poison)
+    y = _poison(torch.ops.lc.gather_linear(x, w_in, b_in, None, 1.0, True, 0, _tiles(t, w_in)), t, poison)
     u = _poison(_gconv(y, s["a"], t), t, poison)
     u = _poison(_gconv(u, s["b"], t), t, poison)
-    partial = torch.ops.lc.gather_linear(u, s["c1"], s["bias"], x, s["scale"], False, 0)
-    return _poison(torch.ops.lc.gather_linear(y, s["c0"], None, partial, s["scale"], s["relu"], s["head"]),
-                   t, poison)
+    partial = torch.ops.lc.gather_linear(u, s["c1"], s["bias"], x, s["scale"], False, 0, _tiles(t, s["c1"]))
+    return _poison(torch.ops.lc.gather_linear(y, s["c0"], None, partial, s["scale"], s["relu"], s["head"],
+                                              _tiles(t, s["c0"])), t, poison)
 
 
 def run_planned(plan: StagePlan, rows: Tensor, tables: StageTables, poison: bool = False) -> Tensor:
@@ -322,6 +372,6 @@ def run_planned(plan: StagePlan, rows: Tensor, tables: StageTables, poison: bool
         elif kind == "residual":
             feat = _run_residual(step, feat, tables, poison)
         else:
-            feat = _poison(torch.ops.lc.gather_linear(feat, step["w"], step["bias"], None, 1.0, True, 0),
-                           tables, poison)
+            feat = _poison(torch.ops.lc.gather_linear(feat, step["w"], step["bias"], None, 1.0, True, 0,
+                                                      _tiles(tables, step["w"])), tables, poison)
     return feat

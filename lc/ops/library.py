@@ -1,11 +1,11 @@
 """Region convolution as registered PyTorch ops (`torch.library`, namespace `lc`).
 
-    torch.ops.lc.gather_conv(src, table, weight, bias, residual, scale, relu, src_col, table_t)
-    torch.ops.lc.gather_linear(src, weight, bias, residual, scale, relu, src_col)
+    torch.ops.lc.gather_conv(src, table, weight, bias, residual, scale, relu, src_col, table_t, tiles)
+    torch.ops.lc.gather_linear(src, weight, bias, residual, scale, relu, src_col, tiles)
     torch.ops.lc.gather_weight_grad(src, table, grad, src_col)
     torch.ops.lc.transpose_table(table, num_src)
     torch.ops.lc.gather_max(src, table)
-    torch.ops.lc.gather_conv_into(src, table, weight, bias, relu, src_col, out, out_col)
+    torch.ops.lc.gather_conv_into(src, table, weight, bias, relu, src_col, out, out_col, tiles)
     torch.ops.lc.gather_max_into(src, table, out, out_col)
 
 `gather_conv`: out[n] = relu?(residual[n] + scale * (bias + sum_t src[table[n, t], c:c+Cin] @ weight[t]))
@@ -22,6 +22,8 @@ the same ops: grad src is `gather_conv` on the transposed table (`transpose_tabl
 The `_into` ops write their result into the column slice out[:, out_col:out_col + Cout] of a
 preallocated buffer (a reduction block's branches filling one concat buffer); they mutate `out`,
 have no autograd (inference only; training concatenates the functional ops' outputs).
+`tiles` ([BLOCK_N, BLOCK_CO, BLOCK_CI], optional): the Triton kernel's tiles as a stage plan
+fixed them (`gemm_tiles`); None lets the launcher choose; the torch kernels ignore it.
 Tables must be injective per tap (each source row read through tap t by at most one output row,
 true of every neighbour table). Nothing in an op syncs with the host or keeps a cache.
 """
@@ -35,7 +37,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["gather_conv", "gather_conv_into", "gather_linear", "gather_max", "gather_max_into",
-           "gather_weight_grad", "pack_conv_weight", "set_library_backend", "transpose_table"]
+           "gather_weight_grad", "gemm_tiles", "pack_conv_weight", "set_library_backend", "transpose_table",
+           "uses_triton"]
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _cpu_backend = "torch"  # "triton": CPU tensors through Triton's interpreter (tests only)
@@ -122,11 +125,21 @@ def _use_triton(src: Tensor) -> bool:
     return src.is_cuda or (_cpu_backend == "triton" and _INTERPRET)
 
 
+def uses_triton(device: torch.device) -> bool:
+    """Whether the ops run the Triton kernels on `device` (CUDA, or the interpreter backend)."""
+    return device.type == "cuda" or (_cpu_backend == "triton" and _INTERPRET)
+
+
+def gemm_tiles(num_out: int, cin: int, cout: int, dtype: torch.dtype, device: torch.device) -> list[int]:
+    """The Triton kernel's [BLOCK_N, BLOCK_CO, BLOCK_CI] for a (num_out x cin) @ (cin x cout) GEMM."""
+    return _triton().choose_tiles(num_out, cin, cout, dtype.itemsize, device)
+
+
 # --- gather_conv -------------------------------------------------------------------------------
 @torch.library.custom_op("lc::gather_conv", mutates_args=())
 def gather_conv(src: Tensor, table: Tensor, weight: Tensor, bias: Tensor | None = None,
                 residual: Tensor | None = None, scale: float = 1.0, relu: bool = False,
-                src_col: int = 0, table_t: Tensor | None = None) -> Tensor:
+                src_col: int = 0, table_t: Tensor | None = None, tiles: list[int] | None = None) -> Tensor:
     """(M, C) source, (N, K) table, (K, Cin, Cout) weight -> (N, Cout); see the module docstring.
 
     `table_t` (optional, the backward's transposed table) is not read by the forward.
@@ -135,30 +148,31 @@ def gather_conv(src: Tensor, table: Tensor, weight: Tensor, bias: Tensor | None 
         taps, cin, cout = weight.shape
         return _triton().launch_gather_gemm(src.narrow(1, src_col, cin), table,
                                             weight.view(taps * cin, cout), bias, residual, scale, relu,
-                                            num_out=table.shape[0])
+                                            num_out=table.shape[0], tiles=tiles)
     return _conv_torch(src, table, weight, bias, residual, scale, relu, src_col)
 
 
 @gather_conv.register_fake
-def _(src, table, weight, bias=None, residual=None, scale=1.0, relu=False, src_col=0, table_t=None):
+def _(src, table, weight, bias=None, residual=None, scale=1.0, relu=False, src_col=0, table_t=None,
+      tiles=None):
     return src.new_empty(table.shape[0], weight.shape[2])
 
 
 @torch.library.custom_op("lc::gather_conv_into", mutates_args=("out",))
 def gather_conv_into(src: Tensor, table: Tensor, weight: Tensor, bias: Tensor | None, relu: bool,
-                     src_col: int, out: Tensor, out_col: int) -> None:
+                     src_col: int, out: Tensor, out_col: int, tiles: list[int] | None = None) -> None:
     """`gather_conv` (no residual, scale 1) written into out[:, out_col:out_col + Cout]."""
     taps, cin, cout = weight.shape
     target = out.narrow(1, out_col, cout)
     if _use_triton(src):
         _triton().launch_gather_gemm(src.narrow(1, src_col, cin), table, weight.view(taps * cin, cout), bias,
-                                     None, 1.0, relu, num_out=table.shape[0], out=target)
+                                     None, 1.0, relu, num_out=table.shape[0], out=target, tiles=tiles)
     else:
         _conv_torch(src, table, weight, bias, None, 1.0, relu, src_col, out=target)
 
 
 @gather_conv_into.register_fake
-def _(src, table, weight, bias, relu, src_col, out, out_col):
+def _(src, table, weight, bias, relu, src_col, out, out_col, tiles=None):
     return None
 
 
@@ -166,16 +180,16 @@ def _(src, table, weight, bias, relu, src_col, out, out_col):
 @torch.library.custom_op("lc::gather_linear", mutates_args=())
 def gather_linear(src: Tensor, weight: Tensor, bias: Tensor | None = None,
                   residual: Tensor | None = None, scale: float = 1.0, relu: bool = False,
-                  src_col: int = 0) -> Tensor:
+                  src_col: int = 0, tiles: list[int] | None = None) -> Tensor:
     """(N, C) rows, (Cin, Cout) weight -> (N, Cout) = relu?(residual + scale * (rows @ w + bias))."""
     if _use_triton(src):
         return _triton().launch_gather_gemm(src.narrow(1, src_col, weight.shape[0]), None, weight, bias,
-                                            residual, scale, relu, num_out=src.shape[0])
+                                            residual, scale, relu, num_out=src.shape[0], tiles=tiles)
     return _linear_torch(src, weight, bias, residual, scale, relu, src_col)
 
 
 @gather_linear.register_fake
-def _(src, weight, bias=None, residual=None, scale=1.0, relu=False, src_col=0):
+def _(src, weight, bias=None, residual=None, scale=1.0, relu=False, src_col=0, tiles=None):
     return src.new_empty(src.shape[0], weight.shape[1])
 
 
@@ -295,7 +309,7 @@ def _full_width(grad_window: Tensor, src_col: int, width: int) -> Tensor:
 
 
 def _conv_setup(ctx, inputs, output):
-    src, table, weight, bias, residual, scale, relu, src_col, table_t = inputs
+    src, table, weight, bias, residual, scale, relu, src_col, table_t, _tiles = inputs
     ctx.scale, ctx.relu, ctx.src_col = scale, relu, src_col
     ctx.has_bias, ctx.has_residual = bias is not None, residual is not None
     ctx.has_table_t = table_t is not None
@@ -316,11 +330,11 @@ def _conv_backward(ctx, grad):
                                          grad_conv, ctx.src_col)
     if ctx.has_bias and ctx.needs_input_grad[3]:
         grad_bias = grad_conv.sum(0)
-    return grad_src, None, grad_weight, grad_bias, grad_residual, None, None, None, None
+    return grad_src, None, grad_weight, grad_bias, grad_residual, None, None, None, None, None
 
 
 def _linear_setup(ctx, inputs, output):
-    src, weight, bias, residual, scale, relu, src_col = inputs
+    src, weight, bias, residual, scale, relu, src_col, _tiles = inputs
     ctx.scale, ctx.relu, ctx.src_col = scale, relu, src_col
     ctx.has_bias, ctx.has_residual = bias is not None, residual is not None
     ctx.save_for_backward(src, weight, output if relu else weight)
@@ -337,7 +351,7 @@ def _linear_backward(ctx, grad):
         grad_weight = (window.t().float() @ grad_conv.float()).to(weight.dtype)
     if ctx.has_bias and ctx.needs_input_grad[2]:
         grad_bias = grad_conv.sum(0)
-    return grad_src, grad_weight, grad_bias, grad_residual, None, None, None
+    return grad_src, grad_weight, grad_bias, grad_residual, None, None, None, None
 
 
 gather_conv.register_autograd(_conv_backward, setup_context=_conv_setup)

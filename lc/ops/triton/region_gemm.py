@@ -32,8 +32,8 @@ import triton
 
 from lc.ops.triton.kernels import gather_gemm_kernel, gather_weight_grad_kernel
 
-__all__ = ["INTERPRET", "gather_conv", "gather_linear", "launch_gather_gemm", "launch_weight_grad",
-           "transposed_table"]
+__all__ = ["INTERPRET", "choose_tiles", "gather_conv", "gather_linear", "launch_gather_gemm",
+           "launch_weight_grad", "transposed_table"]
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -68,6 +68,14 @@ def _block_n(num_out: int, co_tiles: int, device: torch.device) -> int:
     return 32 if triton.cdiv(num_out, 64) * co_tiles < 2 * _sm_count[device] else 64
 
 
+def choose_tiles(num_out: int, cin: int, cout: int, element_size: int, device: torch.device) -> list[int]:
+    """[BLOCK_N, BLOCK_CO, BLOCK_CI] of the gather-GEMM kernel for this shape (a stage plan records
+    them once per bucket, so its launches pick nothing per call)."""
+    block_co = _tile(cout, 128 if element_size == 2 else 64)
+    return [_block_n(num_out, triton.cdiv(cout, block_co), device), block_co,
+            _tile(cin, 64 if element_size == 2 else 32)]
+
+
 def _warps(block_a: int, block_b: int) -> int:
     return 8 if block_a * block_b >= 128 * 128 else 4
 
@@ -75,10 +83,12 @@ def _warps(block_a: int, block_b: int) -> int:
 # --- launchers --------------------------------------------------------------------------------
 def _gather_gemm(src: torch.Tensor, table: torch.Tensor | None, w_packed: torch.Tensor,
                  bias: torch.Tensor | None, residual: torch.Tensor | None, scale: float,
-                 relu: bool, num_out: int, out: torch.Tensor | None = None) -> torch.Tensor:
+                 relu: bool, num_out: int, out: torch.Tensor | None = None,
+                 tiles: list[int] | None = None) -> torch.Tensor:
     """(num_out, COUT) = epilogue(sum_t src[table[:, t]] @ w_packed[t*CIN:(t+1)*CIN]).
 
-    out: where to write it (a column slice of a wider buffer: rows strided, channels contiguous)."""
+    out: where to write it (a column slice of a wider buffer: rows strided, channels contiguous).
+    tiles: [BLOCK_N, BLOCK_CO, BLOCK_CI] fixed by the caller (a stage plan), else `choose_tiles`."""
     taps = 1 if table is None else table.shape[1]
     cin = src.shape[1]
     cout = w_packed.shape[1]
@@ -86,9 +96,7 @@ def _gather_gemm(src: torch.Tensor, table: torch.Tensor | None, w_packed: torch.
         out = src.new_empty(num_out, cout)
     if num_out == 0 or cout == 0:
         return out
-    block_co = _tile(cout, 128 if src.element_size() == 2 else 64)
-    block_n = _block_n(num_out, triton.cdiv(cout, block_co), src.device)
-    block_ci = _tile(cin, 64 if src.element_size() == 2 else 32)
+    block_n, block_co, block_ci = tiles or choose_tiles(num_out, cin, cout, src.element_size(), src.device)
     grid = (triton.cdiv(num_out, block_n), triton.cdiv(cout, block_co))
     gather_gemm_kernel[grid](
         src, table if table is not None else src, w_packed,
