@@ -73,8 +73,8 @@ def test_lc_train_exits_75_on_sigterm(prepared_test_cfg, tmp_path, monkeypatch, 
     _signal_at(monkeypatch, 2, signal.SIGTERM)
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit) as info:
-        main(["train", "--config", str(config_file), "--preset", "test", "--dataset", "voc", "--variant", "irnet",
-              "--out", str(tmp_path / "run"), "--device", "cpu"])
+        main(["train", "--config", str(config_file), "--preset", "test", "--dataset", "voc",
+              "--variant", "irnet", "--out", str(tmp_path / "run"), "--device", "cpu"])
     assert info.value.code == EXIT_RESUBMIT
     assert "stopped on SIGTERM at iteration 2" in capsys.readouterr().err
     assert (tmp_path / "run" / "resume.pt").exists()

@@ -50,6 +50,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--stop-after", type=positive_int, default=None,
                    help="checkpoint and exit after this many iterations (a later call resumes)")
     p.add_argument("--stop-before-limit", type=int, default=300, metavar="SECONDS",
-                   help="inside a SLURM job with a time limit: write resume.pt and exit with code 75 this many "
-                        "seconds before the limit (0: off); SIGUSR1/SIGTERM do the same at once (default 300)")
+                   help="inside a SLURM job with a time limit: write resume.pt and exit with code 75 this "
+                        "many seconds before the limit (0: off); SIGUSR1/SIGTERM do the same at once "
+                        "(default 300)")
     p.set_defaults(func=_cmd_train)
