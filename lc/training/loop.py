@@ -80,7 +80,8 @@ def poly_lr_factor(iteration: int, total: int, power: float) -> float:
 
 def train(cfg: dict, dataset: str, variant: str, out_dir: str | Path, init: str | Path | None = None,
           resume: bool = True, device: str | torch.device | None = None, rho: float | None = None,
-          stop_after: int | None = None, split: str = "train", stop: StopRequest | None = None) -> TrainResult:
+          stop_after: int | None = None, split: str = "train",
+          stop: StopRequest | None = None) -> TrainResult:
     """Train `variant` on `dataset`, writing <out_dir>/{checkpoint.pt, train_log.csv, train_done.json}.
 
     init: the checkpoint the cascade variants start from (lc.training.initialise); resume: continue
