@@ -83,6 +83,7 @@ start_daemons() {
     pgrep -x slurmd >/dev/null || /usr/sbin/slurmd
 }
 start_daemons
+scontrol reconfigure >/dev/null 2>&1 || true
 for _ in $(seq 60); do
     sinfo -h -N -o "%t" 2>/dev/null | grep -Eq "^(idle|mix|alloc)" && break
     scontrol update nodename="$HOST" state=resume >/dev/null 2>&1 || true
@@ -90,3 +91,73 @@ for _ in $(seq 60); do
 done
 sinfo -N -o "%N %P %t %G" || fail "sinfo does not answer: see /var/log/slurm/"
 sinfo -h -N -o "%t" | grep -Eq "^(idle|mix|alloc)" || fail "node $HOST not idle: see /var/log/slurm/slurmd.log"
+
+echo "slurm_test: cluster up after $(( $(date +%s) - START )) s"
+
+# --- the test preset through the SLURM profile, in a copy of the repository ----------------------
+COPY=$WORK/repo
+rm -rf "$COPY" && mkdir -p "$COPY"
+if git -C "$REPO" rev-parse --git-dir >/dev/null 2>&1; then
+    (cd "$REPO" && git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf -) | tar -C "$COPY" -xf -
+else
+    (cd "$REPO" && tar --exclude=./results/test --exclude=./data --exclude=./.snakemake -cf - .) | tar -C "$COPY" -xf -
+fi
+cd "$COPY"
+# Long enough a pretraining to cancel it midway (test preset: 6 iterations), resume.pt every 10.
+CONFIG=(preset=test "train={iterations: {pretrain: 300}, checkpoint_every: 10}")
+SM=("$PY" -m snakemake --profile workflow/profiles/slurm --slurm-init-seconds-before-status-checks 1
+    --seconds-between-status-checks 2 --latency-wait 10)
+RUNS=results/test/runs
+
+run1() { timeout 420 "${SM[@]}" --config "${CONFIG[@]}" > "$WORK/run1.log" 2>&1; }
+run1 & RUN1=$!
+# cancel the VOC pretraining once it has written a resume.pt (iteration 10), while it still runs
+JOB=""
+for _ in $(seq 600); do
+    if [ -s "$RUNS/voc/irnet/resume.pt" ]; then
+        JOB=$(squeue -h -t R -o "%i %k" | awk '$2 ~ /^rule_train_wildcards_voc_irnet/ {print $1; exit}')
+        [ -n "$JOB" ] && break
+    fi
+    kill -0 "$RUN1" 2>/dev/null || break
+    sleep 0.5
+done
+[ -n "$JOB" ] || { tail -30 "$WORK/run1.log"; fail "never saw the voc/irnet training job running with its resume.pt"; }
+scancel "$JOB"
+echo "slurm_test: cancelled voc/irnet training, SLURM job $JOB"
+rc=0; wait "$RUN1" || rc=$?
+if [ "$rc" != 0 ]; then  # the cancelled job is resubmitted in the same run; if not, the rerun resumes it
+    echo "slurm_test: first run exited $rc; rerunning"
+    timeout 300 "${SM[@]}" --config "${CONFIG[@]}" > "$WORK/run1b.log" 2>&1 || { tail -40 "$WORK/run1b.log"; fail "rerun failed"; }
+fi
+echo "slurm_test: pipeline done after $(( $(date +%s) - START )) s"
+
+# every compute job went through sbatch; the cancelled training resumed
+LOGS=$(ls "$WORK"/run1*.log)
+n_rules=$(cat $LOGS | grep -c "^rule " || true)
+n_sbatch=$(cat $LOGS | grep -c "has been submitted with SLURM jobid" || true)
+echo "slurm_test: $n_rules compute jobs, $n_sbatch sbatch submissions"
+[ "$n_rules" -gt 0 ] && [ "$n_rules" = "$n_sbatch" ] || fail "$n_rules compute jobs but $n_sbatch sbatch submissions"
+[ -s results/test/tables/tables.md ] || fail "results/test/tables/tables.md missing"
+ATT=results/test/logs/train/voc_irnet.log.attempts
+[ "$(grep -c '^=== attempt' "$ATT")" -ge 2 ] || fail "$ATT holds fewer than two attempts"
+grep -E "resuming from .*resume.pt at iteration [1-9]" "$ATT" || fail "the resubmitted training did not resume ($ATT)"
+
+# --- the report, with the same profile -------------------------------------------------------
+timeout 300 "${SM[@]}" --config "${CONFIG[@]}" --report "$WORK/report.html" > "$WORK/report.log" 2>&1 \
+    || { tail -20 "$WORK/report.log"; fail "snakemake --report failed"; }
+[ -s "$WORK/report.html" ] || fail "no report"
+echo "slurm_test: report $WORK/report.html ($(stat -c %s "$WORK/report.html") bytes)"
+
+# --- a GPU job on the fake-GPU node: fails with the CUDA message, exit 3, not retried ------------
+EVAL=$RUNS/voc/lc/eval_val.json
+rc=0
+timeout 300 "${SM[@]}" "$EVAL" --config "${CONFIG[@]}" "resources={gpus: {evaluate: 1}}" \
+    > "$WORK/gpu.log" 2>&1 || rc=$?
+[ "$rc" != 0 ] || fail "the GPU job succeeded on a node without CUDA"
+grep -h "device 'cuda' was requested" results/test/logs/*/*.log || { tail -30 "$WORK/gpu.log"; fail "no CUDA message in the job logs"; }
+grep -q -- "--device cuda" "$WORK/gpu.log" || fail "the GPU job did not run with --device cuda"
+n_gpu=$(grep -c "has been submitted with SLURM jobid" "$WORK/gpu.log" || true)
+[ "$n_gpu" = 1 ] || fail "the failing GPU job was submitted $n_gpu times (expected once: no retry)"
+echo "slurm_test: GPU job failed with the CUDA message, submitted once"
+
+echo "slurm_test: PASSED in $(( $(date +%s) - START )) s (work dir $WORK)"
