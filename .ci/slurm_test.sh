@@ -10,8 +10,8 @@
 #      cancelling one training job with scancel on the way: Snakemake resubmits it and the log of
 #      the new attempt says "resuming from";
 #   2. asserts every job went through sbatch and the run finished;
-#   3. runs one GPU job (evaluate with --device cuda, gpus: 1) on the fake-GPU node: it must fail
-#      with the CUDA message, exit code 3, and not be retried;
+#   3. meanwhile, in a second copy, runs one GPU job (`lc bench op --device cuda`, gpus: 1) on the
+#      fake-GPU node: it must go to the gpu partition, fail with the CUDA message and not be retried;
 #   4. builds the report with the same profile.
 # Skipped (exit 0, with a message) where the machine is not root or has no apt-get.
 set -euo pipefail
@@ -95,13 +95,28 @@ sinfo -h -N -o "%t" | grep -Eq "^(idle|mix|alloc)" || fail "node $HOST not idle:
 echo "slurm_test: cluster up after $(( $(date +%s) - START )) s"
 
 # --- the test preset through the SLURM profile, in a copy of the repository ----------------------
+copy_repo() {  # the checkout's files (tracked and untracked, not ignored) into $1
+    rm -rf "$1" && mkdir -p "$1"
+    if git -C "$REPO" rev-parse --git-dir >/dev/null 2>&1; then
+        (cd "$REPO" && git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf -) | tar -C "$1" -xf -
+    else
+        (cd "$REPO" && tar --exclude=./results/test --exclude=./data --exclude=./.snakemake -cf - .) | tar -C "$1" -xf -
+    fi
+}
+SM=("$PY" -m snakemake --profile workflow/profiles/slurm --slurm-init-seconds-before-status-checks 1
+    --seconds-between-status-checks 2 --latency-wait 10)
+
+# A GPU job on the fake-GPU node, in a second copy, beside the main run's first (local) steps:
+# `lc bench op` with resources.gpus.bench 1 (needs no inputs) must fail with the CUDA message,
+# exit code 3, and not be retried.
+GPU_COPY=$WORK/repo-gpu
+copy_repo "$GPU_COPY"
+(cd "$GPU_COPY" && rc=0 && timeout 300 "${SM[@]}" results/test/bench/op_speedup.csv \
+    --config preset=test "resources={gpus: {bench: 1}}" > "$WORK/gpu.log" 2>&1 || rc=$?; echo "$rc" > "$WORK/gpu.rc") &
+GPU_RUN=$!
+
 COPY=$WORK/repo
-rm -rf "$COPY" && mkdir -p "$COPY"
-if git -C "$REPO" rev-parse --git-dir >/dev/null 2>&1; then
-    (cd "$REPO" && git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf -) | tar -C "$COPY" -xf -
-else
-    (cd "$REPO" && tar --exclude=./results/test --exclude=./data --exclude=./.snakemake -cf - .) | tar -C "$COPY" -xf -
-fi
+copy_repo "$COPY"
 cd "$COPY"
 # Long enough a pretraining to cancel it midway (test preset: 6 iterations), resume.pt every 10;
 # LC starts from it directly (cascade_init: irnet), and the target is Table 3 (prepare, train, evaluate,
@@ -109,8 +124,6 @@ cd "$COPY"
 # runs the whole test preset (54 jobs, ~20 min on 2 busy cores: each job parses the workflow).
 CONFIG=(preset=test "train={iterations: {pretrain: 200}, checkpoint_every: 10, cascade_init: irnet}")
 read -r -a TARGETS <<< "${SLURM_TEST_TARGETS:-table3}"
-SM=("$PY" -m snakemake --profile workflow/profiles/slurm --slurm-init-seconds-before-status-checks 1
-    --seconds-between-status-checks 2 --latency-wait 10)
 RUNS=results/test/runs
 
 run1() { timeout 420 "${SM[@]}" "${TARGETS[@]}" --config "${CONFIG[@]}" > "$WORK/run1.log" 2>&1; }
@@ -154,14 +167,13 @@ timeout 300 "${SM[@]}" "${TARGETS[@]}" --config "${CONFIG[@]}" --report "$WORK/r
 [ -s "$WORK/report.html" ] || fail "no report"
 echo "slurm_test: report $WORK/report.html ($(stat -c %s "$WORK/report.html") bytes)"
 
-# --- a GPU job on the fake-GPU node: fails with the CUDA message, exit 3, not retried ------------
-EVAL=$RUNS/voc/lc/eval_val.json
-rc=0
-timeout 300 "${SM[@]}" "$EVAL" --config "${CONFIG[@]}" "resources={gpus: {evaluate: 1}}" \
-    > "$WORK/gpu.log" 2>&1 || rc=$?
-[ "$rc" != 0 ] || fail "the GPU job succeeded on a node without CUDA"
-grep -h "device 'cuda' was requested" results/test/logs/*/*.log || { tail -30 "$WORK/gpu.log"; fail "no CUDA message in the job logs"; }
+# --- the GPU job --------------------------------------------------------------------------------
+wait "$GPU_RUN" || true
+[ "$(cat "$WORK/gpu.rc")" != 0 ] || { tail -20 "$WORK/gpu.log"; fail "the GPU job succeeded on a node without CUDA"; }
+GLOG=$GPU_COPY/results/test/logs/bench/op.log
+grep "device 'cuda' was requested" "$GLOG" || { tail -30 "$WORK/gpu.log"; fail "no CUDA message in $GLOG"; }
 grep -q -- "--device cuda" "$WORK/gpu.log" || fail "the GPU job did not run with --device cuda"
+grep -q "partition 'gpu'" "$WORK/gpu.log" || fail "the GPU job did not go to the gpu partition"
 n_gpu=$(grep -c "has been submitted with SLURM jobid" "$WORK/gpu.log" || true)
 [ "$n_gpu" = 1 ] || fail "the failing GPU job was submitted $n_gpu times (expected once: no retry)"
 echo "slurm_test: GPU job failed with the CUDA message, submitted once"
