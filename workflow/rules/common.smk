@@ -136,9 +136,6 @@ def prepared(dataset):
         dataset)
 
 
-# --- the configuration the jobs read ------------------------------------------------------
-
-
 # --- SLURM: a job status query that can answer ----------------------------------------------
 def _slurm_accounting_disabled():
     """Whether this cluster runs without slurmdbd (`sacct` then knows no jobs)."""
@@ -156,3 +153,6 @@ onstart:
         raise WorkflowError("this SLURM cluster has no accounting (AccountingStorageType=accounting_storage/none), "
                             "so `sacct` cannot report job states and the run would wait forever: add "
                             "`--slurm-status-command squeue` (workflow/profiles/slurm sets it)")
+
+
+# --- the configuration the jobs read ------------------------------------------------------
