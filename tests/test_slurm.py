@@ -53,3 +53,12 @@ def test_slurm_profile_routes_by_gpu_count_and_retries_only_training():
     assert "software-deployment-method" not in profile  # venv first; conda: --sdm conda
     for kind in ("op", "models", "stages", "rho", "table6"):
         assert "--exclusive" in profile["set-resources"][f"bench_{kind}"]["slurm_extra"]
+
+
+def test_synth_progress_is_one_plain_line_in_a_log(caplog):
+    """Rule logs (stderr not a terminal) get a line per loop, not tqdm's carriage returns."""
+    from lc.data.synthetic import _progress
+
+    with caplog.at_level("INFO", logger="lc.data.synthetic"):
+        assert list(_progress([1, 2, 3], "synth voc+sbd")) == [1, 2, 3]
+    assert caplog.messages == ["synth voc+sbd: 3 images"]
