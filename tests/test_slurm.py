@@ -55,9 +55,13 @@ def test_slurm_profile_routes_by_gpu_count_and_retries_only_training():
         assert "--exclusive" in profile["set-resources"][f"bench_{kind}"]["slurm_extra"]
 
 
-def test_synth_progress_is_one_plain_line_in_a_log(caplog):
+def test_synth_progress_is_one_plain_line_in_a_log(caplog, monkeypatch):
     """Rule logs (stderr not a terminal) get a line per loop, not tqdm's carriage returns."""
+    import sys
+
     from lc.data.synthetic import _progress
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
 
     with caplog.at_level("INFO", logger="lc.data.synthetic"):
         assert list(_progress([1, 2, 3], "synth voc+sbd")) == [1, 2, 3]
