@@ -197,15 +197,18 @@ def test_table6_bench_columns() -> None:
     assert df["scales"].iloc[1] == " ".join(f"{s:g}" for s in cfg["evaluate"]["scales"])
 
 
-def test_cli_bench_rho_writes_the_sweep(tmp_path) -> None:
+def test_cli_bench_rho_writes_the_sweep(tmp_path, monkeypatch) -> None:
     from lc.cli.main import main
+
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
 
     out = tmp_path / "rho_speed.csv"
     assert main(["bench", "rho", "--config", str(REPO / "config.yaml"), "--preset", "test", "--device", "cpu",
                  "--warmup", "0", "--runs", "1", "--threads", "1", "--out", str(out), "--checkpoint",
                  str(tmp_path / "missing.pt")]) == 0
     df = pd.read_csv(out)
-    _check_times(df, RHO_COLUMNS, "ms_median", "fps")
+    _check_times(df, [*RHO_COLUMNS, "node_access"], "ms_median", "fps")
+    assert (df["node_access"] == "local").all()  # not a SLURM job (lc.bench.timing.node_access)
     cfg = load_config(REPO / "config.yaml", preset="test")
     assert df["rho"].tolist() == pytest.approx(cfg["evaluate"]["rho_sweep"])
     assert (df["mask_source"] == MASK_SOURCE_PAPER).all()  # the checkpoint does not exist

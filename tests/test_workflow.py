@@ -71,8 +71,9 @@ def _jobs(output: str) -> list[dict[str, str]]:
         for key in ("input", "output", "resources"):
             match = re.search(rf"^    {key}: (.*)$", block, re.MULTILINE)
             job[key] = match.group(1) if match else ""
-        match = re.search(r"^(?:Shell command: )?(OMP_NUM_THREADS=.*|python -m lc\.cli.*|torchrun.*)$", block,
-                          re.MULTILINE)
+        # jobs run `<python> -m lc.cli`; training inside `{ echo <attempt header>; ...; } | tee`
+        match = re.search(r"^(?:Shell command: )?(\{ echo .*|OMP_NUM_THREADS=.*|\S*python\S* -m lc\.cli.*)$",
+                          block, re.MULTILINE)
         job["shell"] = match.group(1) if match else ""
         jobs.append(job)
     return jobs
@@ -148,16 +149,23 @@ def test_paper_export_model_trains_on_trainval(tmp_path):
 
 
 def test_paper_gpu_jobs_through_the_slurm_profile(tmp_path):
-    """Every job of a GPU kind asks SLURM for GPUs (--gpus) and runs with --device cuda; no other does."""
+    """Every job of a GPU kind asks SLURM for GPUs (--gpus), goes to the gpu partition (the plugin's
+    choice from partitions.yaml) and runs with --device cuda; no other does."""
+    import logging
     from types import SimpleNamespace
 
+    from snakemake_executor_plugin_slurm.partitions import get_best_partition, read_partition_file
     from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    class Resources(dict):
+        __getattr__ = dict.get
+
+    partitions = read_partition_file(REPO / "workflow/profiles/slurm/partitions.yaml")
 
     profile = tmp_path / "slurm"
     profile.mkdir()
     text = (REPO / "workflow/profiles/slurm/config.yaml").read_text()
-    # conda is not installed here; everything else is the profile as shipped
-    (profile / "config.yaml").write_text(re.sub(r"^software-deployment-method:.*$", "", text, flags=re.M))
+    (profile / "config.yaml").write_text(text)  # the profile as shipped (no conda: jobs run this python)
     result = _snakemake("-n", "--profile", str(profile), "reproduce_tables", "--config", "preset=paper")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     gpu_rules = {"train", "evaluate", "sweep", "export_cityscapes", "analyze_difficulty", "analyze_stages",
@@ -166,11 +174,14 @@ def test_paper_gpu_jobs_through_the_slurm_profile(tmp_path):
     assert {job["rule"] for job in jobs} >= gpu_rules
     for job in jobs:
         resources = dict(item.split("=", 1) for item in job["resources"].split(", ") if "=" in item)
+        numeric = Resources({k: int(v) for k, v in resources.items() if v.isdigit()})
+        fake_job = SimpleNamespace(resources=numeric, threads=1, name=job["rule"], is_group=lambda: False)
+        partition = get_best_partition(partitions, fake_job, logging.getLogger(__name__))
+        assert partition == ("gpu" if "gpu" in resources else "cpu"), (job["rule"], resources)
         if job["rule"] in gpu_rules:
             sbatch = set_gres_string(SimpleNamespace(resources=SimpleNamespace(
                 get=lambda key, default=None, r=resources: r.get(key, default), gres=None)))
             assert sbatch.strip() == f"--gpus={resources['gpu']}", (job["rule"], sbatch)
-            assert resources.get("slurm_partition") == "gpu", job["rule"]
             assert "--device cuda" in job["shell"], job
         else:
             assert "gpu" not in resources and "--device cuda" not in job["shell"], job

@@ -24,11 +24,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.nn as nn
-from tqdm import tqdm
 
 from lc.bench.masks import MASK_SOURCE_PAPER, RoutingMasks, TrainedMasks, mask_shares, routing_mask_sets
 from lc.bench.timing import measure, set_threads
 from lc.device import device_name, resolve_device
+from lc.evaluation.progress import progress
 from lc.models.cascade import LayerCascade
 from lc.models.complexity import count_parameters, network_costs, predicted_cost, stage_costs
 
@@ -209,7 +209,8 @@ def run_models_bench(setup: BenchSetup) -> pd.DataFrame:
     ev = setup.cfg["evaluate"]
     rhos = {"lc": float(ev["rho"]), "lc_fast": float(ev["fast_rho"])}
     rows = []
-    for method in tqdm(list(setup.cfg["bench"]["models"]), desc="bench models", unit="net"):
+    methods = list(setup.cfg["bench"]["models"])
+    for method in progress(methods, len(methods), "bench models", log_every=1, unit="net"):
         rho = rhos.get(method, 1.0)
         model = build_network(method, setup.model_cfg, setup.device, rho)
         row = {"method": method, "rho": rho if method in rhos else math.nan,

@@ -22,10 +22,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from lc.bench.timing import measure, set_threads, write_csv
 from lc.data.io import atomic_path
+from lc.evaluation.progress import progress
 from lc.models.irnet import IRNet
 from lc.models.region_irnet import run_stage_compressed, run_stage_masked_dense
 from lc.ops.active_set import ActiveSet
@@ -145,7 +145,8 @@ def run_op_bench(cfg: dict, devices: Sequence[str] | None = None, warmup: int | 
             levels[level] = _conv_cases(conv.weight.detach(), bias, conv.padding, conv.dilation, x,
                                         fractions, gen, device)
         cases = [(level, *case) for level, level_cases in levels.items() for case in level_cases]
-        for level, impl, fraction, fn in tqdm(cases, desc=f"bench op ({device})", unit="case"):
+        for level, impl, fraction, fn in progress(cases, len(cases), f"bench op ({device})", log_every=5,
+                                                  unit="case"):
             timing = measure(lambda _i, fn=fn: fn(), device, warmup, runs)
             rows.append({"level": level, "impl": impl, "active_fraction": fraction,
                          "ms_median": timing.median, "device": device})

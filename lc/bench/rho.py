@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pandas as pd
-from tqdm import tqdm
 
 from lc.bench.masks import mask_shares
 from lc.bench.models import BenchSetup, build_network, time_lc
+from lc.evaluation.progress import progress
 
 __all__ = ["RHO_COLUMNS", "run_rho_bench"]
 
@@ -18,7 +18,8 @@ def run_rho_bench(setup: BenchSetup) -> pd.DataFrame:
     """Fig. 7(a): LC's ms per image at every rho of evaluate.rho_sweep."""
     model = build_network("lc", setup.model_cfg, setup.device)
     rows = []
-    for rho in tqdm([float(r) for r in setup.cfg["evaluate"]["rho_sweep"]], desc="bench rho", unit="rho"):
+    rhos = [float(r) for r in setup.cfg["evaluate"]["rho_sweep"]]
+    for rho in progress(rhos, len(rhos), "bench rho", log_every=1, unit="rho"):
         timing, mask_sets = time_lc(setup, model, rho)
         stage1_pct, stage2_pct = mask_shares(mask_sets)
         rows.append({"rho": rho, **timing, "stage1_pct": stage1_pct, "stage2_pct": stage2_pct,

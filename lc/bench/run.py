@@ -21,10 +21,12 @@ def run_op_benchmark(cfg: dict, out: str | Path, png: str | Path | None = None, 
     """Region convolution against dense (`lc.bench.op`) on `device` ("all": the CPU, plus CUDA when
     usable); writes the CSV and its plot. A named device that cannot be used raises DeviceError."""
     from lc.bench.op import level_titles, run_op_bench, save_op_bench
+    from lc.bench.timing import node_access
 
     apply_region_config(cfg)
     devices = None if device == "all" else [str(resolve_device(device))]
     table = run_op_bench(cfg, devices=devices, warmup=warmup, runs=runs, threads=threads)
+    table["node_access"] = node_access()
     save_op_bench(table, out, png, level_titles(cfg))
     return table
 
@@ -34,7 +36,8 @@ def run_benchmark(kind: str, cfg: dict, full_cfg: dict, out: str | Path,
                   warmup: int | None = None, runs: int | None = None, threads: int | None = None,
                   paper_table1: pd.DataFrame | None = None,
                   fast_checkpoint: str | Path | None = None) -> pd.DataFrame:
-    """Run one model-level benchmark (`BENCH_KINDS`) and write its CSV atomically.
+    """Run one model-level benchmark (`BENCH_KINDS`) and write its CSV atomically, with a
+    `node_access` column (lc.bench.timing.node_access: did the timing have the node to itself).
 
     full_cfg: the config whose `model:` is "full size" (the paper preset's). paper_table1: the
     published Table 1, whose stage shares route LC when no trained checkpoint is given;
@@ -44,7 +47,7 @@ def run_benchmark(kind: str, cfg: dict, full_cfg: dict, out: str | Path,
     from lc.bench.rho import run_rho_bench
     from lc.bench.stages import run_stages_bench
     from lc.bench.table6 import run_table6_bench
-    from lc.bench.timing import write_csv
+    from lc.bench.timing import node_access, write_csv
 
     runners = {"models": run_models_bench, "stages": run_stages_bench, "rho": run_rho_bench,
                "table6": run_table6_bench}
@@ -55,6 +58,7 @@ def run_benchmark(kind: str, cfg: dict, full_cfg: dict, out: str | Path,
                                    warmup=warmup, runs=runs, paper_table1=paper_table1, threads=threads,
                                    fast_checkpoint=fast_checkpoint)
     table = runners[kind](setup)
+    table["node_access"] = node_access()  # exclusive / shared (SLURM) / local
     write_csv(table, out)
     return table
 

@@ -13,11 +13,11 @@ from collections.abc import Callable, Sequence
 
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from lc.bench.masks import RoutingMasks, mask_shares
 from lc.bench.models import BenchSetup, build_network
 from lc.bench.timing import measure
+from lc.evaluation.progress import progress
 from lc.models.cascade import LayerCascade, undecided_mask
 from lc.models.region_irnet import run_stage_compressed
 from lc.ops.active_set import ActiveSet
@@ -87,7 +87,7 @@ def run_stages_bench(setup: BenchSetup) -> pd.DataFrame:
     images = setup.images()
     rows = []
     cases = [("lc", float(ev["rho"])), ("lc_fast", float(ev["fast_rho"])), ("irnet", math.nan)]
-    for method, rho in tqdm(cases, desc="bench stages", unit="net"):
+    for method, rho in progress(cases, len(cases), "bench stages", log_every=1, unit="net"):
         model = build_network(method, setup.model_cfg, setup.device, 1.0 if math.isnan(rho) else rho)
         if method == "irnet":
             steps, active = _irnet_stage_steps(model, images), [100.0, 100.0, 100.0]

@@ -5,6 +5,7 @@
   `bench.threads`), on the GPU one pair of CUDA events per call; median and spread (p25/p75) of
   the per-call times.
 - `write_csv`: the one atomic CSV writer of the bench CSVs (temp name, then rename).
+- `node_access`: whether the timing had the machine to itself (the CSVs' `node_access` column).
 
 The routing masks LC is timed with are in `lc.bench.masks`; the benchmarks in `lc.bench.op` (region
 conv), `lc.bench.models` (Table 3), `lc.bench.stages`, `lc.bench.rho` and `lc.bench.table6`.
@@ -13,6 +14,9 @@ conv), `lc.bench.models` (Table 3), `lc.bench.stages`, `lc.bench.rho` and `lc.be
 from __future__ import annotations
 
 import itertools
+import os
+import shutil
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +28,7 @@ from torch.utils.benchmark import Timer
 
 from lc.data.io import write_csv as write_table_csv
 
-__all__ = ["Timing", "measure", "set_threads", "write_csv"]
+__all__ = ["Timing", "measure", "node_access", "set_threads", "write_csv"]
 
 
 # --- devices and timing -----------------------------------------------------------------------
@@ -106,6 +110,22 @@ def measure(step: Callable[[int], object], device: torch.device | str, warmup: i
 
 
 # --- output -----------------------------------------------------------------------------------
+def node_access() -> str:
+    """`exclusive` (a SLURM job with the node to itself: sbatch --exclusive), `shared` (a SLURM job
+    other jobs may share the node with), `local` (not a SLURM job: only the workflow's bench_slot
+    keeps its other jobs away), `unknown` (a SLURM job squeue could not describe)."""
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if not job_id:
+        return "local"
+    squeue = shutil.which("squeue")
+    try:  # %h: can the job's resources be oversubscribed? NO = exclusive
+        answer = subprocess.run([squeue, "-h", "-j", job_id, "-o", "%h"], capture_output=True, text=True,
+                                timeout=30, check=True).stdout.strip() if squeue else ""
+    except (OSError, subprocess.SubprocessError):
+        answer = ""
+    return {"NO": "exclusive", "": "unknown"}.get(answer.upper(), "shared")
+
+
 def write_csv(df: pd.DataFrame, path: str | Path) -> Path:
     """A benchmark CSV (6 significant digits), atomically (lc.data.io.write_csv)."""
     return write_table_csv(df, path, float_format="%.6g")

@@ -6,8 +6,11 @@ lc.cli.evaluate (evaluate, sweep, export, analyze), lc.cli.bench (bench op|model
 model-info), lc.cli.report (tables, figures, provenance). Handlers import the library lazily so
 that `lc --help` stays fast.
 
-A user error (bad config, missing input, unusable device, corrupt checkpoint...) ends with one
-`lc <command>: error: ...` line and exit code 2; anything else is a bug and shows its traceback.
+A user error (bad config, missing input, corrupt checkpoint...) ends with one `lc <command>: error: ...`
+line and exit code 2; an unusable device (`--device cuda` where CUDA is not usable) the same way
+with exit code 3, which a retry on the same node cannot fix; `lc train` stopped by a signal or a
+time limit exits 75 after writing resume.pt (lc.training.preempt): run it again to resume. Anything
+else is a bug and shows its traceback.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ import sys
 
 from lc.cli import bench, data, evaluate, report, train
 from lc.cli.common import common_options, configure_logging, is_user_error
+from lc.device import DeviceError
 
 log = logging.getLogger("lc.cli")
 EXIT_USER_ERROR = 2  # as argparse's own usage errors
+EXIT_NO_DEVICE = 3  # the requested device (CUDA) is not usable on this machine: not worth a retry here
 EXIT_INTERRUPTED = 130
 
 
@@ -39,7 +44,7 @@ def _command_name(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one `lc` command; the exit code (0 done, 2 user error, 130 interrupted)."""
+    """Run one `lc` command; the exit code (0 done, 2 user error, 3 device unusable, 130 interrupted)."""
     args = build_parser().parse_args(argv)
     configure_logging(args.verbosity)
     try:
@@ -52,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         log.debug("user error", exc_info=True)  # the traceback under --verbose
         print(f"{_command_name(args)}: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return EXIT_NO_DEVICE if isinstance(exc, DeviceError) else EXIT_USER_ERROR
     return 0
 
 

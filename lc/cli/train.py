@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from lc.cli.common import (
     DATASETS,
@@ -16,10 +17,16 @@ from lc.cli.common import (
 
 def _cmd_train(args: argparse.Namespace) -> None:
     from lc.training.loop import train
+    from lc.training.preempt import EXIT_RESUBMIT, Preempted, StopRequest
 
-    result = train(config_with_region(args), args.dataset, args.variant, args.out, init=args.init,
-                   resume=not args.no_resume, device=args.device, rho=args.rho, stop_after=args.stop_after,
-                   split=args.split)
+    try:
+        with StopRequest(args.stop_before_limit) as stop:
+            result = train(config_with_region(args), args.dataset, args.variant, args.out, init=args.init,
+                           resume=not args.no_resume, device=args.device, rho=args.rho,
+                           stop_after=args.stop_after, split=args.split, stop=stop)
+    except Preempted as exc:
+        print(f"lc train: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_RESUBMIT) from None
     if result.rank == 0:
         print(f"{args.dataset}/{args.variant}: {result.iterations} iterations, final loss "
               f"{result.final_loss}, {result.checkpoint}")
@@ -48,4 +55,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     add_device_argument(p)
     p.add_argument("--stop-after", type=positive_int, default=None,
                    help="checkpoint and exit after this many iterations (a later call resumes)")
+    p.add_argument("--stop-before-limit", type=int, default=300, metavar="SECONDS",
+                   help="inside a SLURM job with a time limit: write resume.pt and exit with code 75 this "
+                        "many seconds before the limit (0: off); SIGUSR1/SIGTERM do the same at once "
+                        "(default 300)")
     p.set_defaults(func=_cmd_train)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import logging
 import sys
 import tarfile
 import zipfile
@@ -38,6 +39,8 @@ from lc.data.io import atomic_path, encode_jpeg, encode_png, md5_file, write_tex
 from lc.data.labels import VOC_PALETTE
 from lc.data.synthetic_cityscapes import cityscapes_scene
 from lc.data.synthetic_scenes import Scene, voc_boundary_band, voc_scene
+
+log = logging.getLogger(__name__)
 
 SIZE_KEYS = ("image_size", "voc_train", "voc_val", "voc_test", "sbd_train", "sbd_val",
              "cityscapes_train", "cityscapes_val", "cityscapes_test", "cityscapes_image_size")
@@ -167,14 +170,22 @@ def _band_width(scene: Scene) -> int:
     return max(1, round(min(scene.label.shape) / 100))
 
 
+def _progress(items: list, desc: str) -> Iterator:
+    """tqdm on a terminal; with stderr in a log file, one plain line once the loop is done."""
+    if sys.stderr.isatty():
+        yield from tqdm(items, desc=desc, unit="img", file=sys.stderr, leave=False)
+        return
+    yield from items
+    log.info("%s: %d images", desc, len(items))
+
+
 def _voc_entries(seed: int, sizes: dict, ids: dict[str, list[str]]) -> tuple[list, list, list]:
     """(trainval tar entries, test tar entries, SBD tgz entries)."""
     voc_root, sbd_root = "VOCdevkit/VOC2012", "benchmark_RELEASE/dataset"
     segmented = set(ids["voc_train"]) | set(ids["voc_val"])
     sbd_ids = set(ids["sbd_train"]) | set(ids["sbd_val"])
     trainval, sbd = [], []
-    for image_id in tqdm(sorted(segmented | sbd_ids), desc="synth voc+sbd", unit="img", file=sys.stderr,
-                         leave=False):
+    for image_id in _progress(sorted(segmented | sbd_ids), "synth voc+sbd"):
         scene = _voc_scene(seed, image_id, sizes["image_size"])
         jpeg = encode_jpeg(scene.image)
         trainval.append((f"{voc_root}/JPEGImages/{image_id}.jpg", jpeg))
@@ -222,8 +233,7 @@ def _cityscapes_entries(seed: int, sizes: dict) -> Iterator[tuple[str, str, byte
             colours[label_id] = (*label.color, 255)
     void_ids = [name_id for name_id, label in id2label.items() if label.category == "void" and name_id >= 0]
     for split, entries in cityscapes_names(sizes).items():
-        for city, name in tqdm(entries, desc=f"synth cityscapes {split}", unit="img", file=sys.stderr,
-                               leave=False):
+        for city, name in _progress(entries, f"synth cityscapes {split}"):
             scene = cityscapes_scene(_rng(seed, "cityscapes", name), height, width)
             label, instances, polygons = scene.label, scene.instances, scene.polygons
             if split == "test":  # the public test annotations hold only the void regions

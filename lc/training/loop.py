@@ -37,6 +37,7 @@ from lc.models.variants import VARIANTS
 from lc.training.checkpoint import capture_rng_state, save_checkpoint
 from lc.training.distributed import setup_distributed, teardown_distributed
 from lc.training.losses import cascade_loss
+from lc.training.preempt import Preempted, StopRequest
 from lc.training.setup import MC_MEMBERS, Run, setup_run, total_iterations
 from lc.training.train_log import LOG_COLUMNS, MetricWindow
 
@@ -79,7 +80,8 @@ def poly_lr_factor(iteration: int, total: int, power: float) -> float:
 
 def train(cfg: dict, dataset: str, variant: str, out_dir: str | Path, init: str | Path | None = None,
           resume: bool = True, device: str | torch.device | None = None, rho: float | None = None,
-          stop_after: int | None = None, split: str = "train") -> TrainResult:
+          stop_after: int | None = None, split: str = "train",
+          stop: StopRequest | None = None) -> TrainResult:
     """Train `variant` on `dataset`, writing <out_dir>/{checkpoint.pt, train_log.csv, train_done.json}.
 
     init: the checkpoint the cascade variants start from (lc.training.initialise); resume: continue
@@ -87,7 +89,8 @@ def train(cfg: dict, dataset: str, variant: str, out_dir: str | Path, init: str 
     device: overrides cfg["device"]; rho: overrides train.rho (the routing threshold while training);
     stop_after: checkpoint and return once this many iterations are done (time-limited jobs, tests);
     split: the prepared split trained on ("train" = VOC's train_aug; "trainval_aug" for the VOC
-    test-server model, evaluate.export_train_split).
+    test-server model, evaluate.export_train_split); stop: an installed lc.training.preempt.StopRequest:
+    on its signal the run writes resume.pt after the current iteration and raises Preempted.
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {TRAIN_VARIANTS}, got {variant!r}")
@@ -97,7 +100,7 @@ def train(cfg: dict, dataset: str, variant: str, out_dir: str | Path, init: str 
         run = setup_run(cfg, dataset, VARIANTS[variant], Path(out_dir), None if init is None else Path(init),
                         resume, ctx, rho, stop_after, split)
         for phase in _phases(run):
-            _train_network(run, phase)
+            _train_network(run, phase, stop)
         result = _finish(run, wall_start)
     except BaseException:
         teardown_distributed(ctx, wait=False)  # the other processes may never reach a barrier
@@ -115,7 +118,7 @@ def _phases(run: Run) -> list[Phase]:
     return [Phase(k, k * per_member, per_member) for k in range(MC_MEMBERS)]
 
 
-def _train_network(run: Run, phase: Phase) -> None:
+def _train_network(run: Run, phase: Phase, stop_request: StopRequest | None = None) -> None:
     """Train one network from the run's current iteration to the end of its phase (or the stop)."""
     stop = min(phase.stop, run.end)
     if run.iteration >= stop or run.iteration < phase.first:
@@ -136,6 +139,10 @@ def _train_network(run: Run, phase: Phase) -> None:
         if run.iteration % int(run.cfg["train"]["checkpoint_every"]) == 0 or run.iteration == run.end \
                 or phase_done:
             _checkpoint(run, phase, optimizer)
+        if stop_request is not None and run.iteration < stop \
+                and stop_request.should_stop(run.ctx.device, run.ctx.distributed):
+            _checkpoint(run, phase, optimizer)  # resume.pt: the next job continues from here
+            raise Preempted(stop_request.signame or "a signal", run.iteration, str(run.paths[1]))
 
 
 def _trainable(run: Run, phase: Phase) -> tuple[torch.optim.Optimizer, nn.Module]:

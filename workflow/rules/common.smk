@@ -1,7 +1,12 @@
 # Shared by all the workflow files: the resolved configuration, output paths (lc.report.outputs),
 # the `lc` command line, exact params and resources per kind of job.
 import json
+import re
 import shlex
+import subprocess
+import sys
+
+from snakemake.exceptions import WorkflowError
 
 from lc.config import load_config, lookup, results_dir
 from lc.data.paths import (archive_path, extracted_dir, prepared_dir, prepared_list_files, voc_test_available,
@@ -34,10 +39,13 @@ def log(kind, name):
 
 # --- the `lc` command -------------------------------------------------------------------------
 # Jobs run `python -m lc.cli` with the workflow's own folder first on PYTHONPATH: the conda envs
-# (envs/) hold the dependencies only, and a checkout runs without `pip install -e .`.
+# (envs/) hold the dependencies only, and a checkout runs without `pip install -e .`. The python is
+# the one running Snakemake (a venv needs no activation on the nodes), or the env's with --sdm conda.
 REPO = str(Path(workflow.basedir).resolve())
 shell.prefix(f"set -euo pipefail; export PYTHONPATH={shlex.quote(REPO)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
-LC = "python -m lc.cli"
+USE_CONDA = any(m.name == "CONDA" for m in workflow.deployment_settings.deployment_method or ())
+PYTHON = "python" if USE_CONDA else shlex.quote(sys.executable)
+LC = f"{PYTHON} -m lc.cli"
 # Every `lc` call reads config.yaml with the command line's --config overrides applied (written
 # below), so `snakemake --config evaluate='{max_images: 10}'` reaches the jobs.
 RESOLVED_CONFIG = out("RESOLVED_CONFIG")
@@ -47,7 +55,7 @@ LC_ARGS = f"--config {RESOLVED_CONFIG} --preset {PRESET}"
 def launcher(kind):
     """`lc` for one process; torchrun with one process per GPU when a training job has several."""
     if GPUS.get(kind, 0) > 1:
-        return f"torchrun --standalone --nproc_per_node {GPUS[kind]} -m lc.cli"
+        return f"{PYTHON} -m torch.distributed.run --standalone --nproc_per_node {GPUS[kind]} -m lc.cli"
     return LC
 
 
@@ -126,6 +134,25 @@ def prepared(dataset):
     """What a prepared data set is: its split lists, its label folder and its extracted images."""
     return [str(p) for p in prepared_list_files(CFG, dataset).values()] + [label_dir(dataset)] + extracted_dirs(
         dataset)
+
+
+# --- SLURM: a job status query that can answer ----------------------------------------------
+def _slurm_accounting_disabled():
+    """Whether this cluster runs without slurmdbd (`sacct` then knows no jobs)."""
+    try:
+        text = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return re.search(r"^AccountingStorageType\s*=\s*accounting_storage/none", text, re.M) is not None
+
+
+onstart:
+    plugin = getattr(workflow.executor_plugin, "name", None)
+    status = getattr(workflow.executor_settings, "status_command", None)
+    if plugin == "slurm" and status in (None, "sacct") and _slurm_accounting_disabled():
+        raise WorkflowError("this SLURM cluster has no accounting (AccountingStorageType=accounting_storage/none), "
+                            "so `sacct` cannot report job states and the run would wait forever: add "
+                            "`--slurm-status-command squeue` (workflow/profiles/slurm sets it)")
 
 
 # --- the configuration the jobs read ------------------------------------------------------

@@ -56,5 +56,11 @@ rule train:
     conda:
         env_for("train")
     shell:
-        "OMP_NUM_THREADS={threads} {params.launcher} train {params.lc_args} --dataset {wildcards.dataset}"
-        " {params.flags} --device {params.device} --out {params.out_dir} > {log} 2>&1"
+        # {log}: this attempt (Snakemake empties it before each); {log}.attempts: every attempt, each
+        # under a header (a resubmitted training resumes: its earlier lines stay there). tee ignores
+        # TERM/USR1 so that the stopping training can still write its last lines.
+        "{{ echo \"=== attempt at $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname)"
+        "${{SLURM_JOB_ID:+, SLURM job $SLURM_JOB_ID}} ===\";"
+        " OMP_NUM_THREADS={threads} {params.launcher} train {params.lc_args} --dataset {wildcards.dataset}"
+        " {params.flags} --device {params.device} --out {params.out_dir}; }} 2>&1"
+        " | (trap '' TERM USR1 INT; exec tee -a {log}.attempts) > {log}"
