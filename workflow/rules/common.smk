@@ -41,10 +41,15 @@ def log(kind, name):
 # Jobs run `python -m lc.cli` with the workflow's own folder first on PYTHONPATH: the conda envs
 # (envs/) hold the dependencies only, and a checkout runs without `pip install -e .`. The python is
 # the one running Snakemake (a venv needs no activation on the nodes), or the env's with --sdm conda.
+# The interpreter's path goes into the shell prefix, not into the commands (which are params), so
+# another venv or checkout location reruns nothing.
 REPO = str(Path(workflow.basedir).resolve())
-shell.prefix(f"set -euo pipefail; export PYTHONPATH={shlex.quote(REPO)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 USE_CONDA = any(m.name == "CONDA" for m in workflow.deployment_settings.deployment_method or ())
-PYTHON = "python" if USE_CONDA else shlex.quote(sys.executable)
+shell.prefix(
+    f"set -euo pipefail; export PYTHONPATH={shlex.quote(REPO)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+    f"export LC_PYTHON={'python' if USE_CONDA else shlex.quote(sys.executable)}; "
+)
+PYTHON = '"$LC_PYTHON"'
 LC = f"{PYTHON} -m lc.cli"
 # Every `lc` call reads config.yaml with the command line's --config overrides applied (written
 # below), so `snakemake --config evaluate='{max_images: 10}'` reaches the jobs.
