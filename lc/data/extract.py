@@ -1,7 +1,8 @@
 """Safe extraction of tar and zip archives into a temp folder renamed into place.
 
 An archive's MD5 is checked (`lc.data.verify`, cached by size and mtime) before every extraction;
-a damaged archive (truncated stream, a tar without its end-of-archive block, bad CRC) or a hostile
+a damaged archive (truncated stream, a tar without its end-of-archive block, a compressed stream
+without its end, e.g. a .tgz cut inside its gzip trailer, bad CRC) or a hostile
 one (members or links leaving the folder, device files) fails with the file named and nothing
 extracted.
 """
@@ -98,6 +99,15 @@ def _extract_tar(archive: Path, tmp: Path) -> None:
         if not tf.lc_saw_end_block:  # type: ignore[attr-defined]
             raise _damaged(archive, f"the tar stream ends after {len(tf.getmembers())} members without its "
                                     "end-of-archive block: the file is truncated")
+        _read_to_the_end(tf.fileobj)
+
+
+def _read_to_the_end(stream) -> None:
+    """Read what follows the end-of-archive block: tarfile stops there, so a compressed stream's end
+    (gzip's CRC and length trailer, bzip2's and xz's end markers) would go unchecked. A stream cut
+    short raises EOFError, a bad CRC gzip.BadGzipFile (both in _DAMAGED)."""
+    while stream.read(1 << 20):
+        pass
 
 
 def _extract_zip(archive: Path, tmp: Path) -> None:
