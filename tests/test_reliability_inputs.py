@@ -44,3 +44,47 @@ def test_tgz_without_its_gzip_trailer_is_refused(tmp_path, damage):
     (tmp_path / "good.tgz").write_bytes(good)
     out = safe_extract(tmp_path / "good.tgz", tmp_path / "work" / "good")
     assert (out / "set" / "file3.txt").read_bytes() == MEMBERS["set/file3.txt"]
+
+
+# --- 3: a full disk inside torch.save -------------------------------------------------------------
+TORCH_ERROR = "[enforce fail at inline_container.cc:672] . unexpected pos 252032 vs 251928"
+
+
+def _full_while_a_temp_exists(directory) -> bool:
+    """Disk usage as a tiny tmpfs reports it: full while the partial checkpoint holds its space."""
+    return any(p.name.endswith(".tmp") for p in Path(directory).iterdir())
+
+
+def test_disk_full_inside_torch_save_names_mount_and_file(tmp_path, monkeypatch):
+    from lc.data.io import mount_point
+    from lc.training.checkpoint import save_checkpoint
+
+    def failing_save(obj, handle):
+        handle.write(b"\0" * 4096)
+        handle.flush()
+        raise RuntimeError(TORCH_ERROR)
+
+    monkeypatch.setattr("lc.training.checkpoint.torch.save", failing_save)
+    monkeypatch.setattr("lc.data.io.disk_full", _full_while_a_temp_exists)
+    target = tmp_path / "run" / "resume.pt"
+    with pytest.raises(NoSpaceError) as info:
+        save_checkpoint(target, {"iteration": 1})
+    message = str(info.value)
+    assert message.startswith(f"no space left on device {mount_point(target)} writing {target};")
+    assert "\n" not in message
+    assert list(target.parent.iterdir()) == []  # the partial temp is gone, no target
+
+
+def test_no_space_is_found_anywhere_in_the_chain(tmp_path, monkeypatch):
+    """torch's "unexpected pos" error wrapping the ENOSPC of the write under it."""
+    from lc.data.io import is_no_space
+
+    monkeypatch.setattr("lc.data.io.disk_full", lambda directory: False)
+    try:
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:
+            raise RuntimeError(TORCH_ERROR)  # noqa: B904 (an implicit chain, as torch's C++ leaves it)
+    except RuntimeError as exc:
+        assert is_no_space(exc, tmp_path)
+    assert not is_no_space(RuntimeError(TORCH_ERROR), tmp_path)
