@@ -3,20 +3,31 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from lc.cli.common import DATASETS, VARIANT_NAMES, add_device_argument, positive_int, rho_arg
 from lc.config import config_from_args
+from lc.training.run_folder import RunFolderLock, is_main_process, remove_state
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from lc.training.loop import train
+    # Before anything slow (torch, the config): lock the run folder, then, for --no-resume, remove the
+    # old state, so that a run killed in its first seconds never leaves an old model looking done.
+    main_process = is_main_process()
+    with RunFolderLock(args.out, enabled=main_process):
+        if args.no_resume and main_process:
+            remove_state(Path(args.out))
+        from lc.training.loop import train
 
-    result = train(config_from_args(args), args.dataset, args.variant, args.out, init=args.init,
-                   resume=not args.no_resume, device=args.device, rho=args.rho, stop_after=args.stop_after,
-                   split=args.split)
+        result = train(config_from_args(args), args.dataset, args.variant, args.out, init=args.init,
+                       resume=not args.no_resume, device=args.device, rho=args.rho,
+                       stop_after=args.stop_after, split=args.split)
     if result.rank == 0:
+        where = result.checkpoint if result.checkpoint.exists() else "nothing written yet"
+        early = " (stopped early: run the same command again to continue)" \
+            if result.checkpoint.name != "checkpoint.pt" else ""
         print(f"{args.dataset}/{args.variant}: {result.iterations} iterations, final loss "
-              f"{result.final_loss}, {result.checkpoint}")
+              f"{result.final_loss}, {where}{early}")
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

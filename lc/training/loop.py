@@ -16,7 +16,8 @@ at the end. By default a run continues from resume.pt (else a finished checkpoin
 "resuming from FILE at iteration N", and ends with the weights an uninterrupted run would have.
 A state whose settings differ is refused; one whose inputs changed (init checkpoint, train list,
 ImageNet weights) is discarded and the run restarts, with the reason logged. `resume=False` removes
-resume.pt, checkpoint.pt and train_done.json first.
+resume.pt, checkpoint.pt and train_done.json first. The run folder is locked while training
+(lc.training.run_folder): a second run into it stops naming the holder's PID.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from lc.models.variants import VARIANTS
 from lc.training.checkpoint import capture_rng_state, save_checkpoint
 from lc.training.distributed import setup_distributed, teardown_distributed
 from lc.training.losses import cascade_loss
+from lc.training.run_folder import RunFolderLock
 from lc.training.setup import MC_MEMBERS, Run, setup_run, total_iterations
 from lc.training.train_log import LOG_COLUMNS, MetricWindow
 
@@ -49,7 +51,7 @@ TRAIN_VARIANTS = tuple(VARIANTS)
 class TrainResult:
     """What `train` returns; `model` is the trained (unwrapped) model on its device, in eval mode."""
 
-    model: nn.Module
+    model: nn.Module  # checkpoint: checkpoint.pt when finished, else resume.pt (stop_after)
     iterations: int
     final_loss: float | None
     device: str
@@ -93,7 +95,9 @@ def train(cfg: dict, dataset: str, variant: str, out_dir: str | Path, init: str 
         raise ValueError(f"variant must be one of {TRAIN_VARIANTS}, got {variant!r}")
     wall_start = time.perf_counter()
     ctx = setup_distributed(device if device is not None else cfg.get("device", "auto"))
+    lock = RunFolderLock(out_dir, enabled=ctx.is_main)  # one `lc train` per run folder at a time
     try:
+        lock.acquire()
         run = setup_run(cfg, dataset, VARIANTS[variant], Path(out_dir), None if init is None else Path(init),
                         resume, ctx, rho, stop_after, split)
         for phase in _phases(run):
@@ -102,6 +106,8 @@ def train(cfg: dict, dataset: str, variant: str, out_dir: str | Path, init: str 
     except BaseException:
         teardown_distributed(ctx, wait=False)  # the other processes may never reach a barrier
         raise
+    finally:
+        lock.release()
     teardown_distributed(ctx)
     return result
 
@@ -254,4 +260,5 @@ def _finish(run: Run, wall_start: float) -> TrainResult:
         write_text_atomic(done_path, json.dumps(summary, indent=2) + "\n")
     return TrainResult(model=run.model.eval(), iterations=run.iteration, final_loss=run.final_loss,
                        device=str(run.ctx.device), world_size=run.ctx.world_size, rank=run.ctx.rank,
-                       wall_time_s=time.perf_counter() - wall_start, checkpoint=ckpt_path)
+                       wall_time_s=time.perf_counter() - wall_start,
+                       checkpoint=ckpt_path if finished else resume_path)  # the file this run continues from
