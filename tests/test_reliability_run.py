@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,70 @@ def _config_file(cfg: dict, folder: Path) -> Path:
 def _train_args(config: Path, out: Path, *extra: str) -> list[str]:
     return ["train", "--config", str(config), "--preset", "test", "--dataset", "voc", "--variant", "dsn",
             "--out", str(out), *extra]
+
+
+# --- 1: what the run trains on is digested; a change restarts it ---------------------------------
+@pytest.fixture
+def own_data(cfg, tmp_path):
+    """The test preset with a private copy of the prepared data (the tests below rewrite it)."""
+    local = copy.deepcopy(cfg)
+    local["data"]["root"] = str(tmp_path / "data")
+    shutil.copytree(cfg["data"]["root"], local["data"]["root"], ignore=shutil.ignore_patterns("archives"))
+    return local
+
+
+def _labels(cfg: dict) -> list[Path]:
+    from lc.data.io import read_sample_list
+    from lc.data.paths import data_root, prepared_list_files
+
+    rows = read_sample_list(prepared_list_files(cfg, "voc")["train"])
+    return [data_root(cfg) / row[2] for row in rows]
+
+
+def test_relabelled_data_restarts_the_run_with_the_reason(own_data, tmp_path, caplog):
+    """Every label PNG rewritten (a re-prepare with other data), the list file left as it is."""
+    from lc.data.io import read_index_png, write_voc_label_png
+    from lc.training.checkpoint import load_checkpoint
+    from lc.training.loop import train
+
+    out = tmp_path / "run"
+    train(own_data, "voc", "dsn", out, stop_after=2)
+    stored = load_checkpoint(out / "resume.pt")["inputs"]
+    for label in _labels(own_data):
+        write_voc_label_png(label, 20 - read_index_png(label).clip(0, 20))  # other classes, same files
+    caplog.set_level("INFO", logger="lc")
+    result = train(own_data, "voc", "dsn", out, stop_after=3)
+    assert f"resuming from {out / 'resume.pt'} at iteration" not in caplog.text
+    assert "not resuming from" in caplog.text and "the training data (the list, its images and labels) " \
+        "changed" in caplog.text
+    assert result.iterations == 3 and result.checkpoint == out / "resume.pt"
+    inputs = load_checkpoint(out / "resume.pt")["inputs"]
+    assert inputs["train_data"] != stored["train_data"] and inputs["train_list"] == stored["train_list"]
+
+
+def test_data_digest_hashes_only_what_changed(own_data, monkeypatch, caplog):
+    from lc.data.digest_cache import data_digest
+    from lc.data.io import hash_file
+    from lc.data.paths import data_root, prepared_list_files
+
+    root, train_list = data_root(own_data), prepared_list_files(own_data, "voc")["train"]
+    first = data_digest(root, train_list)
+    hashed = []
+    monkeypatch.setattr("lc.data.digest_cache.hash_file",
+                        lambda path, algorithm: hashed.append(Path(path)) or hash_file(path, algorithm))
+    assert data_digest(root, train_list) == first and hashed == [train_list]  # only the list itself
+    monkeypatch.undo()
+    image = root / next(iter(_image_names(train_list)))
+    image.write_bytes(image.read_bytes() + b"\0")  # edited by hand
+    caplog.set_level("INFO", logger="lc.data")
+    assert data_digest(root, train_list) != first
+    assert "1 of" in caplog.text and image.name in caplog.text
+
+
+def _image_names(train_list: Path) -> list[str]:
+    from lc.data.io import read_sample_list
+
+    return [row[1] for row in read_sample_list(train_list)]
 
 
 # --- 2: --no-resume removes the old state before anything slow ----------------------------------

@@ -276,6 +276,13 @@ def hash_file(path: str | Path, algorithm: str, chunk_bytes: int = 1 << 20) -> s
     return digest.hexdigest()
 
 
+def file_stamp(path: str | Path) -> dict:
+    """{size, mtime_ns} of a file: a cached digest of it is trusted while these are unchanged
+    (the archives' MD5 sidecars, lc.data.verify; the training data's digest, lc.data.digest_cache)."""
+    stat = Path(path).stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
 def md5_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
     return hash_file(path, "md5", chunk_bytes)
 

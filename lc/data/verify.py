@@ -25,7 +25,7 @@ from pathlib import Path
 import requests
 
 from lc.data.errors import ChecksumError, DownloadError
-from lc.data.io import md5_file, write_text_atomic
+from lc.data.io import file_stamp, md5_file, write_text_atomic
 from lc.data.paths import archive_spec
 
 log = logging.getLogger(__name__)
@@ -127,11 +127,6 @@ def sidecar_path(archive: str | Path) -> Path:
     return archive.with_name(f".{archive.name}.md5.json")
 
 
-def _stamp(archive: Path) -> dict:
-    stat = archive.stat()
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
 def cached_md5(archive: str | Path) -> dict | None:
     """The sidecar record ({md5, source, size, mtime_ns}) if it still describes `archive`, else None."""
     archive, sidecar = Path(archive), sidecar_path(archive)
@@ -141,7 +136,8 @@ def cached_md5(archive: str | Path) -> dict | None:
         record = json.loads(sidecar.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(record, dict) or {k: record.get(k) for k in ("size", "mtime_ns")} != _stamp(archive):
+    stamp = file_stamp(archive)
+    if not isinstance(record, dict) or {k: record.get(k) for k in stamp} != stamp:
         return None
     return record
 
@@ -149,7 +145,7 @@ def cached_md5(archive: str | Path) -> dict | None:
 def record_verified(archive: str | Path, digest: str, source: str) -> None:
     """Write the sidecar after `archive` was hashed and found to have `digest`."""
     archive = Path(archive)
-    record = json.dumps({"md5": digest, "source": source, **_stamp(archive)}) + "\n"
+    record = json.dumps({"md5": digest, "source": source, **file_stamp(archive)}) + "\n"
     try:
         write_text_atomic(sidecar_path(archive), record)
     except PermissionError:  # e.g. a shared, read-only archive folder: verify by hashing every time

@@ -14,7 +14,7 @@ members < k pass on, ModelCascade.passed_mask); the others are one.
 <out>/resume.pt is written atomically every train.checkpoint_every iterations, <out>/checkpoint.pt
 at the end. By default a run continues from resume.pt (else a finished checkpoint.pt), logging
 "resuming from FILE at iteration N", and ends with the weights an uninterrupted run would have.
-A state whose settings differ is refused; one whose inputs changed (init checkpoint, train list,
+A state whose settings differ is refused; one whose inputs changed (init checkpoint, train list or data,
 ImageNet weights) is discarded and the run restarts, with the reason logged. `resume=False` removes
 resume.pt, checkpoint.pt and train_done.json first. The run folder is locked while training
 (lc.training.run_folder): a second run into it stops naming the holder's PID.
