@@ -88,3 +88,48 @@ def test_no_space_is_found_anywhere_in_the_chain(tmp_path, monkeypatch):
     except RuntimeError as exc:
         assert is_no_space(exc, tmp_path)
     assert not is_no_space(RuntimeError(TORCH_ERROR), tmp_path)
+
+
+# --- unclear: a read-only output folder is one line, rc 2 ----------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _read_only(path: str):
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+    return refuse
+
+
+@pytest.mark.parametrize("command, library_call", [
+    (["train", "--dataset", "voc", "--variant", "dsn", "--out", "{out}"],
+     "lc.training.run_folder.RunFolderLock.acquire"),
+    (["evaluate", "--checkpoint", "c.pt", "--dataset", "voc", "--split", "val", "--out", "{out}"],
+     "lc.evaluation.evaluate.run_evaluation"),
+    (["download", "voc2012_trainval", "--out", "{out}"], "lc.data.download.fetch_archive"),
+])
+def test_read_only_output_folder_is_one_line(command, library_call, tmp_path, monkeypatch, capsys):
+    """The file system refuses the write (EROFS, as a read-only mount does): no traceback, rc 2."""
+    from lc.cli.main import main
+
+    out = str(tmp_path / "ro" / "target")
+    monkeypatch.setattr(library_call, _read_only(out))
+    argv = [part.replace("{out}", out) for part in command]
+    rc = main([*argv, "--config", str(REPO / "config.yaml"), "--preset", "test"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "Traceback" not in err
+    assert err.startswith(f"lc {command[0]}: error: cannot write {out}: Read-only file system; make that "
+                          "folder writable")
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes through missing permissions")
+def test_unwritable_run_folder_is_one_line(tmp_path, capsys):
+    from lc.cli.main import main
+
+    parent = tmp_path / "locked"
+    parent.mkdir(mode=0o500)
+    try:
+        rc = main(["train", "--dataset", "voc", "--variant", "dsn", "--out", str(parent / "run"),
+                   "--config", str(REPO / "config.yaml"), "--preset", "test"])
+    finally:
+        parent.chmod(0o700)
+    assert rc == 2 and f"cannot write {parent / 'run'}" in capsys.readouterr().err
