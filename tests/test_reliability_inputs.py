@@ -133,3 +133,28 @@ def test_unwritable_run_folder_is_one_line(tmp_path, capsys):
     finally:
         parent.chmod(0o700)
     assert rc == 2 and f"cannot write {parent / 'run'}" in capsys.readouterr().err
+
+
+# --- unclear: a netrc error on another host's line names that line --------------------------------
+CANARY = "Canary-Pw-93kx"
+
+
+@pytest.mark.parametrize("bad_line", [
+    "machine example.org login bob password",  # the value is missing: netrc stops on the next line
+    "machine example.org login bob password x account",
+    f"machine example.org login bob {CANARY}",
+])
+def test_netrc_error_names_the_bad_line_not_the_next_one(bad_line, tmp_path, monkeypatch):
+    from lc.data.credentials import cityscapes_credentials
+    from lc.data.errors import CredentialsError
+
+    netrc_file = tmp_path / "netrc"
+    netrc_file.write_text(f"{bad_line}\nmachine www.cityscapes-dataset.com login alice password {CANARY}\n")
+    netrc_file.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc_file))
+    for name in ("CITYSCAPES_USERNAME", "CITYSCAPES_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(CredentialsError) as info:
+        cityscapes_credentials()
+    assert f"{netrc_file}, line 1: cannot parse" in str(info.value)
+    assert CANARY not in str(info.value) and info.value.__cause__ is None and info.value.__context__ is None
