@@ -158,3 +158,27 @@ def test_netrc_error_names_the_bad_line_not_the_next_one(bad_line, tmp_path, mon
         cityscapes_credentials()
     assert f"{netrc_file}, line 1: cannot parse" in str(info.value)
     assert CANARY not in str(info.value) and info.value.__cause__ is None and info.value.__context__ is None
+
+
+# --- unclear: a key given twice in a YAML config is refused ---------------------------------------
+def test_duplicate_yaml_key_is_refused_naming_key_and_line(tmp_path):
+    from lc.config import ConfigError, load_config
+
+    config = tmp_path / "my.yaml"
+    config.write_text((REPO / "config.yaml").read_text() + "\nseed: 2\n")  # config.yaml sets it already
+    lines = config.read_text().splitlines()
+    first = lines.index(next(line for line in lines if line.startswith("seed:"))) + 1
+    with pytest.raises(ConfigError) as info:
+        load_config(config, preset="test")
+    message = str(info.value)
+    assert message.startswith(f"{config}, line {len(lines)}: key 'seed' is given twice")
+    assert f"also at line {first})" in message and "\n" not in message
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("train:\n  lr: 0.1\n  momentum: 0.9\n  lr: 0.2\n")
+    with pytest.raises(ConfigError, match=r"nested.yaml, line 4: key 'lr' is given twice .*also at line 2"):
+        load_config(nested)
+    merged = tmp_path / "merged.yaml"  # a YAML merge key may still be overridden
+    merged.write_text("base: &b {lr: 1}\nother:\n  <<: *b\n  lr: 2\n")
+    from lc.config import read_raw_config
+
+    assert read_raw_config(merged)["other"] == {"lr": 2}
