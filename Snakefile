@@ -42,7 +42,19 @@ include: "workflow/rules/runs.smk"
 # config.yaml with the command line's overrides applied to the base and to every preset
 # (lc.config.resolved_config_text), for every job's `lc --config`. Written when the workflow is
 # parsed and only when its text changed; jobs declare it `ancient()`, so reruns follow exact params.
-write_resolved_config(Path(workflow.basedir) / "config.yaml", PRESET, _overrides, RESOLVED_CONFIG)
+# A dry-run (-n) writes nothing: then rule `resolved_config` stands in for a missing file.
+DRY_RUN = bool(getattr(getattr(workflow, "output_settings", None), "dryrun", False))
+if not DRY_RUN:
+    write_resolved_config(Path(workflow.basedir) / "config.yaml", PRESET, _overrides, RESOLVED_CONFIG)
+elif not Path(RESOLVED_CONFIG).exists():
+
+    rule resolved_config:
+        """Dry-run only: the file a real run writes while parsing the workflow (listed, not written)."""
+        output:
+            RESOLVED_CONFIG,
+        localrule: True
+        run:
+            write_resolved_config(Path(workflow.basedir) / "config.yaml", PRESET, _overrides, output[0])
 
 
 wildcard_constraints:

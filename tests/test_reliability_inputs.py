@@ -182,3 +182,31 @@ def test_duplicate_yaml_key_is_refused_naming_key_and_line(tmp_path):
     from lc.config import read_raw_config
 
     assert read_raw_config(merged)["other"] == {"lr": 2}
+
+
+# --- unclear: a dry-run writes nothing ------------------------------------------------------------
+def _files(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")
+            if p.is_file() and ".snakemake" not in p.parts and "__pycache__" not in p.parts}
+
+
+@pytest.mark.slow
+def test_dry_run_writes_nothing(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    work = tmp_path / "repo"
+    work.mkdir()
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy2(REPO / name, work / name)
+    for name in ("workflow", "envs", "lc", "results/paper"):
+        shutil.copytree(REPO / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
+    before = _files(work)
+    results = tmp_path / "nonexistent" / "x"
+    command = [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--config", "preset=test",
+               f"results_root={results}"]
+    result = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert not (tmp_path / "nonexistent").exists() and _files(work) == before  # nothing is written ...
+    assert "resolved_config" in result.stdout  # ... and the file a real run writes is listed
