@@ -18,9 +18,9 @@ from lc.data.errors import CorruptFileError, NoSpaceError
 from lc.data.extract import safe_extract
 
 
-def _tgz(members: dict[str, bytes]) -> bytes:
+def _tgz(members: dict[str, bytes], mode: str = "w:gz") -> bytes:
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+    with tarfile.open(fileobj=buffer, mode=mode) as tar:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -204,9 +204,60 @@ def test_dry_run_writes_nothing(tmp_path):
         shutil.copytree(REPO / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
     before = _files(work)
     results = tmp_path / "nonexistent" / "x"
-    command = [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--config", "preset=test",
+    command = [sys.executable, "-m", "snakemake", "-n", "-p", "--cores", "1", "--config", "preset=test",
                f"results_root={results}"]
     result = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert not (tmp_path / "nonexistent").exists() and _files(work) == before  # nothing is written ...
     assert "resolved_config" in result.stdout  # ... and the file a real run writes is listed
+    # the paper preset's prepare jobs hash every archive again (synthetic data: the cache is enough)
+    prepare = _prepare_commands(result.stdout)
+    assert prepare and not any("--verify" in c for c in prepare)
+    command[command.index("preset=test")] = "preset=paper"
+    paper = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=300)
+    assert paper.returncode == 0, paper.stdout[-3000:] + paper.stderr[-3000:]
+    assert len(_prepare_commands(paper.stdout)) == 2
+    assert all(" prepare voc --verify " in c or " prepare cityscapes --verify " in c
+               for c in _prepare_commands(paper.stdout))
+
+
+def _prepare_commands(dry_run_output: str) -> list[str]:
+    return [line for line in dry_run_output.splitlines() if "lc.cli prepare " in line]
+
+
+def test_prepare_verify_rehashes_an_archive_damaged_in_place(tmp_path, monkeypatch):
+    """Damaged in place with its size and mtime restored: the digest cache trusts it, --verify does not."""
+    import hashlib
+    import shutil
+
+    from lc.config import load_config
+    from lc.data.errors import ChecksumError
+    from lc.data.extract import extract_archive
+
+    good = _tgz(MEMBERS, mode="w")  # a plain tar: no CRC of its own
+    cfg = load_config(REPO / "config.yaml", preset="test", overrides={"data": {
+        "root": str(tmp_path / "data"), "mirror": None, "synthetic": False,
+        "archives": {"blob": {"url": None, "filename": "blob.tar", "md5": hashlib.md5(good).hexdigest()}}}})
+    archive = tmp_path / "data" / "archives" / "blob.tar"
+    archive.parent.mkdir(parents=True)
+    archive.write_bytes(good)
+    extract_archive(cfg, "blob")
+    stat = archive.stat()
+    damaged = bytearray(good)
+    damaged[512 + 10] ^= 0xFF  # inside the first member's data
+    archive.write_bytes(bytes(damaged))
+    os.utime(archive, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    shutil.rmtree(tmp_path / "data" / "raw")
+    extracted = extract_archive(cfg, "blob")  # the size+mtime cache trusts it (documented) ...
+    assert (extracted / "set" / "file0.txt").read_bytes() != MEMBERS["set/file0.txt"]
+    with pytest.raises(ChecksumError, match=r"blob.tar: MD5 .* differs"):  # ... --verify not
+        extract_archive(cfg, "blob", verify=True)
+    assert not archive.exists()
+
+    from lc.cli.main import main
+
+    seen = []
+    monkeypatch.setattr("lc.data.voc.prepare_voc", lambda cfg, verify=False: seen.append(verify) or {})
+    config = str(REPO / "config.yaml")
+    assert main(["prepare", "voc", "--verify", "--config", config, "--preset", "test"]) == 0
+    assert seen == [True]

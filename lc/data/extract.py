@@ -158,15 +158,19 @@ def safe_extract(archive: str | Path, dest: str | Path) -> Path:
     return dest
 
 
-def extract_archive(cfg: dict, key: str) -> Path:
+def extract_archive(cfg: dict, key: str, verify: bool = False) -> Path:
     """<data.root>/raw/<key>/ holding the contents of archive `key`, MD5-verified first.
 
     Re-extracted when the archive changed (size or mtime) or was extracted without verification.
+    verify: hash the archive again even where its cached digest would be trusted (a file damaged in
+    place with its size and mtime restored); a mismatch deletes it and raises ChecksumError.
     """
     source = archive_path(cfg, key)
     if not source.exists():
         raise FileNotFoundError(f"{source} is missing; fetch it first with `lc download {key} "
                                 f"--preset {cfg['preset']}`")
+    if verify:
+        verify_archive(cfg, key, source, rehash=True)
     dest = extracted_dir(cfg, key)
     stat = source.stat()
     stamp = {"archive": source.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}

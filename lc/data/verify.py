@@ -153,14 +153,15 @@ def record_verified(archive: str | Path, digest: str, source: str) -> None:
                     archive)
 
 
-def check_digest(archive: str | Path, digest: str, source: str) -> str | None:
-    """Compare `archive` (its cached digest while size and mtime match, else hashed) with `digest`.
+def check_digest(archive: str | Path, digest: str, source: str, rehash: bool = False) -> str | None:
+    """Compare `archive` (its cached digest while size and mtime match, else hashed; always hashed
+    with `rehash`) with `digest`.
 
     Match: the sidecar is brought up to date, returns None. Mismatch: the archive and its sidecar are
     deleted and the digest the file had is returned, for the caller's message.
     """
     archive = Path(archive)
-    record = cached_md5(archive)
+    record = None if rehash else cached_md5(archive)
     actual = str(record["md5"]) if record else md5_file(archive)
     if actual != digest:
         archive.unlink(missing_ok=True)
@@ -171,10 +172,11 @@ def check_digest(archive: str | Path, digest: str, source: str) -> str | None:
     return None
 
 
-def verify_archive(cfg: dict, key: str, archive: str | Path) -> str:
+def verify_archive(cfg: dict, key: str, archive: str | Path, rehash: bool = False) -> str:
     """Check `archive` against its expected digest before it is used; returns the digest.
 
     A mismatch deletes the archive (and its sidecar) and raises `ChecksumError` naming both digests.
+    rehash: hash the file even while its cached digest would be trusted (`lc prepare --verify`).
     """
     archive = Path(archive)
     record = cached_md5(archive)
@@ -185,8 +187,10 @@ def verify_archive(cfg: dict, key: str, archive: str | Path) -> str:
                 f"{archive} cannot be verified: no digest is known for it. Fetch it with `lc download {key} "
                 f"--preset {cfg['preset']}` (which checks it against the digest the Cityscapes server "
                 f"publishes), or set data.archives.{key}.md5 to the output of `md5sum {archive.name}`")
-        return str(record["md5"])
-    actual = check_digest(archive, digest, source)
+        if not rehash:
+            return str(record["md5"])
+        digest = str(record["md5"])
+    actual = check_digest(archive, digest, source, rehash)
     if actual is not None:
         raise ChecksumError(
             f"{archive}: MD5 {actual} differs from the expected {digest} ({source}); the file was "
