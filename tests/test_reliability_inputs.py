@@ -190,23 +190,34 @@ def _files(root: Path) -> dict[str, int]:
             if p.is_file() and ".snakemake" not in p.parts and "__pycache__" not in p.parts}
 
 
-@pytest.mark.slow
-def test_dry_run_writes_nothing(tmp_path):
+@pytest.fixture(scope="module")
+def workflow_copy(tmp_path_factory) -> Path:
+    """A copy of the workflow (Snakefile, config, rules, package) that Snakemake may run in."""
     import shutil
-    import subprocess
-    import sys
 
-    work = tmp_path / "repo"
-    work.mkdir()
+    work = tmp_path_factory.mktemp("repo")
     for name in ("Snakefile", "config.yaml"):
         shutil.copy2(REPO / name, work / name)
     for name in ("workflow", "envs", "lc", "results/paper"):
         shutil.copytree(REPO / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
+    return work
+
+
+def _snakemake(work: Path, *args: str):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--cores", "1", *args], cwd=work,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_dry_run_writes_nothing(workflow_copy, tmp_path):
+    work = workflow_copy
     before = _files(work)
     results = tmp_path / "nonexistent" / "x"
-    command = [sys.executable, "-m", "snakemake", "-n", "-p", "--cores", "1", "--config", "preset=test",
-               f"results_root={results}"]
-    result = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=300)
+    command = ["--config", "preset=test", f"results_root={results}"]
+    result = _snakemake(work, *command)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert not (tmp_path / "nonexistent").exists() and _files(work) == before  # nothing is written ...
     assert "resolved_config" in result.stdout  # ... and the file a real run writes is listed
@@ -214,11 +225,21 @@ def test_dry_run_writes_nothing(tmp_path):
     prepare = _prepare_commands(result.stdout)
     assert prepare and not any("--verify" in c for c in prepare)
     command[command.index("preset=test")] = "preset=paper"
-    paper = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=300)
+    paper = _snakemake(work, *command)
     assert paper.returncode == 0, paper.stdout[-3000:] + paper.stderr[-3000:]
     assert len(_prepare_commands(paper.stdout)) == 2
     assert all(" prepare voc --verify " in c or " prepare cityscapes --verify " in c
                for c in _prepare_commands(paper.stdout))
+
+
+@pytest.mark.slow
+def test_snakemake_configfile_with_a_duplicate_key_is_refused(workflow_copy, tmp_path):
+    """Snakemake's own YAML loader keeps the last value; the workflow reads the file again with ours."""
+    override = tmp_path / "dup.yaml"
+    override.write_text("train:\n  lr: 0.1\n  lr: 0.2\n")
+    result = _snakemake(workflow_copy, "--configfile", str(override), "--config", "preset=test")
+    assert result.returncode != 0
+    assert f"{override}, line 3: key 'lr' is given twice" in result.stdout + result.stderr
 
 
 def _prepare_commands(dry_run_output: str) -> list[str]:
