@@ -114,6 +114,34 @@ def test_no_resume_removes_the_state_before_reading_the_config(tmp_path, capsys)
     assert sorted(p.name for p in out.iterdir()) == [".train.lock"]
 
 
+def test_no_resume_removes_the_state_before_any_slow_import(tmp_path):
+    """`lc` / `python -m lc.cli` enter through lc.cli.entry: the state is gone before numpy, pandas,
+    matplotlib, torch or the config are loaded (seconds on a busy machine, where a kill leaves an old
+    model looking done)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("checkpoint.pt", "resume.pt", "train_done.json", "train_log.csv"):
+        (out / name).write_text("old")
+    code = ("import sys; from lc.cli.entry import early_no_resume; "
+            f"lock = early_no_resume(['train', '--dataset', 'voc', '--out', {str(out)!r}, '--no-resume']); "
+            "print(lock is not None, sorted(m for m in ('numpy', 'pandas', 'matplotlib', 'torch', 'yaml') "
+            "if m in sys.modules))")
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                            timeout=120)
+    assert result.stdout.strip() == "True []", result.stderr
+    assert sorted(p.name for p in out.iterdir()) == [".train.lock", "train_log.csv"]
+    assert "--no-resume: removed" in result.stderr
+
+
+def test_the_lc_command_enters_through_the_light_entry_point():
+    import tomllib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["lc"] == "lc.cli.entry:run"
+    assert "from lc.cli.entry import run" in (REPO / "lc" / "cli" / "__main__.py").read_text()
+
+
 # --- 4: one `lc train` per run folder -----------------------------------------------------------
 @pytest.fixture
 def held_lock(tmp_path):
