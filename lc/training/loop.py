@@ -51,14 +51,14 @@ TRAIN_VARIANTS = tuple(VARIANTS)
 class TrainResult:
     """What `train` returns; `model` is the trained (unwrapped) model on its device, in eval mode."""
 
-    model: nn.Module  # checkpoint: checkpoint.pt when finished, else resume.pt (stop_after)
+    model: nn.Module
     iterations: int
     final_loss: float | None
     device: str
     world_size: int
     rank: int
     wall_time_s: float
-    checkpoint: Path
+    checkpoint: Path  # checkpoint.pt when the run is complete, else resume.pt (stop_after)
 
 
 @dataclass
