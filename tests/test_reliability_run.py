@@ -175,17 +175,18 @@ def test_second_training_in_the_same_folder_stops_naming_the_holder(cfg, tmp_pat
     assert (out / "checkpoint.pt").read_text() == "the holder's"  # --no-resume did not touch its files
 
 
-def test_the_lock_is_reentrant_and_released():
-    """The CLI takes the lock before importing torch, and train() takes it again in the same process."""
-    import tempfile
-
+def test_the_lock_is_reentrant_and_released(tmp_path):
+    """The CLI takes the lock before importing torch, and train() takes it again in the same process;
+    once released, another process gets it."""
     from lc.training.run_folder import RunFolderLock
 
-    with tempfile.TemporaryDirectory() as folder:
-        with RunFolderLock(folder), RunFolderLock(folder):
-            pass
-        with RunFolderLock(folder) as lock:
-            assert f"pid {os.getpid()}" in lock.path.read_text()
+    with RunFolderLock(tmp_path), RunFolderLock(tmp_path) as inner:
+        assert f"pid {os.getpid()}" in inner.path.read_text()
+    code = ("from lc.training.run_folder import RunFolderLock; "
+            f"RunFolderLock({str(tmp_path)!r}).acquire(); print('locked')")
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert other.stdout.strip() == "locked", other.stderr
 
 
 # --- unclear: --stop-after prints the file it wrote ---------------------------------------------
