@@ -31,6 +31,39 @@ class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key and the fix."""
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A YAML mapping gives one key twice (plain YAML loaders silently keep the last value)."""
+
+    def __init__(self, key: Any, first_line: int, line: int):
+        super().__init__(f"key {key!r} is given twice in one mapping, at lines {first_line} and {line}")
+        self.key, self.first_line, self.line = key, first_line, line
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (merge keys `<<` may still be
+    overridden, as YAML intends)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise DuplicateKeyError(key, seen[key], line)
+            except TypeError:  # an unhashable key: the base loader says what is wrong with it
+                continue
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str) -> Any:
+    """YAML text as Python values, refusing duplicate keys (`DuplicateKeyError`)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader: plain data only
+
+
 def deep_merge(base: dict, override: dict) -> dict:
     """Return base updated by override, recursing into nested dicts."""
     merged = copy.deepcopy(base)
@@ -96,7 +129,9 @@ def coerce_overrides(value: Any, schema: dict | None = None, root: dict | None =
         if _accepts(schema, "string", value):
             return None if value in NULL_SPELLINGS and _accepts(schema, "null") else value
         try:
-            parsed = yaml.safe_load(value)
+            parsed = load_yaml(value)
+        except DuplicateKeyError as exc:
+            raise ConfigError(f"the override {value!r} gives key {exc.key!r} twice; keep one") from None
         except yaml.YAMLError:
             return value  # validation names the key and the expected type
         return value if isinstance(parsed, str) else coerce_overrides(parsed, schema, root)
@@ -219,7 +254,11 @@ def read_raw_config(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {path} not found; run from the repository root or pass --config")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"{path}, line {exc.line}: key {exc.key!r} is given twice in the same mapping "
+                          f"(also at line {exc.first_line}); YAML would silently keep the last value. Keep "
+                          "one of them") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     raw = {} if raw is None else raw

@@ -288,8 +288,12 @@ def test_every_checkpoint_records_its_inputs_and_resume_is_announced(cfg, irnet_
     init = irnet_run / "checkpoint.pt"
     train(cfg, "voc", "dsn", tmp_path, init=init, stop_after=2)
     inputs = load_checkpoint(tmp_path / "resume.pt")["inputs"]
-    assert inputs == {"init": sha256_file(init),
-                      "train_list": sha256_file(prepared_list_files(cfg, "voc")["train"]), "imagenet": None}
+    from lc.data.digest_cache import data_digest
+    from lc.data.paths import data_root
+
+    train_list = prepared_list_files(cfg, "voc")["train"]
+    assert inputs == {"init": sha256_file(init), "train_list": sha256_file(train_list),
+                      "train_data": data_digest(data_root(cfg), train_list), "imagenet": None}
     caplog.set_level("INFO", logger="lc.training")
     train(cfg, "voc", "dsn", tmp_path, init=init)
     assert f"resuming from {tmp_path / 'resume.pt'} at iteration 2" in caplog.text
@@ -330,13 +334,17 @@ def test_stale_inputs_names_the_changed_train_list(cfg, tmp_path):
     local["train"]["allow_scratch"] = True
     lst = prepared_list_files(local, "voc")["train"]
     lst.parent.mkdir(parents=True)
+    for name in ("b", "d"):
+        (tmp_path / name).write_text(name)
     lst.write_text("a b\n")
     before = input_digests(local, "voc", VARIANTS["irnet"], None)
     lst.write_text("a b\nc d\n")
     after = input_digests(local, "voc", VARIANTS["irnet"], None)
     assert stale_inputs(before, before) == []
     assert stale_inputs(before, after) == [f"the training list file changed ({before['train_list'][:12]} -> "
-                                           f"{after['train_list'][:12]})"]
+                                           f"{after['train_list'][:12]})",
+                                           "the training data (the list, its images and labels) changed "
+                                           f"({before['train_data'][:12]} -> {after['train_data'][:12]})"]
     assert "older version" in stale_inputs(None, after)[0]
 
 

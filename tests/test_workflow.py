@@ -72,8 +72,8 @@ def _jobs(output: str) -> list[dict[str, str]]:
             match = re.search(rf"^    {key}: (.*)$", block, re.MULTILINE)
             job[key] = match.group(1) if match else ""
         # jobs run `<python> -m lc.cli`; training inside `{ echo <attempt header>; ...; } | tee`
-        match = re.search(r"^(?:Shell command: )?(\{ echo .*|OMP_NUM_THREADS=.*|\S*(?:python|PYTHON)\S* -m lc\.cli.*)$",
-                          block, re.MULTILINE)
+        match = re.search(r"^(?:Shell command: )?(\{ echo .*|OMP_NUM_THREADS=.*"
+                          r"|\S*(?:python|PYTHON)\S* -m lc\.cli.*)$", block, re.MULTILINE)
         job["shell"] = match.group(1) if match else ""
         jobs.append(job)
     return jobs

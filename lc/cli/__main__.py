@@ -1,4 +1,4 @@
 """`python -m lc.cli` (what torchrun launches): the `lc` command."""
-from lc.cli.main import main
+from lc.cli.entry import run
 
-raise SystemExit(main())
+raise SystemExit(run())

@@ -15,7 +15,7 @@ from lc.models.variants import VARIANTS
 
 __all__ = ["DATASETS", "DEVICE_CHOICES", "EVAL_SPLITS", "VARIANT_NAMES", "add_device_argument",
            "common_options", "config_with_region", "configure_logging", "is_user_error", "nonneg_int",
-           "positive_int", "rho_arg"]
+           "positive_int", "rho_arg", "user_error_message"]
 
 # The choices of --dataset and --variant (neither module imports torch, so `lc --help` stays fast).
 DATASETS = tuple(NUM_CLASSES)
@@ -23,6 +23,8 @@ VARIANT_NAMES = tuple(VARIANTS)
 EVAL_SPLITS = ("train", "val", "test")  # prepared splits a checkpoint can be scored or exported on
 
 _HANDLER_FLAG = "_lc_cli_handler"
+# a read-only file system or missing permissions: the user's to fix, named by `user_error_message`
+_ACCESS_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # lc/
 
 
@@ -113,7 +115,17 @@ def is_user_error(exc: BaseException) -> bool:
         return _raised_by_lc(exc)
     if isinstance(exc, (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, DeviceError)):
         return True
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, *_ACCESS_ERRNOS):
         return True
     errors = sys.modules.get("lc.data.errors")  # only loaded when a command touched data
     return errors is not None and isinstance(exc, errors.DataError)
+
+
+def user_error_message(exc: BaseException) -> str:
+    """The one line printed for a user error: the exception's own message, or for a file system that
+    refuses a write (read-only, no permission) the file, the reason and the fix."""
+    if isinstance(exc, OSError) and exc.errno in _ACCESS_ERRNOS:
+        where = exc.filename or "a file"
+        return (f"cannot write {where}: {exc.strerror or errno.errorcode.get(exc.errno)}; make that folder "
+                "writable (or mount it read-write), or write elsewhere (--out, results_root, data.root)")
+    return str(exc)

@@ -39,7 +39,7 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
     from lc.data.voc import prepare_voc
 
     prepare = {"voc": prepare_voc, "cityscapes": prepare_cityscapes}[args.dataset]
-    for split, path in prepare(config_from_args(args)).items():
+    for split, path in prepare(config_from_args(args), verify=args.verify).items():
         print(f"{split}: {path}")
 
 
@@ -72,4 +72,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser("prepare", parents=[common],
                        help="extract the archives and write the prepared labels and split lists")
     p.add_argument("dataset", choices=DATASETS)
+    p.add_argument("--verify", action="store_true",
+                   help="hash every archive again before use, trusting no cached digest (a file damaged in "
+                        "place with its size and mtime restored passes the cache); the workflow passes it "
+                        "for real (non-synthetic) data")
     p.set_defaults(func=_cmd_prepare)

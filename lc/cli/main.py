@@ -20,7 +20,7 @@ import logging
 import sys
 
 from lc.cli import bench, data, evaluate, report, train
-from lc.cli.common import common_options, configure_logging, is_user_error
+from lc.cli.common import common_options, configure_logging, is_user_error, user_error_message
 from lc.device import DeviceError
 
 log = logging.getLogger("lc.cli")
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         if not is_user_error(exc):
             raise
         log.debug("user error", exc_info=True)  # the traceback under --verbose
-        print(f"{_command_name(args)}: error: {exc}", file=sys.stderr)
+        print(f"{_command_name(args)}: error: {user_error_message(exc)}", file=sys.stderr)
         return EXIT_NO_DEVICE if isinstance(exc, DeviceError) else EXIT_USER_ERROR
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from lc.cli.common import (
     DATASETS,
@@ -13,23 +14,33 @@ from lc.cli.common import (
     positive_int,
     rho_arg,
 )
+from lc.training.run_folder import RunFolderLock, is_main_process, remove_state
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from lc.training.loop import train
-    from lc.training.preempt import EXIT_RESUBMIT, Preempted, StopRequest
+    # Before anything slow (torch, the config): lock the run folder, then, for --no-resume, remove the
+    # old state, so that a run killed in its first seconds never leaves an old model looking done.
+    main_process = is_main_process()
+    with RunFolderLock(args.out, enabled=main_process):
+        if args.no_resume and main_process:
+            remove_state(Path(args.out))
+        from lc.training.loop import train
+        from lc.training.preempt import EXIT_RESUBMIT, Preempted, StopRequest
 
-    try:
-        with StopRequest(args.stop_before_limit) as stop:
-            result = train(config_with_region(args), args.dataset, args.variant, args.out, init=args.init,
-                           resume=not args.no_resume, device=args.device, rho=args.rho,
-                           stop_after=args.stop_after, split=args.split, stop=stop)
-    except Preempted as exc:
-        print(f"lc train: {exc}", file=sys.stderr, flush=True)
-        raise SystemExit(EXIT_RESUBMIT) from None
+        try:
+            with StopRequest(args.stop_before_limit) as stop:
+                result = train(config_with_region(args), args.dataset, args.variant, args.out,
+                               init=args.init, resume=not args.no_resume, device=args.device, rho=args.rho,
+                               stop_after=args.stop_after, split=args.split, stop=stop)
+        except Preempted as exc:
+            print(f"lc train: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_RESUBMIT) from None
     if result.rank == 0:
+        where = result.checkpoint if result.checkpoint.exists() else "nothing written yet"
+        early = " (stopped early: run the same command again to continue)" \
+            if result.checkpoint.name != "checkpoint.pt" else ""
         print(f"{args.dataset}/{args.variant}: {result.iterations} iterations, final loss "
-              f"{result.final_loss}, {result.checkpoint}")
+              f"{result.final_loss}, {where}{early}")
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

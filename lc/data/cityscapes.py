@@ -51,13 +51,15 @@ def read_label_ids(path: str | Path) -> np.ndarray:
     return label_ids
 
 
-def prepare_cityscapes(cfg: dict) -> dict[str, Path]:
-    """Extract the two zips, write trainId labels and the split lists; returns split -> list file."""
+def prepare_cityscapes(cfg: dict, verify: bool = False) -> dict[str, Path]:
+    """Extract the two zips, write trainId labels and the split lists; returns split -> list file.
+
+    verify: hash every archive again, trusting no cached digest (`lc prepare --verify`)."""
     root = data_root(cfg)
     lists = prepared_list_files(cfg, "cityscapes")
     remove_files(list(lists.values()))
-    gt_root = extract_archive(cfg, "cityscapes_gtfine") / "gtFine"
-    image_root = extract_archive(cfg, "cityscapes_leftimg8bit") / "leftImg8bit"
+    gt_root = extract_archive(cfg, "cityscapes_gtfine", verify) / "gtFine"
+    image_root = extract_archive(cfg, "cityscapes_leftimg8bit", verify) / "leftImg8bit"
     out_root = prepared_dir(cfg, "cityscapes") / "gtFine"
     rows: dict[str, list[tuple[str, ...]]] = {}
     for split in lists:

@@ -61,14 +61,50 @@ def stored_credentials_file() -> Path:
     return Path(downloader.appdirs.user_data_dir(appname, "cityscapes")) / "credentials.json"
 
 
+_NETRC_FOLLOWERS = ("login", "user", "account", "password")  # each takes a value
+_NETRC_ENTRIES = ("machine", "default", "macdef")
+
+
+def _netrc_grammar_line(text: str) -> int | None:
+    """The line of the first token netrc's grammar does not allow, read the way netrc reads it: an
+    entry is `machine NAME` (or `default`) and keyword-value pairs, possibly over several lines.
+    A keyword whose value is missing (the next token starts an entry) is the bad line, not the next
+    entry's line that netrc stops at. None when no such token is found (or macdef makes it unclear)."""
+    tokens = [(number, token) for number, line in enumerate(text.splitlines(), 1)
+              if not line.lstrip().startswith("#") for token in line.split()]
+    in_entry, i = False, 0
+    while i < len(tokens):
+        number, token = tokens[i]
+        if token == "macdef":
+            return None
+        if token in _NETRC_ENTRIES:
+            if token == "machine" and (i + 1 == len(tokens) or tokens[i + 1][1] in _NETRC_ENTRIES):
+                return number
+            in_entry, i = True, i + (2 if token == "machine" else 1)
+            continue
+        if not in_entry:
+            return number  # a token outside any entry
+        if token in _NETRC_FOLLOWERS:
+            if i + 1 == len(tokens) or tokens[i + 1][1] in _NETRC_ENTRIES:
+                return number  # the keyword's value is missing
+            i += 2
+            continue
+        return number  # neither a keyword nor a keyword's value: e.g. `login bob s3cret`
+
+
 def _netrc_error_line(path: Path, exc: netrc.NetrcParseError) -> int:
-    """The line holding the token netrc complains about (its own line number is often the next line,
-    where its look-ahead stopped). The token is used to find the line, never shown."""
+    """The line netrc's complaint is about: found by reading the file the way netrc does
+    (`_netrc_grammar_line`), else the line holding the token netrc names (its own line number is
+    often the next line, where its look-ahead stopped). Tokens are used to find the line, never shown."""
+    text = path.read_text(errors="replace")
+    found = _netrc_grammar_line(text)
+    if found is not None:
+        return found
     match = re.search(r"token '(.*)'", exc.msg or "")
     if match is None:
         return int(exc.lineno or 0)
     found = int(exc.lineno or 0)
-    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if number <= (exc.lineno or number) and match.group(1) in line.split():
             found = number
     return found

@@ -1,7 +1,8 @@
 """Safe extraction of tar and zip archives into a temp folder renamed into place.
 
 An archive's MD5 is checked (`lc.data.verify`, cached by size and mtime) before every extraction;
-a damaged archive (truncated stream, a tar without its end-of-archive block, bad CRC) or a hostile
+a damaged archive (truncated stream, a tar without its end-of-archive block, a compressed stream
+without its end, e.g. a .tgz cut inside its gzip trailer, bad CRC) or a hostile
 one (members or links leaving the folder, device files) fails with the file named and nothing
 extracted.
 """
@@ -98,6 +99,15 @@ def _extract_tar(archive: Path, tmp: Path) -> None:
         if not tf.lc_saw_end_block:  # type: ignore[attr-defined]
             raise _damaged(archive, f"the tar stream ends after {len(tf.getmembers())} members without its "
                                     "end-of-archive block: the file is truncated")
+        _read_to_the_end(tf.fileobj)
+
+
+def _read_to_the_end(stream) -> None:
+    """Read what follows the end-of-archive block: tarfile stops there, so a compressed stream's end
+    (gzip's CRC and length trailer, bzip2's and xz's end markers) would go unchecked. A stream cut
+    short raises EOFError, a bad CRC gzip.BadGzipFile (both in _DAMAGED)."""
+    while stream.read(1 << 20):
+        pass
 
 
 def _extract_zip(archive: Path, tmp: Path) -> None:
@@ -148,15 +158,19 @@ def safe_extract(archive: str | Path, dest: str | Path) -> Path:
     return dest
 
 
-def extract_archive(cfg: dict, key: str) -> Path:
+def extract_archive(cfg: dict, key: str, verify: bool = False) -> Path:
     """<data.root>/raw/<key>/ holding the contents of archive `key`, MD5-verified first.
 
     Re-extracted when the archive changed (size or mtime) or was extracted without verification.
+    verify: hash the archive again even where its cached digest would be trusted (a file damaged in
+    place with its size and mtime restored); a mismatch deletes it and raises ChecksumError.
     """
     source = archive_path(cfg, key)
     if not source.exists():
         raise FileNotFoundError(f"{source} is missing; fetch it first with `lc download {key} "
                                 f"--preset {cfg['preset']}`")
+    if verify:
+        verify_archive(cfg, key, source, rehash=True)
     dest = extracted_dir(cfg, key)
     stat = source.stat()
     stamp = {"archive": source.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}

@@ -101,15 +101,23 @@ def disk_full(directory: str | Path) -> bool:
 
 
 def is_no_space(exc: BaseException, directory: str | Path) -> bool:
-    """True if `exc` (or an exception it wraps) means the disk holding `directory` is full."""
+    """True if `exc` or any exception it wraps means the disk holding `directory` is full.
+
+    The whole chain is read (torch's "unexpected pos" error may wrap the one naming ENOSPC); a failed
+    torch write that says nothing more is judged by probing `directory`, which is only meaningful
+    while the partial file still takes its space (see `atomic_path`).
+    """
     seen: BaseException | None = exc
+    torch_write_failed = False
     while seen is not None:
         if isinstance(seen, OSError) and seen.errno in _NO_SPACE_ERRNOS:
             return True
         if isinstance(seen, RuntimeError) and any(m in str(seen) for m in _TORCH_WRITE_FAILURES):
-            return "No space left on device" in str(seen) or disk_full(directory)
+            if "No space left on device" in str(seen):
+                return True
+            torch_write_failed = True
         seen = seen.__cause__ or seen.__context__
-    return False
+    return torch_write_failed and disk_full(directory)
 
 
 def no_space_error(path: str | Path, what: str = "nothing half-written is kept") -> NoSpaceError:
@@ -150,6 +158,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             yield tmp_path
             os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
             os.replace(tmp_path, path)
+        except DataError:
+            raise
+        except (OSError, RuntimeError) as exc:
+            # judged before the partial temp is removed: once it is gone the disk looks free again
+            if is_no_space(exc, path.parent):
+                raise no_space_error(path) from exc
+            raise
         finally:
             tmp_path.unlink(missing_ok=True)
 
@@ -259,6 +274,13 @@ def hash_file(path: str | Path, algorithm: str, chunk_bytes: int = 1 << 20) -> s
         for chunk in iter(lambda: handle.read(chunk_bytes), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def file_stamp(path: str | Path) -> dict:
+    """{size, mtime_ns} of a file: a cached digest of it is trusted while these are unchanged
+    (the archives' MD5 sidecars, lc.data.verify; the training data's digest, lc.data.digest_cache)."""
+    stat = Path(path).stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 def md5_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 import requests
 
 from lc.data.errors import ChecksumError, DownloadError
-from lc.data.io import md5_file, write_text_atomic
+from lc.data.io import file_stamp, md5_file, write_text_atomic
 from lc.data.paths import archive_spec
 
 log = logging.getLogger(__name__)
@@ -127,11 +127,6 @@ def sidecar_path(archive: str | Path) -> Path:
     return archive.with_name(f".{archive.name}.md5.json")
 
 
-def _stamp(archive: Path) -> dict:
-    stat = archive.stat()
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
 def cached_md5(archive: str | Path) -> dict | None:
     """The sidecar record ({md5, source, size, mtime_ns}) if it still describes `archive`, else None."""
     archive, sidecar = Path(archive), sidecar_path(archive)
@@ -141,7 +136,8 @@ def cached_md5(archive: str | Path) -> dict | None:
         record = json.loads(sidecar.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(record, dict) or {k: record.get(k) for k in ("size", "mtime_ns")} != _stamp(archive):
+    stamp = file_stamp(archive)
+    if not isinstance(record, dict) or {k: record.get(k) for k in stamp} != stamp:
         return None
     return record
 
@@ -149,7 +145,7 @@ def cached_md5(archive: str | Path) -> dict | None:
 def record_verified(archive: str | Path, digest: str, source: str) -> None:
     """Write the sidecar after `archive` was hashed and found to have `digest`."""
     archive = Path(archive)
-    record = json.dumps({"md5": digest, "source": source, **_stamp(archive)}) + "\n"
+    record = json.dumps({"md5": digest, "source": source, **file_stamp(archive)}) + "\n"
     try:
         write_text_atomic(sidecar_path(archive), record)
     except PermissionError:  # e.g. a shared, read-only archive folder: verify by hashing every time
@@ -157,14 +153,15 @@ def record_verified(archive: str | Path, digest: str, source: str) -> None:
                     archive)
 
 
-def check_digest(archive: str | Path, digest: str, source: str) -> str | None:
-    """Compare `archive` (its cached digest while size and mtime match, else hashed) with `digest`.
+def check_digest(archive: str | Path, digest: str, source: str, rehash: bool = False) -> str | None:
+    """Compare `archive` (its cached digest while size and mtime match, else hashed; always hashed
+    with `rehash`) with `digest`.
 
     Match: the sidecar is brought up to date, returns None. Mismatch: the archive and its sidecar are
     deleted and the digest the file had is returned, for the caller's message.
     """
     archive = Path(archive)
-    record = cached_md5(archive)
+    record = None if rehash else cached_md5(archive)
     actual = str(record["md5"]) if record else md5_file(archive)
     if actual != digest:
         archive.unlink(missing_ok=True)
@@ -175,10 +172,11 @@ def check_digest(archive: str | Path, digest: str, source: str) -> str | None:
     return None
 
 
-def verify_archive(cfg: dict, key: str, archive: str | Path) -> str:
+def verify_archive(cfg: dict, key: str, archive: str | Path, rehash: bool = False) -> str:
     """Check `archive` against its expected digest before it is used; returns the digest.
 
     A mismatch deletes the archive (and its sidecar) and raises `ChecksumError` naming both digests.
+    rehash: hash the file even while its cached digest would be trusted (`lc prepare --verify`).
     """
     archive = Path(archive)
     record = cached_md5(archive)
@@ -189,8 +187,10 @@ def verify_archive(cfg: dict, key: str, archive: str | Path) -> str:
                 f"{archive} cannot be verified: no digest is known for it. Fetch it with `lc download {key} "
                 f"--preset {cfg['preset']}` (which checks it against the digest the Cityscapes server "
                 f"publishes), or set data.archives.{key}.md5 to the output of `md5sum {archive.name}`")
-        return str(record["md5"])
-    actual = check_digest(archive, digest, source)
+        if not rehash:
+            return str(record["md5"])
+        digest = str(record["md5"])
+    actual = check_digest(archive, digest, source, rehash)
     if actual is not None:
         raise ChecksumError(
             f"{archive}: MD5 {actual} differs from the expected {digest} ({source}); the file was "

@@ -111,14 +111,16 @@ def _require_dir(path: Path, archive_key: str) -> Path:
     return path
 
 
-def prepare_voc(cfg: dict) -> dict[str, Path]:
-    """Extract VOC 2012 and SBD, merge their labels, write the lists; returns split -> list file."""
+def prepare_voc(cfg: dict, verify: bool = False) -> dict[str, Path]:
+    """Extract VOC 2012 and SBD, merge their labels, write the lists; returns split -> list file.
+
+    verify: hash every archive again, trusting no cached digest (`lc prepare --verify`)."""
     root = data_root(cfg)
     lists = prepared_list_files(cfg, "voc")
     remove_files(list(lists.values()))
-    voc_dir = _require_dir(extract_archive(cfg, "voc2012_trainval") / "VOCdevkit" / "VOC2012",
+    voc_dir = _require_dir(extract_archive(cfg, "voc2012_trainval", verify) / "VOCdevkit" / "VOC2012",
                            "voc2012_trainval")
-    sbd_dir = _require_dir(extract_archive(cfg, "sbd") / "benchmark_RELEASE" / "dataset", "sbd")
+    sbd_dir = _require_dir(extract_archive(cfg, "sbd", verify) / "benchmark_RELEASE" / "dataset", "sbd")
     voc_sets = voc_dir / "ImageSets" / "Segmentation"
     voc_train, voc_val = read_id_list(voc_sets / "train.txt"), read_id_list(voc_sets / "val.txt")
     sbd_train, sbd_val = read_id_list(sbd_dir / "train.txt"), read_id_list(sbd_dir / "val.txt")
@@ -151,7 +153,7 @@ def prepare_voc(cfg: dict) -> dict[str, Path]:
             rows[split].append((image_id, os.path.relpath(image_path, root), os.path.relpath(target, root)))
     rows["trainval_aug"] = sorted(rows["train"] + rows["val"])
     if voc_test_available(cfg):
-        test_dir = _require_dir(extract_archive(cfg, "voc2012_test") / "VOCdevkit" / "VOC2012",
+        test_dir = _require_dir(extract_archive(cfg, "voc2012_test", verify) / "VOCdevkit" / "VOC2012",
                                 "voc2012_test")
         test_ids = read_id_list(test_dir / "ImageSets" / "Segmentation" / "test.txt")
         rows["test"] = []

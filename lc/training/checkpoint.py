@@ -7,7 +7,8 @@ A training checkpoint is a dict saved with `torch.save`:
 - `optimizer`, `scaler` (mixed precision, or None), `rng` (one entry per process: torch, numpy,
   python and, when present, cuda generator states), `config` (the resolved config), `elapsed_s`;
 - `mc_member`: for mc, the member the optimizer state belongs to;
-- `inputs`: SHA-256 of the init checkpoint, the training list file and the ImageNet weights the run
+- `inputs`: SHA-256 of the init checkpoint, the training list file, the training data (list, images,
+  labels: lc.data.digest_cache) and the ImageNet weights the run
   started from (lc.training.initialise); `init_iterations_total` (the iterations behind the init
   checkpoint) and `iterations_total` (those plus `iteration`).
 

@@ -8,10 +8,11 @@ Starting points (lc.models.variants: `init_from`; train.cascade_init for lc and 
   has (irnet: head 3; dsn: heads 1-3); heads it lacks start fresh. Without `init`, ImageNet weights;
 - mc: every member takes from `init` the stages (and head) it has, the starting point LC gets.
 
-A run's inputs are the init checkpoint, the training list file and the ImageNet weights it loaded.
-Their SHA-256 digests go into every checkpoint (`inputs`); a resume whose inputs changed since (the
-pretraining was redone, the data re-prepared) restarts from scratch with a printed reason instead of
-continuing from a state trained on something else.
+A run's inputs are the init checkpoint, the training list file, the training data (the list with
+every image and label it names: lc.data.digest_cache) and the ImageNet weights it loaded. Their
+SHA-256 digests go into every checkpoint (`inputs`); a resume whose inputs changed since (the
+pretraining was redone, the data re-prepared or edited by hand) restarts from scratch with a printed
+reason instead of continuing from a state trained on something else.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from lc.data.paths import prepared_list_files
+from lc.data.digest_cache import data_digest
+from lc.data.paths import data_root, prepared_list_files
 from lc.data.weights import load_weights_file, pretrained_file, sha256_file
 from lc.models.timm_weights import load_timm_weights
 from lc.models.variants import Variant
@@ -111,14 +113,17 @@ def initialise(model: nn.Module, cfg: dict, variant: Variant, init: Path | None)
 
 def input_digests(cfg: dict, dataset: str, variant: Variant, init: Path | None,
                   split: str = "train") -> dict[str, str | None]:
-    """SHA-256 of what this run starts from and trains on: init checkpoint, train list, ImageNet file."""
+    """SHA-256 of what this run starts from and trains on: init checkpoint, train list, the list with
+    every image and label it names (lc.data.digest_cache, cached by size and mtime), ImageNet file."""
     imagenet = None
     if init is None:
         path = _imagenet_file(cfg)
         imagenet = None if path is None else sha256_file(path)
     train_list = prepared_list_files(cfg, dataset)[split]
+    listed = train_list.is_file()
     return {"init": None if init is None else sha256_file(init),
-            "train_list": sha256_file(train_list) if train_list.is_file() else None,
+            "train_list": sha256_file(train_list) if listed else None,
+            "train_data": data_digest(data_root(cfg), train_list) if listed else None,
             "imagenet": imagenet}
 
 
@@ -127,6 +132,7 @@ def stale_inputs(stored: dict | None, current: dict) -> list[str]:
     if stored is None:
         return ["it records no input digests (written by an older version)"]
     names = {"init": "the --init checkpoint", "train_list": "the training list file",
+             "train_data": "the training data (the list, its images and labels)",
              "imagenet": "the ImageNet weights"}
     return [f"{names[k]} changed ({(stored.get(k) or 'none')[:12]} -> {(current[k] or 'none')[:12]})"
             for k in names if stored.get(k) != current[k]]

@@ -14,9 +14,10 @@ members < k pass on, ModelCascade.passed_mask); the others are one.
 <out>/resume.pt is written atomically every train.checkpoint_every iterations, <out>/checkpoint.pt
 at the end. By default a run continues from resume.pt (else a finished checkpoint.pt), logging
 "resuming from FILE at iteration N", and ends with the weights an uninterrupted run would have.
-A state whose settings differ is refused; one whose inputs changed (init checkpoint, train list,
+A state whose settings differ is refused; one whose inputs changed (init checkpoint, train list or data,
 ImageNet weights) is discarded and the run restarts, with the reason logged. `resume=False` removes
-resume.pt, checkpoint.pt and train_done.json first.
+resume.pt, checkpoint.pt and train_done.json first. The run folder is locked while training
+(lc.training.run_folder): a second run into it stops naming the holder's PID.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from lc.training.checkpoint import capture_rng_state, save_checkpoint
 from lc.training.distributed import setup_distributed, teardown_distributed
 from lc.training.losses import cascade_loss
 from lc.training.preempt import Preempted, StopRequest
+from lc.training.run_folder import RunFolderLock
 from lc.training.setup import MC_MEMBERS, Run, setup_run, total_iterations
 from lc.training.train_log import LOG_COLUMNS, MetricWindow
 
@@ -57,7 +59,7 @@ class TrainResult:
     world_size: int
     rank: int
     wall_time_s: float
-    checkpoint: Path
+    checkpoint: Path  # checkpoint.pt when the run is complete, else resume.pt (stop_after)
 
 
 @dataclass
@@ -96,7 +98,9 @@ def train(cfg: dict, dataset: str, variant: str, out_dir: str | Path, init: str 
         raise ValueError(f"variant must be one of {TRAIN_VARIANTS}, got {variant!r}")
     wall_start = time.perf_counter()
     ctx = setup_distributed(device if device is not None else cfg.get("device", "auto"))
+    lock = RunFolderLock(out_dir, enabled=ctx.is_main)  # one `lc train` per run folder at a time
     try:
+        lock.acquire()
         run = setup_run(cfg, dataset, VARIANTS[variant], Path(out_dir), None if init is None else Path(init),
                         resume, ctx, rho, stop_after, split)
         for phase in _phases(run):
@@ -105,6 +109,8 @@ def train(cfg: dict, dataset: str, variant: str, out_dir: str | Path, init: str 
     except BaseException:
         teardown_distributed(ctx, wait=False)  # the other processes may never reach a barrier
         raise
+    finally:
+        lock.release()
     teardown_distributed(ctx)
     return result
 
@@ -261,4 +267,5 @@ def _finish(run: Run, wall_start: float) -> TrainResult:
         write_text_atomic(done_path, json.dumps(summary, indent=2) + "\n")
     return TrainResult(model=run.model.eval(), iterations=run.iteration, final_loss=run.final_loss,
                        device=str(run.ctx.device), world_size=run.ctx.world_size, rank=run.ctx.rank,
-                       wall_time_s=time.perf_counter() - wall_start, checkpoint=ckpt_path)
+                       wall_time_s=time.perf_counter() - wall_start,
+                       checkpoint=ckpt_path if finished else resume_path)  # the file this run continues from

@@ -29,6 +29,7 @@ from lc.training.checkpoint import (
 )
 from lc.training.distributed import DistContext, EpochSampler, SeededSamples, infinite_batches
 from lc.training.initialise import initialise, input_digests, stale_inputs
+from lc.training.run_folder import state_paths
 from lc.training.train_log import Progress, TrainLog
 
 __all__ = ["MC_MEMBERS", "RESULT_SETTINGS", "Run", "setup_run", "total_iterations"]
@@ -77,11 +78,6 @@ class Run:
 
     def seconds(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.clock
-
-
-def state_paths(out: Path) -> tuple[Path, Path, Path]:
-    """checkpoint.pt (the final weights), resume.pt (the rolling state), train_done.json of a run folder."""
-    return out / "checkpoint.pt", out / "resume.pt", out / "train_done.json"
 
 
 def total_iterations(cfg: dict, variant: str) -> int:
