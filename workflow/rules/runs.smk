@@ -11,6 +11,7 @@ TRAIN_RHO = float(CFG["train"]["rho"])
 SWEEP_RETRAIN = bool(EV["sweep_retrain"])
 RHO_SWEEP = [float(r) for r in EV["rho_sweep"]]
 EXPORT_SPLIT = EV["export_train_split"]
+BN_RECALIBRATION = int(CFG["train"].get("bn_recalibration_images", 0) or 0)
 DENSE_VARIANT = "dsn"  # LC at rho = 1 routes nothing: it is the DSN run (Table 1's first row)
 
 
@@ -71,8 +72,16 @@ def train_reads(run):
     if variant.routed and run_spec(run)[1] is None:
         keys.append("train.rho")
     if variant.init_from == "imagenet":
-        keys += [f"train.{k}" for k in ("pretrain_bn", "allow_scratch") if k in CFG["train"]]
+        keys += [f"train.{k}" for k in ("pretrain_bn", "allow_scratch", "bn_recalibration_images")
+                 if k in CFG["train"]]
     return keys
+
+
+def recalibration_reads():
+    """The config keys `lc recalibrate-bn` reads."""
+    return ["seed", "train.rho", *(f"model.{k}" for k in CFG["model"]),
+            *(f"train.{k}" for k in ("crop_size", "batch_size", "scale_range", "pretrain_bn",
+                                     "bn_recalibration_images"))]
 
 
 # model keys only pretraining reads (the others start from a checkpoint that already holds them)
@@ -103,9 +112,16 @@ PROTOCOL_FLAGS = {"single": "", "ms": "--multi-scale", "ms_crf": "--multi-scale 
 
 # --- helpers of the rule files ------------------------------------------------------------
 
+def recalibrated(run):
+    """Whether `run` starts from the BN-recalibrated ImageNet weights (rule recalibrate_bn)."""
+    return BN_RECALIBRATION > 0 and get_variant(run_spec(run)[0]).init_from == "imagenet"
+
+
 def _train_init(wc):
     parent = init_run(wc.run)
-    return checkpoint(wc.dataset, parent) if parent else pretrained_weights()
+    if parent:
+        return checkpoint(wc.dataset, parent)
+    return out("bn_start", wc.dataset) if recalibrated(wc.run) else pretrained_weights()
 
 
 def _train_flags(wc, input):
@@ -115,7 +131,7 @@ def _train_flags(wc, input):
         flags.append(f"--rho {rho:g}")
     if split != TRAIN_SPLIT:
         flags.append(f"--split {split}")
-    if init_run(wc.run):
+    if init_run(wc.run) or recalibrated(wc.run):
         flags.append(f"--init {input.init}")
     return " ".join(flags)
 

@@ -1,4 +1,4 @@
-# Training: ImageNet weights -> IRNet (single loss) -> DSN -> LC / DSN + Dropout, and the Model
+# Training: ImageNet weights -> (BN recalibration) -> IRNet (single loss) -> DSN -> LC / DSN + Dropout, and the Model
 # Cascade; one rule for every run (lc.models.variants says what each starts from and its budget).
 
 
@@ -23,6 +23,32 @@ rule weights:
         ENV_CPU
     shell:
         "{params.lc} weights {params.lc_args} > {log} 2>&1"
+
+
+rule recalibrate_bn:
+    """The IRNet pretraining's start: ImageNet weights, BatchNorm statistics recomputed over
+    train.bn_recalibration_images training images (the truncated network's BN, see the README)."""
+    input:
+        config=ancient(RESOLVED_CONFIG),
+        data=lambda wc: prepared(wc.dataset),
+        weights=pretrained_weights(),
+    output:
+        out("bn_start", "{dataset}"),
+    params:
+        lc=LC,
+        lc_args=LC_ARGS,
+        device=device_flag("train"),
+        settings=reads(*recalibration_reads()),
+    log:
+        log("train", "{dataset}_recalibrate_bn"),
+    threads: threads_for("train")
+    resources:
+        **resources_for("train"),
+    conda:
+        env_for("train")
+    shell:
+        "OMP_NUM_THREADS={threads} {params.lc} recalibrate-bn {params.lc_args} --dataset {wildcards.dataset}"
+        " --device {params.device} --out {output} > {log} 2>&1"
 
 
 rule train:
