@@ -11,7 +11,7 @@ import pytest
 
 from lc.config import load_config
 from lc.data.labels import CITYSCAPES_CLASS_NAMES, VOC_CLASS_NAMES
-from lc.models.variants import TABLE2_ORDER, get_variant
+from lc.models.variants import BUDGET_CONTROL, BUDGET_CONTROL_LABEL, TABLE2_ORDER, get_variant
 from lc.report.paper import load_paper_table
 from lc.report.tables import CITED, TABLE_FILES, build_table, render_markdown, write_tables
 
@@ -37,12 +37,14 @@ def _eval_json(dataset: str, variant: str, miou: float, scales=(1.0,), flip=Fals
 def make_fake_run(root: Path, with_cityscapes: bool = True, with_bench: bool = True) -> Path:
     """results/<preset>/ with every file the tables and figures read, tiny and hand-made."""
     runs = root / "runs"
-    for variant, miou in {"irnet": 60.0, "dsn": 61.0, "dsn_dropout": 60.5, "mc": 40.0, "lc": 62.5}.items():
+    for variant, miou in {"irnet": 60.0, "dsn": 61.0, "dsn_budget": 61.5, "dsn_dropout": 60.5, "mc": 40.0,
+                          "lc": 62.5}.items():
         (runs / "voc" / variant).mkdir(parents=True)
         (runs / "voc" / variant / "eval_val.json").write_text(json.dumps(_eval_json("voc", variant, miou)))
         iterations = 30 if variant == "irnet" else 20
+        before = 0 if variant == "irnet" else 30
         (runs / "voc" / variant / "train_done.json").write_text(json.dumps(
-            {"iterations": iterations, "iterations_total": iterations + (0 if variant == "irnet" else 30)}))
+            {"iterations": iterations, "iterations_total": iterations + before}))
     lc_dir = runs / "voc" / "lc"
     (lc_dir / "eval_val_ms.json").write_text(json.dumps(_eval_json("voc", "lc", 63.0, (0.75, 1.0), True)))
     (lc_dir / "eval_val_ms_crf.json").write_text(
@@ -117,8 +119,11 @@ def test_table2_rows_and_missing_run(tmp_path, cfg):
     results = make_fake_run(tmp_path)
     (results / "runs/voc/mc/eval_val.json").unlink()
     table = build_table(2, results, cfg)
-    assert list(table["method"]) == [get_variant(v).label for v in TABLE2_ORDER]
-    assert list(table["paper_miou"]) == list(load_paper_table(2)["miou"])  # matched to the paper's names
+    labels = [get_variant(v).label for v in TABLE2_ORDER]
+    labels.insert(labels.index("DSN") + 1, BUDGET_CONTROL_LABEL)
+    assert list(table["method"]) == labels
+    paper_rows = table[table["run"] != BUDGET_CONTROL]
+    assert list(paper_rows["paper_miou"]) == list(load_paper_table(2)["miou"])  # matched to the paper's names
     lc = table.set_index("variant").loc["lc"]
     assert lc["miou"] == 62.5 and lc["paper_miou"] == 73.91
     assert lc["diff_miou"] == pytest.approx(62.5 - 73.91)
@@ -127,6 +132,17 @@ def test_table2_rows_and_missing_run(tmp_path, cfg):
     assert pd.isna(mc["miou"]) and pd.isna(mc["diff_miou"]) and "eval_val.json missing" in mc["note"]
     assert "three independent networks of depth 1, 2 and 3" in mc["note"]
     assert mc["paper_miou"] == 44.20  # the paper's number is shown even when ours is missing
+
+
+def test_table2_equal_budget_control_row(tmp_path, cfg):
+    table = build_table(2, make_fake_run(tmp_path), cfg).set_index("run")
+    control, lc = table.loc[BUDGET_CONTROL], table.loc["lc"]
+    assert control["variant"] == "dsn" and control["miou"] == 61.5
+    assert control["iterations_total"] == lc["iterations_total"] == 50
+    assert control["init_from"] == lc["init_from"]
+    assert pd.isna(control["paper_miou"]) and pd.isna(control["diff_miou"])  # not in the paper
+    assert "not in the paper" in control["note"] and "; " not in control["note"]
+    assert "LC - IRNet: +2.50" in control["note"] and "LC - this row: +1.00" in control["note"]
 
 
 def test_table3_cites_baseline_miou_and_times_everything(tmp_path, cfg):
@@ -239,7 +255,7 @@ def test_table1_and_lc_fast_name_their_models_per_rho(tmp_path, cfg):
 
 
 def test_table2_iterations_and_init_per_row(tmp_path, cfg):
-    table = build_table(2, make_fake_run(tmp_path), cfg).set_index("variant")
+    table = build_table(2, make_fake_run(tmp_path), cfg).set_index("run")
     assert table.loc["irnet", "iterations"] == 30 and table.loc["irnet", "iterations_total"] == 30
     assert table.loc["lc", "iterations"] == 20 and table.loc["lc", "iterations_total"] == 50
     # what each row started from follows train.cascade_init (the test preset: dsn)

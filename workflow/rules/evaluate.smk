@@ -12,7 +12,7 @@ rule evaluate:
         # eval_<split><protocol suffix>.json: the tag is the split and the protocol's suffix
         out("eval_json", "{dataset}", "{run}", "{tag}"),
     wildcard_constraints:
-        run="|".join(VARIANTS),
+        run="|".join([*VARIANTS, BUDGET_CONTROL]),
         tag="(train|val)(" + "|".join(s for s in outputs.EVAL_PROTOCOLS.values() if s) + ")?",
     params:
         lc=LC,

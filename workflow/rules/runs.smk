@@ -12,6 +12,7 @@ SWEEP_RETRAIN = bool(EV["sweep_retrain"])
 RHO_SWEEP = [float(r) for r in EV["rho_sweep"]]
 EXPORT_SPLIT = EV["export_train_split"]
 BN_RECALIBRATION = int(CFG["train"].get("bn_recalibration_images", 0) or 0)
+TABLE2_RUNS = [*TABLE2_ORDER, BUDGET_CONTROL]  # the paper's rows and the equal-budget control
 DENSE_VARIANT = "dsn"  # LC at rho = 1 routes nothing: it is the DSN run (Table 1's first row)
 
 
@@ -31,6 +32,8 @@ def export_run(dataset):
 
 def run_spec(run):
     """(variant, rho flag or None, split) of a run folder name."""
+    if run == BUDGET_CONTROL:
+        return BUDGET_CONTROL_VARIANT, None, TRAIN_SPLIT
     if run in VARIANTS:
         return run, None, TRAIN_SPLIT
     if run.startswith("lc_rho"):
@@ -42,6 +45,8 @@ def run_spec(run):
 
 def init_run(run):
     """The run a run starts from (None: ImageNet weights or scratch, see model.pretrained)."""
+    if run == BUDGET_CONTROL:  # where LC starts, for LC's iterations: LC's iterations_total
+        return init_run(BUDGET_CONTROL_OF)
     variant = get_variant(run_spec(run)[0])
     if variant.init_from == "imagenet":
         return None
@@ -169,7 +174,7 @@ def table_inputs(number):
     if number == 1:
         return [SWEEP_CSV] if voc else []
     if number == 2:
-        return [f for v in TABLE2_ORDER for f in (eval_json("voc", v), out("train_done", "voc", v))] if voc else []
+        return [f for v in TABLE2_RUNS for f in (eval_json("voc", v), out("train_done", "voc", v))] if voc else []
     if number == 3:
         return [out("bench", "models")] + ([eval_json("voc", "lc"), eval_json("voc", "irnet"), SWEEP_CSV] if voc else [])
     if number == 4:
@@ -193,7 +198,7 @@ def run_chain(run):
 
 def trained_runs():
     """(dataset, run) of the runs the tables need: Table 2's variants on VOC, LC's chain on Cityscapes."""
-    runs = [("voc", v) for v in TABLE2_ORDER] if "voc" in DATASETS else []
+    runs = [("voc", v) for v in TABLE2_RUNS] if "voc" in DATASETS else []
     if "cityscapes" in DATASETS:
         runs += [("cityscapes", r) for r in reversed(run_chain("lc"))]
     return runs

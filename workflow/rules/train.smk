@@ -63,7 +63,7 @@ rule train:
         # resumed run (resume.pt) appends to its log; train_done.json stands for the finished log.
         done=out("train_done", "{dataset}", "{run}"),
     wildcard_constraints:
-        run="|".join([*VARIANTS, r"lc_rho[0-9.]+", re.escape(outputs.split_run_name("lc", EXPORT_SPLIT))]),
+        run="|".join([*VARIANTS, BUDGET_CONTROL, r"lc_rho[0-9.]+", re.escape(outputs.split_run_name("lc", EXPORT_SPLIT))]),
     params:
         lc=LC,
         lc_args=LC_ARGS,
