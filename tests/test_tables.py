@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -191,6 +192,25 @@ def test_table5_cityscapes_and_archive(tmp_path, cfg):
     assert ours["miou"] == 50.0 and ours["submission_archive"].endswith("export/cityscapes_test.zip")
     assert "2 test predictions" in ours["note"]
     assert len(table) == 1 + len(load_paper_table(5)) + 1
+
+
+def test_table5_shows_the_configured_cityscapes_protocol(tmp_path, cfg):
+    results = make_fake_run(tmp_path)
+    (results / "runs/cityscapes/lc/train_done.json").write_text(json.dumps({"split": "train"}))
+    (results / "runs/cityscapes/lc/eval_val_ms.json").write_text(
+        json.dumps(_eval_json("cityscapes", "lc", 52.0, (0.75, 1.0), True)))
+    (results / "export/cityscapes_test.json").write_text(json.dumps(
+        {"num_images": 2, "protocol": {"scales": [0.75, 1.0], "crf": False}}))
+    ms_cfg = copy.deepcopy(cfg)
+    ms_cfg["evaluate"]["cityscapes_export"] = {"train_split": "train", "protocol": "ms"}
+    ours = build_table(5, results, ms_cfg).query("source == 'reproduced'").set_index("method")
+    assert list(ours.index) == ["LC (ours)", "LC (ours) multi-scale"]
+    assert ours.loc["LC (ours) multi-scale", "miou"] == 52.0
+    assert ours.loc["LC (ours) multi-scale", "scales"] and ours.loc["LC (ours)", "crf"] in (False, "False", 0)
+    assert (ours["train_split"] == "train").all()
+    # the archive goes with the row of the protocol it was made with
+    assert ours.loc["LC (ours) multi-scale", "submission_archive"].endswith("cityscapes_test.zip")
+    assert ours.loc["LC (ours)", "submission_archive"] == ""
 
 
 def test_table5_missing_dataset(tmp_path, cfg):

@@ -63,6 +63,7 @@ def _per_class_table(run: Run, number: int, dataset: str, archive: str, protocol
             row["subsampled"] = "no"
         used = protocol(ev, run, dataset, "val", ROUTING_MASKS)
         row.update({k: used[k] for k in PER_CLASS_PROTOCOL})
+        row["train_split"] = (run.train_done(dataset, "lc") or {}).get("split")
         row["submission_archive"] = archive_path if archive_protocol == (multi_scale, crf) else ""
         row["note"] = join_notes(
             "" if ev else missing(run.eval_path(dataset, "lc", "val", multi_scale, crf), "rule evaluate"),
@@ -99,6 +100,12 @@ def build_table4(run: Run, paper_dir: str | Path | None = None) -> pd.DataFrame:
 
 
 def build_table5(run: Run, paper_dir: str | Path | None = None) -> pd.DataFrame:
-    """Per-class IoU of LC on Cityscapes (our val beside the paper's test rows; others cited)."""
-    return _per_class_table(run, 5, "cityscapes", outputs.CITYSCAPES_TEST_ARCHIVE, [(False, False)],
-                            paper_dir)
+    """Per-class IoU of LC on Cityscapes (our val beside the paper's test rows; others cited): single
+    scale, and the export's protocol (evaluate.cityscapes_export.protocol) when that is another."""
+    export = (run.cfg["evaluate"].get("cityscapes_export") or {}).get("protocol", "single")
+    protocols = dict.fromkeys([(False, False), CITYSCAPES_PROTOCOLS[export]])
+    return _per_class_table(run, 5, "cityscapes", outputs.CITYSCAPES_TEST_ARCHIVE, list(protocols), paper_dir)
+
+
+# evaluate.cityscapes_export.protocol -> (multi-scale, CRF)
+CITYSCAPES_PROTOCOLS = {"single": (False, False), "ms": (True, False), "ms_crf": (True, True)}

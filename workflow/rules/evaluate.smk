@@ -70,7 +70,7 @@ rule sweep:
 
 EXPORTS = {"voc": outputs.VOC_TEST_ARCHIVE, "cityscapes": outputs.CITYSCAPES_TEST_ARCHIVE}
 # VOC: the paper's best test protocol (Table 4's LC row = Table 6's multi-scale + CRF)
-EXPORT_PROTOCOLS = {"voc": "ms_crf", "cityscapes": "single"}
+EXPORT_PROTOCOLS = {"voc": "ms_crf", "cityscapes": CITYSCAPES_EXPORT_PROTOCOL}
 
 
 for _dataset, _archive in EXPORTS.items():
@@ -92,7 +92,8 @@ for _dataset, _archive in EXPORTS.items():
             dataset=_dataset,
             flags=PROTOCOL_FLAGS[EXPORT_PROTOCOLS[_dataset]],
             device=device_flag("evaluate"),
-            settings=reads(*protocol_reads(EXPORT_PROTOCOLS[_dataset])),
+            settings=reads(*protocol_reads(EXPORT_PROTOCOLS[_dataset]),
+                           *(["evaluate.cityscapes_export"] if _dataset == "cityscapes" else ["evaluate.export_train_split"])),
         log:
             log("evaluate", f"export_{_dataset}"),
         benchmark:

@@ -11,6 +11,8 @@ TRAIN_RHO = float(CFG["train"]["rho"])
 SWEEP_RETRAIN = bool(EV["sweep_retrain"])
 RHO_SWEEP = [float(r) for r in EV["rho_sweep"]]
 EXPORT_SPLIT = EV["export_train_split"]
+# the Cityscapes export's test protocol (single | ms | ms_crf), evaluated on val for Table 5 too
+CITYSCAPES_EXPORT_PROTOCOL = (EV.get("cityscapes_export") or {}).get("protocol", "single")
 BN_RECALIBRATION = int(CFG["train"].get("bn_recalibration_images", 0) or 0)
 TABLE2_RUNS = [*TABLE2_ORDER, BUDGET_CONTROL]  # the paper's rows and the equal-budget control
 DENSE_VARIANT = "dsn"  # LC at rho = 1 routes nothing: it is the DSN run (Table 1's first row)
@@ -184,7 +186,9 @@ def table_inputs(number):
         if "cityscapes" not in DATASETS:
             return []
         archive = outputs.CITYSCAPES_TEST_ARCHIVE
-        return [eval_json("cityscapes", "lc"), f"{R}/{archive}", out("export_summary", archive)]
+        protocols = dict.fromkeys(["single", CITYSCAPES_EXPORT_PROTOCOL])
+        return [*(eval_json("cityscapes", "lc", p) for p in protocols), f"{R}/{archive}",
+                out("export_summary", archive)]
     return [out("bench", "table6"), out("bench", "models")] + lc_protocols
 
 
