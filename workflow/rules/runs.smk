@@ -143,6 +143,12 @@ def _train_flags(wc, input):
     return " ".join(flags)
 
 
+def rho_models():
+    """(rho, run) of the routed rhos of Table 1 that have an LC model of their own (besides the main LC
+    run, which `--checkpoint` is): the models that route Fig. 7(a)'s timings (evaluate.sweep_retrain)."""
+    return [(rho, run) for rho, run in sweep_pairs() if rho < 1.0 and run not in ("lc", DENSE_VARIANT)]
+
+
 def sweep_pairs():
     """(rho, run) of Table 1: one LC per rho (evaluate.sweep_retrain) or the main LC at every rho."""
     return [(rho, rho_run(rho) if SWEEP_RETRAIN else "lc") for rho in RHO_SWEEP]
