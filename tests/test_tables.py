@@ -358,4 +358,5 @@ def test_markdown_protocol_header_only_when_constant_on_our_rows(tmp_path, cfg):
     # backbone is shown for cited rows too: never moved above the table
     assert "| backbone |" in table6 and "backbone IRNet" not in table6
     # one footnote per note, none cut at a comma or semicolon inside it
-    assert "1. mIoU no difference: our number is val, the paper's test (test labels are server-only)" in table6
+    assert ("1. mIoU no difference: our number is val, the paper's test (test labels are server-only)"
+            in table6)
