@@ -83,9 +83,9 @@ def _load_into(module: nn.Module, weights: dict, init: Path, what: str) -> None:
 def _load_recalibrated(model: nn.Module, init: Path, variant: Variant) -> None:
     """The pretraining's --init: ImageNet weights, BN recalibrated (`lc recalibrate-bn`); backbone only."""
     payload = load_checkpoint(init)
-    if "bn_recalibration" not in payload:
+    if not payload.get("bn_recalibration") or int(payload.get("iteration", 0)):
         raise ValueError(f"the {variant.name} variant is the pretraining: it starts from model.pretrained "
-                         f"(ImageNet) or from `lc recalibrate-bn`'s output, and {init} is neither")
+                         f"(ImageNet) or `lc recalibrate-bn`'s output, not from --init {init}")
     _load_into(model, {k: v for k, v in payload["model"].items() if k.startswith("backbone.")}, init,
                f"the {variant.name} model")
     log.info("%s starts from %s: ImageNet weights, BatchNorm recalibrated over %d images", variant.name, init,
