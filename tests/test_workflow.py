@@ -178,7 +178,7 @@ def test_paper_gpu_jobs_through_the_slurm_profile(tmp_path):
     (profile / "config.yaml").write_text(re.sub(r"^software-deployment-method:.*$", "", text, flags=re.M))
     result = _snakemake("-n", "--profile", str(profile), "reproduce_tables", "--config", "preset=paper")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    gpu_rules = {"train", "evaluate", "sweep", "export_cityscapes", "analyze_difficulty", "analyze_stages",
+    gpu_rules = {"recalibrate_bn", "train", "evaluate", "sweep", "export_cityscapes", "analyze_difficulty", "analyze_stages",
                  "bench_op", "bench_models", "bench_stages", "bench_rho", "bench_table6"}
     jobs = _jobs(result.stdout)
     assert {job["rule"] for job in jobs} >= gpu_rules
