@@ -128,7 +128,7 @@ class RampEcho(nn.Module):
         return _output(images[:, :, ::STRIDE, ::STRIDE].clamp(min=1e-6))
 
 
-@pytest.mark.parametrize("fusion", ["mean", "max"])
+@pytest.mark.parametrize("fusion", ["mean", "max_prob"])
 def test_multi_scale_views_use_the_same_convention(fusion):
     """Each view is resized from the image (bilinear, align_corners=False), subsampled at its pixels 8i
     by the model and brought back: on linear ramps y and x the fused maps give back y and x exactly,

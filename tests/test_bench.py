@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
-from lc.bench.masks import MASK_SOURCE_PAPER, mask_shares, paper_share_masks, paper_stage_shares
+from lc.bench.masks import MASK_SOURCE_PAPER, TrainedMasks, mask_shares, paper_share_masks, paper_stage_shares
 from lc.bench.models import (
     MODEL_COLUMNS,
     BenchSetup,
@@ -24,7 +24,7 @@ from lc.bench.models import (
     prescribed_routing,
     run_models_bench,
 )
-from lc.bench.rho import RHO_COLUMNS
+from lc.bench.rho import RHO_COLUMNS, run_rho_bench
 from lc.bench.stages import STAGE_COLUMNS, run_stages_bench
 from lc.bench.table6 import TABLE6_COLUMNS, run_table6_bench
 from lc.bench.timing import measure, set_threads, write_csv
@@ -247,3 +247,40 @@ def _with_models(cfg: dict, models: list[str]) -> dict:
     cfg = copy.deepcopy(cfg)
     cfg["bench"]["models"] = models
     return cfg
+
+
+class _OwnModelMasks(TrainedMasks):
+    """Stands for the LC model trained at one rho: a fixed share of each image decided at stage 1."""
+
+    def __init__(self, name: str, stage1_share: float):  # no checkpoint, no data set
+        self.name, self.stage1_share = f"trained:{name}", stage1_share
+
+    def masks(self, rho, batch, image_hw, grid_hw, index, flip=False):
+        pixels = grid_hw[0] * grid_hw[1]
+        passed = torch.arange(pixels) >= round(self.stage1_share * pixels)
+        mask2 = passed.view(1, *grid_hw).expand(batch, *grid_hw).clone()
+        return mask2, mask2.clone()
+
+
+def test_rho_bench_times_each_rho_with_its_own_model():
+    """Fig. 7(a) with one LC model per rho: a rho with its own model is routed (and timed) with that
+    model's masks and says so; the others fall back to the shared source."""
+    cfg = _cfg()
+    setup = _setup(cfg)
+    setup.rho_masks = {0.9: _OwnModelMasks("runs/voc/lc_rho0.900/checkpoint.pt", 0.5)}
+    table = run_rho_bench(setup).set_index("rho")
+    assert table.loc[0.9, "mask_source"] == "trained:runs/voc/lc_rho0.900/checkpoint.pt"
+    assert table.loc[0.9, "stage1_pct"] == pytest.approx(50.0)
+    assert table.loc[0.8, "mask_source"] == MASK_SOURCE_PAPER
+    assert table.loc[1.0, "stage1_pct"] == pytest.approx(0.0)
+    assert setup.source_of("lc", 0.9) == table.loc[0.9, "mask_source"]
+
+
+def test_rho_checkpoint_argument():
+    from lc.cli.main import build_parser
+
+    args = build_parser().parse_args(["bench", "rho", "--out", "x.csv", "--rho-checkpoint", "0.9=a.pt",
+                                      "--rho-checkpoint", "0.8=b.pt"])
+    assert dict(args.rho_checkpoint) == {0.9: "a.pt", 0.8: "b.pt"}
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "rho", "--out", "x.csv", "--rho-checkpoint", "1.5=a.pt"])

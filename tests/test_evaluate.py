@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 import yaml
 
@@ -21,6 +22,7 @@ from lc.evaluation.inference import (
     SINGLE_VIEW,
     StageTimer,
     View,
+    deciding_logits,
     predict,
     protocol_from_config,
     protocol_views,
@@ -28,7 +30,7 @@ from lc.evaluation.inference import (
 )
 from lc.evaluation.metrics import confusion_matrix, iou_from_confusion
 from lc.evaluation.sweep import SWEEP_COLUMNS, run_sweep, sweep_plan
-from lc.models.cascade import LayerCascade
+from lc.models.cascade import CascadeOutput, LayerCascade
 from lc.models.mc import ModelCascade
 from lc.training.checkpoint import load_model, make_model_spec, save_checkpoint
 
@@ -158,13 +160,62 @@ def test_views_are_resized_mirrored_back_and_fused(cfg, lc_ckpt):
     assert averaged.view == View(1.0)
     torch.testing.assert_close(averaged.probs.sum(1), torch.ones(1, *size))
 
-    fused = predict(model, image, views=views, fusion="max")  # DeepLab-v2: max over the views
+    fused = predict(model, image, views=views, fusion="max_prob")  # max over the views' probabilities
     expected = torch.stack(per_view).amax(0)
     torch.testing.assert_close(fused.probs, expected / expected.sum(1, keepdim=True), atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(fused.probs.sum(1), torch.ones(1, *size))
     assert not torch.equal(fused.probs, averaged.probs)
+    logit_max = predict(model, image, views=views, fusion="max")  # DeepLab-v2: max over the views' logits
+    torch.testing.assert_close(logit_max.probs.sum(1), torch.ones(1, *size))
+    assert not torch.allclose(logit_max.probs, fused.probs)
     with pytest.raises(ValueError, match="evaluate.fusion must be one of"):
         predict(model, image, views=views, fusion="median")
+
+
+class _ConstantLogits(nn.Module):
+    """A "model" with the same logits at every pixel: VIEW_A's for a 16 px wide input, VIEW_B's else."""
+
+    VIEW_A, VIEW_B = (4.0, 3.9, 0.0), (0.0, 0.0, 3.95)
+    num_classes, rho = 3, 1.0
+
+    def forward(self, images: torch.Tensor, rho: float | None = None) -> CascadeOutput:
+        batch, _, height, width = images.shape
+        h, w = -(-height // 8), -(-width // 8)
+        values = torch.tensor(self.VIEW_A if width >= 16 else self.VIEW_B)
+        logits = values.view(1, 3, 1, 1).expand(batch, 3, h, w).clone()
+        full = torch.ones(batch, h, w, dtype=torch.bool)
+        return CascadeOutput(stage_logits=[None, None, logits], stage_masks=[full, full, full],
+                             decided_at_stage=torch.full((batch, h, w), 3, dtype=torch.uint8),
+                             probs=logits.softmax(dim=1))
+
+
+def test_logit_max_fusion_against_a_hand_computed_example():
+    """DeepLab-v2's fusion: per class the larger logit of the two views, (4, 3.9, 3.95), then the
+    softmax: e^4, e^3.9, e^3.95 over their sum = 0.35013, 0.31681, 0.33306 (class 0 wins). The
+    maximum of the probabilities instead, (0.51253, 0.46376, 0.96323) renormalised = 0.26619,
+    0.24086, 0.49295, picks class 2."""
+    image = torch.zeros(1, 3, 16, 16)
+    views = [View(0.5), View(1.0)]
+    logit_max = predict(_ConstantLogits(), image, views=views, fusion="max").probs
+    expected = torch.tensor([0.35013, 0.31681, 0.33306]).view(1, 3, 1, 1).expand(1, 3, 16, 16)
+    torch.testing.assert_close(logit_max, expected, atol=1e-5, rtol=0)
+    assert (logit_max.argmax(1) == 0).all()
+    prob_max = predict(_ConstantLogits(), image, views=views, fusion="max_prob").probs
+    expected = torch.tensor([0.26619, 0.24086, 0.49295]).view(1, 3, 1, 1).expand(1, 3, 16, 16)
+    torch.testing.assert_close(prob_max, expected, atol=1e-5, rtol=0)
+    assert (prob_max.argmax(1) == 2).all()
+
+
+def test_deciding_logits_are_the_deciding_stages():
+    torch.manual_seed(0)
+    logits = [torch.randn(2, 4, 3, 5) for _ in range(3)]
+    decided = torch.randint(1, 4, (2, 3, 5), dtype=torch.uint8)
+    masks = [torch.ones(2, 3, 5, dtype=torch.bool), decided >= 2, decided >= 3]
+    logits = [lg * m.unsqueeze(1) for lg, m in zip(logits, masks, strict=True)]  # zero outside each mask
+    probs = torch.stack(logits).gather(0, (decided.long() - 1)[None, :, None].expand(1, 2, 4, 3, 5))[0]
+    output = CascadeOutput(stage_logits=logits, stage_masks=masks, decided_at_stage=decided,
+                           probs=probs.softmax(dim=1))
+    torch.testing.assert_close(deciding_logits(output).softmax(dim=1), output.probs)
 
 
 def test_protocol_from_config_follows_the_evaluate_section(cfg):

@@ -238,3 +238,25 @@ def test_train_curves_one_panel_per_run(tmp_path, cfg):
     assert FIGURE_INPUTS["train_curves"] == ("runs/{dataset}/{variant}/train_log.csv",)
     empty = make_fake_run(tmp_path / "empty")
     assert missing_inputs("train_curves", empty)
+
+
+def test_fig7a_points_pair_each_rho_with_its_own_model():
+    from lc.report.figures_speed import fig7a_points
+
+    sweep = pd.DataFrame({"rho": [1.0, 0.985, 0.8], "miou": [61.0, 62.0, 58.0],
+                          "checkpoint": ["runs/voc/dsn/checkpoint.pt", "runs/voc/lc/checkpoint.pt",
+                                         "runs/voc/lc_rho0.800/checkpoint.pt"]})
+    speed = pd.DataFrame({"rho": [1.0, 0.985, 0.8], "ms_median": [20.0, 14.0, 11.0],
+                          "mask_source": ["trained:runs/voc/lc/checkpoint.pt",
+                                          "trained:runs/voc/lc/checkpoint.pt",
+                                          "trained:runs/voc/lc_rho0.800/checkpoint.pt"]})
+    points = fig7a_points(sweep, speed).set_index("rho")
+    assert points["same_model"].all()  # rho 1 routes nothing: any model's time is its own
+    assert points.loc[0.8, "ms"] == 11.0 and points.loc[0.8, "miou"] == 58.0
+    # re-thresholded timing beside a per-rho mIoU: the point is flagged
+    speed.loc[2, "mask_source"] = "trained:runs/voc/lc/checkpoint.pt"
+    points = fig7a_points(sweep, speed).set_index("rho")
+    assert not points.loc[0.8, "same_model"] and points.loc[0.985, "same_model"]
+    # a rho the speed benchmark did not time: no time, not paired
+    points = fig7a_points(sweep, speed[speed["rho"] != 0.985]).set_index("rho")
+    assert np.isnan(points.loc[0.985, "ms"]) and not points.loc[0.985, "same_model"]

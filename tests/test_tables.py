@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from lc.config import load_config
 from lc.data.labels import CITYSCAPES_CLASS_NAMES, VOC_CLASS_NAMES
-from lc.models.variants import TABLE2_ORDER, get_variant
+from lc.models.variants import BUDGET_CONTROL, BUDGET_CONTROL_LABEL, TABLE2_ORDER, get_variant
 from lc.report.paper import load_paper_table
 from lc.report.tables import CITED, TABLE_FILES, build_table, render_markdown, write_tables
 
@@ -37,12 +38,14 @@ def _eval_json(dataset: str, variant: str, miou: float, scales=(1.0,), flip=Fals
 def make_fake_run(root: Path, with_cityscapes: bool = True, with_bench: bool = True) -> Path:
     """results/<preset>/ with every file the tables and figures read, tiny and hand-made."""
     runs = root / "runs"
-    for variant, miou in {"irnet": 60.0, "dsn": 61.0, "dsn_dropout": 60.5, "mc": 40.0, "lc": 62.5}.items():
+    for variant, miou in {"irnet": 60.0, "dsn": 61.0, "dsn_budget": 61.5, "dsn_dropout": 60.5, "mc": 40.0,
+                          "lc": 62.5}.items():
         (runs / "voc" / variant).mkdir(parents=True)
         (runs / "voc" / variant / "eval_val.json").write_text(json.dumps(_eval_json("voc", variant, miou)))
         iterations = 30 if variant == "irnet" else 20
+        before = 0 if variant == "irnet" else 30
         (runs / "voc" / variant / "train_done.json").write_text(json.dumps(
-            {"iterations": iterations, "iterations_total": iterations + (0 if variant == "irnet" else 30)}))
+            {"iterations": iterations, "iterations_total": iterations + before}))
     lc_dir = runs / "voc" / "lc"
     (lc_dir / "eval_val_ms.json").write_text(json.dumps(_eval_json("voc", "lc", 63.0, (0.75, 1.0), True)))
     (lc_dir / "eval_val_ms_crf.json").write_text(
@@ -117,8 +120,11 @@ def test_table2_rows_and_missing_run(tmp_path, cfg):
     results = make_fake_run(tmp_path)
     (results / "runs/voc/mc/eval_val.json").unlink()
     table = build_table(2, results, cfg)
-    assert list(table["method"]) == [get_variant(v).label for v in TABLE2_ORDER]
-    assert list(table["paper_miou"]) == list(load_paper_table(2)["miou"])  # matched to the paper's names
+    labels = [get_variant(v).label for v in TABLE2_ORDER]
+    labels.insert(labels.index("DSN") + 1, BUDGET_CONTROL_LABEL)
+    assert list(table["method"]) == labels
+    paper_rows = table[table["run"] != BUDGET_CONTROL]
+    assert list(paper_rows["paper_miou"]) == list(load_paper_table(2)["miou"])  # matched to the paper's names
     lc = table.set_index("variant").loc["lc"]
     assert lc["miou"] == 62.5 and lc["paper_miou"] == 73.91
     assert lc["diff_miou"] == pytest.approx(62.5 - 73.91)
@@ -127,6 +133,17 @@ def test_table2_rows_and_missing_run(tmp_path, cfg):
     assert pd.isna(mc["miou"]) and pd.isna(mc["diff_miou"]) and "eval_val.json missing" in mc["note"]
     assert "three independent networks of depth 1, 2 and 3" in mc["note"]
     assert mc["paper_miou"] == 44.20  # the paper's number is shown even when ours is missing
+
+
+def test_table2_equal_budget_control_row(tmp_path, cfg):
+    table = build_table(2, make_fake_run(tmp_path), cfg).set_index("run")
+    control, lc = table.loc[BUDGET_CONTROL], table.loc["lc"]
+    assert control["variant"] == "dsn" and control["miou"] == 61.5
+    assert control["iterations_total"] == lc["iterations_total"] == 50
+    assert control["init_from"] == lc["init_from"]
+    assert pd.isna(control["paper_miou"]) and pd.isna(control["diff_miou"])  # not in the paper
+    assert "not in the paper" in control["note"] and "; " not in control["note"]
+    assert "LC - IRNet: +2.50" in control["note"] and "LC - this row: +1.00" in control["note"]
 
 
 def test_table3_cites_baseline_miou_and_times_everything(tmp_path, cfg):
@@ -162,9 +179,11 @@ def test_table4_per_class_val_beside_paper_test(tmp_path, cfg):
     assert ours["miou"] == 64.0 and ours["evaluated_split"] == "val"
     cited = table[table["method"] == "FCN (paper)"].iloc[0]
     assert cited["source"] == CITED and cited["aeroplane"] == 76.8
+    # ours is val, the paper's test: both numbers side by side, no difference across splits
+    assert table[table["method"] == "LC (paper)"].iloc[0]["miou"] == 80.3
     diff = table[table["method"].str.startswith("diff")].iloc[0]
-    assert diff["miou"] == pytest.approx(64.0 - 80.3)
-    assert diff["aeroplane"] == pytest.approx(ours["aeroplane"] - 94.1)
+    assert pd.isna(diff["miou"]) and pd.isna(diff["aeroplane"])
+    assert "no difference: our number is val, the paper's test" in diff["note"]
     # no VOC test export in the fake run: empty path, reason given
     assert ours["submission_archive"] == "" and "voc_test_comp6.tar.gz missing" in ours["note"]
 
@@ -175,6 +194,25 @@ def test_table5_cityscapes_and_archive(tmp_path, cfg):
     assert ours["miou"] == 50.0 and ours["submission_archive"].endswith("export/cityscapes_test.zip")
     assert "2 test predictions" in ours["note"]
     assert len(table) == 1 + len(load_paper_table(5)) + 1
+
+
+def test_table5_shows_the_configured_cityscapes_protocol(tmp_path, cfg):
+    results = make_fake_run(tmp_path)
+    (results / "runs/cityscapes/lc/train_done.json").write_text(json.dumps({"split": "train"}))
+    (results / "runs/cityscapes/lc/eval_val_ms.json").write_text(
+        json.dumps(_eval_json("cityscapes", "lc", 52.0, (0.75, 1.0), True)))
+    (results / "export/cityscapes_test.json").write_text(json.dumps(
+        {"num_images": 2, "protocol": {"scales": [0.75, 1.0], "crf": False}}))
+    ms_cfg = copy.deepcopy(cfg)
+    ms_cfg["evaluate"]["cityscapes_export"] = {"train_split": "train", "protocol": "ms"}
+    ours = build_table(5, results, ms_cfg).query("source == 'reproduced'").set_index("method")
+    assert list(ours.index) == ["LC (ours)", "LC (ours) multi-scale"]
+    assert ours.loc["LC (ours) multi-scale", "miou"] == 52.0
+    assert ours.loc["LC (ours) multi-scale", "scales"] and ours.loc["LC (ours)", "crf"] in (False, "False", 0)
+    assert (ours["train_split"] == "train").all()
+    # the archive goes with the row of the protocol it was made with
+    assert ours.loc["LC (ours) multi-scale", "submission_archive"].endswith("cityscapes_test.zip")
+    assert ours.loc["LC (ours)", "submission_archive"] == ""
 
 
 def test_table5_missing_dataset(tmp_path, cfg):
@@ -192,7 +230,11 @@ def test_table6_settings(tmp_path, cfg):
     assert list(ours["miou"]) == [62.5, 63.0, 64.0]
     assert list(ours["fps"]) == [83.3, 33.3, 3.3]
     assert list(ours["paper_fps"]) == [14.3, 7.7, 1.0]
-    assert ours.loc[2, "diff_miou"] == pytest.approx(64.0 - 80.3)
+    # val beside test: both numbers kept, no difference across splits, the reason in the note
+    assert ours.loc[2, "miou"] == 64.0 and ours.loc[2, "paper_miou"] == 80.3
+    assert ours["diff_miou"].isna().all()
+    assert (ours["split"] == "val").all() and (ours["paper_split"] == "test").all()
+    assert all("no difference: our number is val, the paper's test" in note for note in ours["note"])
     assert ours.loc[0, "params_m"] == 0.35 and ours.loc[0, "paper_params_m"] == 35.5
     assert (table[table["source"] == CITED]["method"].str.endswith("(paper)")).all()
 
@@ -239,7 +281,7 @@ def test_table1_and_lc_fast_name_their_models_per_rho(tmp_path, cfg):
 
 
 def test_table2_iterations_and_init_per_row(tmp_path, cfg):
-    table = build_table(2, make_fake_run(tmp_path), cfg).set_index("variant")
+    table = build_table(2, make_fake_run(tmp_path), cfg).set_index("run")
     assert table.loc["irnet", "iterations"] == 30 and table.loc["irnet", "iterations_total"] == 30
     assert table.loc["lc", "iterations"] == 20 and table.loc["lc", "iterations_total"] == 50
     # what each row started from follows train.cascade_init (the test preset: dsn)
@@ -316,4 +358,5 @@ def test_markdown_protocol_header_only_when_constant_on_our_rows(tmp_path, cfg):
     # backbone is shown for cited rows too: never moved above the table
     assert "| backbone |" in table6 and "backbone IRNet" not in table6
     # one footnote per note, none cut at a comma or semicolon inside it
-    assert "1. our mIoU is VOC val, the paper's VOC test" in table6
+    assert ("1. mIoU no difference: our number is val, the paper's test (test labels are server-only)"
+            in table6)

@@ -93,10 +93,12 @@ def test_paper_dag_lists_every_step():
     assert jobs["download"] == 4  # VOC trainval, SBD, Cityscapes gtFine + leftImg8bit (VOC test: server)
     assert jobs["weights"] == 1  # timm's ImageNet weights feed both pretrainings
     assert jobs["prepare_voc"] == jobs["prepare_cityscapes"] == 1
-    # VOC: irnet, dsn, dsn_dropout, mc, lc + one LC per other rho; Cityscapes: irnet, dsn, lc
+    # VOC: irnet, dsn, dsn_dropout, mc, lc, the equal-budget DSN + one LC per other rho; Cityscapes:
+    # irnet, dsn, lc
     per_rho = [r for r in paper["evaluate"]["rho_sweep"] if r < 1 and r != paper["train"]["rho"]]
-    assert jobs["train"] == 5 + len(per_rho) + 3
-    assert jobs["evaluate"] == 5 + 2 + 1  # Table 2 on VOC, LC multi-scale (+ CRF), Cityscapes LC
+    assert jobs["train"] == 5 + 1 + len(per_rho) + 3
+    assert jobs["evaluate"] == 6 + 2 + 1  # Table 2 on VOC, LC multi-scale (+ CRF), Cityscapes LC
+    assert jobs["recalibrate_bn"] == 2  # BN of the truncated ImageNet start, per data set
     assert jobs["sweep"] == 1 and jobs["export_cityscapes"] == 1
     for rule in ("bench_op", "bench_models", "bench_stages", "bench_rho", "bench_table6",
                  "analyze_difficulty", "provenance", "tables_markdown", "model_info",
@@ -115,8 +117,19 @@ def _train_jobs(result) -> dict[str, dict[str, str]]:
 def test_paper_dag_weights_then_dsn_then_one_lc_per_rho():
     """Issue 11: ImageNet weights feed pretraining, LC starts from DSN, one LC model per rho."""
     paper = load_config(REPO / "config.yaml", preset="paper")
-    train = _train_jobs(_paper_dry_run())
-    assert "weights/inception_resnet_v2.pth" in train["voc/irnet"]["input"]
+    result = _paper_dry_run()
+    train = _train_jobs(result)
+    recalibrate = {job["output"]: job for job in _jobs(result.stdout) if job["rule"] == "recalibrate_bn"}
+    for dataset in ("voc", "cityscapes"):  # weights -> BN recalibration -> IRNet
+        start = f"results/paper/runs/{dataset}/imagenet_bn/start.pt"
+        assert "weights/inception_resnet_v2.pth" in recalibrate[start]["input"]
+        irnet = train[f"{dataset}/irnet"]
+        assert start in irnet["input"] and f"--init {start}" in irnet["shell"]
+    # Table 2's equal-budget control starts where LC starts and trains as DSN
+    assert "runs/voc/dsn/checkpoint.pt" in train["voc/dsn_budget"]["input"]
+    assert "--variant dsn " in train["voc/dsn_budget"]["shell"]
+    table2 = next(job for job in _jobs(result.stdout) if job["rule"] == "build_table2")
+    assert "runs/voc/dsn_budget/eval_val.json" in table2["input"]
     for dataset in ("voc", "cityscapes"):
         assert f"runs/{dataset}/dsn/checkpoint.pt" in train[f"{dataset}/lc"]["input"]
         assert f"runs/{dataset}/irnet/checkpoint.pt" in train[f"{dataset}/dsn"]["input"]
@@ -134,6 +147,11 @@ def test_paper_dag_weights_then_dsn_then_one_lc_per_rho():
     bench = {job["rule"]: job for job in _jobs(_paper_dry_run().stdout)}
     assert fast in bench["bench_models"]["input"] and f"--fast-checkpoint results/paper/{fast}" in bench[
         "bench_models"]["shell"]
+    for run in rho_runs:  # Fig. 7(a): every rho with a model of its own is timed with its masks
+        rho = float(run.split("lc_rho")[1])
+        ckpt = f"results/paper/runs/{run}/checkpoint.pt"
+        assert ckpt in bench["bench_rho"]["input"]
+        assert f"--rho-checkpoint {rho:g}={ckpt}" in bench["bench_rho"]["shell"]
 
 
 def test_paper_export_model_trains_on_trainval(tmp_path):
@@ -168,7 +186,8 @@ def test_paper_gpu_jobs_through_the_slurm_profile(tmp_path):
     (profile / "config.yaml").write_text(text)  # the profile as shipped (no conda: jobs run this python)
     result = _snakemake("-n", "--profile", str(profile), "reproduce_tables", "--config", "preset=paper")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    gpu_rules = {"train", "evaluate", "sweep", "export_cityscapes", "analyze_difficulty", "analyze_stages",
+    gpu_rules = {"recalibrate_bn", "train", "evaluate", "sweep", "export_cityscapes", "analyze_difficulty",
+                 "analyze_stages",
                  "bench_op", "bench_models", "bench_stages", "bench_rho", "bench_table6"}
     jobs = _jobs(result.stdout)
     assert {job["rule"] for job in jobs} >= gpu_rules

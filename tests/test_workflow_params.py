@@ -22,11 +22,12 @@ from lc.config import deep_merge
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "reproduce_tables", "--config", "preset=demo"]
-TRAIN_ALL = {f"train:{run}" for run in ("voc/irnet", "voc/dsn", "voc/dsn_dropout", "voc/mc", "voc/lc",
-                                         "cityscapes/irnet", "cityscapes/dsn", "cityscapes/lc")}
+TRAIN_ALL = {f"train:{run}" for run in ("voc/irnet", "voc/dsn", "voc/dsn_budget", "voc/dsn_dropout", "voc/mc",
+                                         "voc/lc", "cityscapes/irnet", "cityscapes/dsn", "cityscapes/lc")}
 EVAL_ALL = {f"evaluate:{name}" for name in (
-    "voc/irnet/eval_val", "voc/dsn/eval_val", "voc/dsn_dropout/eval_val", "voc/mc/eval_val",
-    "voc/lc/eval_val", "voc/lc/eval_val_ms", "voc/lc/eval_val_ms_crf", "cityscapes/lc/eval_val")}
+    "voc/irnet/eval_val", "voc/dsn/eval_val", "voc/dsn_budget/eval_val", "voc/dsn_dropout/eval_val",
+    "voc/mc/eval_val", "voc/lc/eval_val", "voc/lc/eval_val_ms", "voc/lc/eval_val_ms_crf",
+    "cityscapes/lc/eval_val")}
 # key -> new value, and the jobs that read it (from the commands' code, not from the workflow)
 CHANGES = [
     ("evaluate.fast_rho", 0.9, {"bench_models", "bench_stages", "model_info", "build_table3"}),

@@ -17,8 +17,8 @@ from __future__ import annotations
 import gc
 import logging
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -61,19 +61,22 @@ class BenchSetup:
     paper_table1: pd.DataFrame | None
     threads: int
     fast_masks: TrainedMasks | None = None  # LC fast's own model (one model per rho), when given
+    rho_masks: dict[float, TrainedMasks] = field(default_factory=dict)  # Fig. 7(a): each rho's own model
 
     @classmethod
     def from_config(cls, cfg: dict, full_model_cfg: dict | None = None, checkpoint: str | Path | None = None,
                     device: str | None = None, warmup: int | None = None, runs: int | None = None,
                     paper_table1: pd.DataFrame | None = None, threads: int | None = None,
-                    fast_checkpoint: str | Path | None = None) -> BenchSetup:
+                    fast_checkpoint: str | Path | None = None,
+                    rho_checkpoints: Mapping[float, str | Path] | None = None) -> BenchSetup:
         """`full_model_cfg`: the paper preset's `model:` (default: this config's base = its own).
 
         paper_table1: the published Table 1 (`lc.report.paper.load_paper_table(1)`), whose stage
         shares route LC when no trained checkpoint is given. threads: torch CPU threads (default
         `bench.threads`), set here for every timing that follows. fast_checkpoint: the LC model trained
         at evaluate.fast_rho (evaluate.sweep_retrain), whose masks route LC fast; default: the masks of
-        `checkpoint` re-thresholded at fast_rho.
+        `checkpoint` re-thresholded at fast_rho. rho_checkpoints: {rho: the LC model trained at rho}
+        (evaluate.sweep_retrain), whose masks route LC at that rho (`lc bench rho`).
         """
         bench = cfg["bench"]
         full_size = bool(bench.get("full_size_models", True))
@@ -93,13 +96,19 @@ class BenchSetup:
                 raise FileNotFoundError(f"--fast-checkpoint {fast_checkpoint} does not exist; train the LC "
                                         "model at evaluate.fast_rho first (the workflow's lc_rho<rho> run)")
             fast_masks = TrainedMasks(fast_checkpoint, cfg, count, dev)
+        rho_masks = {}
+        for rho, path in (rho_checkpoints or {}).items():
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"--rho-checkpoint {rho:g}={path}: the file does not exist; train "
+                                        "the LC model at that rho first (the workflow's lc_rho<rho> run)")
+            rho_masks[float(rho)] = TrainedMasks(path, cfg, count, dev)
         return cls(cfg=cfg, model_cfg=model_cfg, full_size=full_size, device=dev,
                    device_name=device_name(dev), image_size=int(bench["image_size"]),
                    batch_size=int(bench["batch_size"]),
                    warmup=int(bench["warmup"] if warmup is None else warmup),
                    runs=int(bench["runs"] if runs is None else runs),
                    mask_sets=int(bench.get("mask_sets", 8)), masks=masks, paper_table1=paper_table1,
-                   threads=threads, fast_masks=fast_masks)
+                   threads=threads, fast_masks=fast_masks, rho_masks=rho_masks)
 
     def warmup_for(self, mask_sets: Sequence[RoutingMasks]) -> int:
         """Warm-up runs for LC: at least one per mask set, since every set brings new GEMM shapes
@@ -110,10 +119,13 @@ class BenchSetup:
     def mask_source(self) -> str:
         return self.masks.name if self.masks is not None else MASK_SOURCE_PAPER
 
-    def source_of(self, method: str) -> str:
-        """Where `method`'s routing masks come from (LC fast: its own model when one was given)."""
+    def source_of(self, method: str, rho: float | None = None) -> str:
+        """Where `method`'s routing masks come from (LC fast, or LC at a rho with its own model: that
+        model when one was given)."""
         if method == "lc_fast" and self.fast_masks is not None:
             return self.fast_masks.name
+        if method == "lc" and rho is not None and float(rho) in self.rho_masks:
+            return self.rho_masks[float(rho)].name
         return self.mask_source
 
     def images(self, size: tuple[int, int] | None = None) -> torch.Tensor:
@@ -129,6 +141,8 @@ class BenchSetup:
         source = self.masks if self.masks is not None else self.paper_table1
         if method == "lc_fast" and self.fast_masks is not None:
             source = self.fast_masks
+        elif method == "lc" and float(rho) in self.rho_masks:
+            source = self.rho_masks[float(rho)]
         if source is None:
             raise ValueError("timing LC needs routing masks: a trained LC checkpoint (--checkpoint) or "
                              "the paper's Table 1 (BenchSetup.from_config(paper_table1=...))")

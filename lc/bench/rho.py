@@ -1,4 +1,8 @@
-"""Fig. 7(a): LC's ms per image at every rho of evaluate.rho_sweep (masks as in `lc.bench.models`)."""
+"""Fig. 7(a): LC's ms per image at every rho of evaluate.rho_sweep (masks as in `lc.bench.models`).
+
+With one LC model per rho (evaluate.sweep_retrain, `lc bench rho --rho-checkpoint RHO=CKPT`), each
+rho is routed by the masks of its own model, as its mIoU (Table 1) is; `mask_source` names it.
+"""
 
 from __future__ import annotations
 
@@ -23,5 +27,5 @@ def run_rho_bench(setup: BenchSetup) -> pd.DataFrame:
         timing, mask_sets = time_lc(setup, model, rho)
         stage1_pct, stage2_pct = mask_shares(mask_sets)
         rows.append({"rho": rho, **timing, "stage1_pct": stage1_pct, "stage2_pct": stage2_pct,
-                     "mask_source": setup.mask_source, "device": setup.device_name})
+                     "mask_source": setup.source_of("lc", rho), "device": setup.device_name})
     return pd.DataFrame(rows)[RHO_COLUMNS]

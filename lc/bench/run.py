@@ -35,13 +35,15 @@ def run_benchmark(kind: str, cfg: dict, full_cfg: dict, out: str | Path,
                   checkpoint: str | Path | None = None, device: str | None = None,
                   warmup: int | None = None, runs: int | None = None, threads: int | None = None,
                   paper_table1: pd.DataFrame | None = None,
-                  fast_checkpoint: str | Path | None = None) -> pd.DataFrame:
+                  fast_checkpoint: str | Path | None = None,
+                  rho_checkpoints: dict[float, str | Path] | None = None) -> pd.DataFrame:
     """Run one model-level benchmark (`BENCH_KINDS`) and write its CSV atomically, with a
     `node_access` column (lc.bench.timing.node_access: did the timing have the node to itself).
 
     full_cfg: the config whose `model:` is "full size" (the paper preset's). paper_table1: the
     published Table 1, whose stage shares route LC when no trained checkpoint is given;
-    fast_checkpoint: the LC model trained at evaluate.fast_rho (models and stages: LC fast's masks).
+    fast_checkpoint: the LC model trained at evaluate.fast_rho (models and stages: LC fast's masks);
+    rho_checkpoints: {rho: the LC model trained at rho} (rho: each rho's own masks).
     """
     from lc.bench.models import BenchSetup, run_models_bench
     from lc.bench.rho import run_rho_bench
@@ -56,7 +58,7 @@ def run_benchmark(kind: str, cfg: dict, full_cfg: dict, out: str | Path,
     apply_region_config(cfg)
     setup = BenchSetup.from_config(cfg, full_cfg["model"], checkpoint=checkpoint, device=device,
                                    warmup=warmup, runs=runs, paper_table1=paper_table1, threads=threads,
-                                   fast_checkpoint=fast_checkpoint)
+                                   fast_checkpoint=fast_checkpoint, rho_checkpoints=rho_checkpoints)
     table = runners[kind](setup)
     table["node_access"] = node_access()  # exclusive / shared (SLURM) / local
     write_csv(table, out)

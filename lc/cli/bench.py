@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lc.cli.common import add_device_argument, config_with_region, nonneg_int, positive_int
+from lc.cli.common import add_device_argument, config_with_region, nonneg_int, positive_int, rho_arg
 from lc.config import config_from_args, load_config
 
 # The model-level benchmarks (lc.bench.run.BENCH_KINDS) and what each measures.
@@ -50,7 +50,8 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     table = run_benchmark(args.kind, config_from_args(args), full_cfg, args.out, checkpoint=args.checkpoint,
                           device=args.device, warmup=args.warmup, runs=args.runs, threads=args.threads,
                           paper_table1=load_paper_table(1),
-                          fast_checkpoint=getattr(args, "fast_checkpoint", None))
+                          fast_checkpoint=getattr(args, "fast_checkpoint", None),
+                          rho_checkpoints=dict(getattr(args, "rho_checkpoint", None) or []))
     _print_table(table)
     if args.kind == "models":
         print("\n".join(speedup_lines(table)))
@@ -79,6 +80,14 @@ def _cmd_bench_train(args: argparse.Namespace) -> None:
     table = run_train_bench(args.out, bench)
     _print_table(table)
     print(f"wrote {args.out}")
+
+
+def _rho_checkpoint(text: str) -> tuple[float, str]:
+    """RHO=CKPT -> (rho, path)."""
+    rho, sep, path = text.partition("=")
+    if not sep or not path:
+        raise argparse.ArgumentTypeError(f"expected RHO=CHECKPOINT, got {text!r}")
+    return rho_arg(rho), path
 
 
 def _add_repeats(p: argparse.ArgumentParser) -> None:
@@ -135,6 +144,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
             q.add_argument("--fast-checkpoint", default=None,
                            help="the LC model trained at evaluate.fast_rho (evaluate.sweep_retrain): LC fast "
                                 "is routed with its masks (default: --checkpoint re-thresholded)")
+        if kind == "rho":
+            q.add_argument("--rho-checkpoint", type=_rho_checkpoint, action="append", default=None,
+                           metavar="RHO=CKPT",
+                           help="the LC model trained at RHO (evaluate.sweep_retrain; repeat per rho): that "
+                                "rho is routed with its masks (default: --checkpoint re-thresholded)")
         add_device_argument(q)
         _add_repeats(q)
         q.set_defaults(func=_cmd_bench)

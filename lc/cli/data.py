@@ -14,7 +14,13 @@ log = logging.getLogger(__name__)
 def _cmd_config(args: argparse.Namespace) -> None:
     import yaml
 
-    print(yaml.safe_dump(config_from_args(args), sort_keys=False))
+    cfg = config_from_args(args)
+    if args.sources:
+        from lc.report.config_sources import load_sources, sources_markdown
+
+        print(sources_markdown(cfg, load_sources()))
+        return
+    print(yaml.safe_dump(cfg, sort_keys=False))
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
@@ -52,6 +58,8 @@ def _cmd_weights(args: argparse.Namespace) -> None:
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("config", parents=[common],
                        help="print the resolved (preset-merged, validated) config")
+    p.add_argument("--sources", action="store_true",
+                   help="print where each setting comes from (lc/config.sources.yaml) as the README's table")
     p.set_defaults(func=_cmd_config)
 
     p = sub.add_parser("weights", parents=[common],

@@ -14,6 +14,7 @@ from lc.cli.common import (
     positive_int,
     rho_arg,
 )
+from lc.config import config_from_args
 from lc.training.run_folder import RunFolderLock, is_main_process, remove_state
 
 
@@ -43,6 +44,17 @@ def _cmd_train(args: argparse.Namespace) -> None:
               f"{result.final_loss}, {where}{early}")
 
 
+def _cmd_recalibrate_bn(args: argparse.Namespace) -> None:
+    from lc.device import resolve_device
+    from lc.training.bn_recalibration import run_bn_recalibration
+
+    cfg = config_from_args(args)
+    device = resolve_device(args.device or cfg.get("device"))
+    record = run_bn_recalibration(cfg, args.dataset, args.out, device, split=args.split)
+    print(f"{args.dataset}: BatchNorm of {record['layers']} layers recalibrated over {record['images']} "
+          f"images, {args.out}")
+
+
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("train", parents=[common],
                        help="train one variant (torchrun for several processes); resumes by default")
@@ -56,7 +68,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                         "train_done.json")
     p.add_argument("--init", default=None,
                    help="checkpoint the cascade variants start from (irnet; dsn for lc/dsn_dropout with "
-                        "train.cascade_init: dsn)")
+                        "train.cascade_init: dsn); irnet: `lc recalibrate-bn`'s output")
     p.add_argument("--no-resume", action="store_true",
                    help="start afresh instead of continuing from OUT/resume.pt (the rolling training state "
                         "written every train.checkpoint_every iterations): first removes OUT/resume.pt, "
@@ -71,3 +83,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                         "many seconds before the limit (0: off); SIGUSR1/SIGTERM do the same at once "
                         "(default 300)")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("recalibrate-bn", parents=[common],
+                       help="ImageNet weights with BatchNorm recalibrated over train.bn_recalibration_images "
+                            "training images: the IRNet pretraining's --init")
+    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--split", default="train", choices=("train", "train_aug", "trainval_aug"))
+    p.add_argument("--out", required=True, help="checkpoint to write")
+    add_device_argument(p)
+    p.set_defaults(func=_cmd_recalibrate_bn)

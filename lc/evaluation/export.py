@@ -117,11 +117,13 @@ def export_training_split(cfg: dict, checkpoint: str | Path, dataset: str) -> di
         split = "train_aug"  # `build_dataset(cfg, "voc", "train")` reads train_aug
     if split is None:
         split, source = _DEFAULT_TRAIN_SPLIT[dataset], f"{source}; {_DEFAULT_TRAIN_SPLIT[dataset]} assumed"
-    wanted = cfg["evaluate"].get("export_train_split") if dataset == "voc" else None
+    key = "export_train_split" if dataset == "voc" else "cityscapes_export.train_split"
+    wanted = (cfg["evaluate"].get("export_train_split") if dataset == "voc"
+              else (cfg["evaluate"].get("cityscapes_export") or {}).get("train_split"))
     if wanted is not None and split != wanted:
         raise ValueError(f"checkpoint {checkpoint} was trained on {split} ({source}) but "
-                         f"evaluate.export_train_split is {wanted}; export the model trained with "
-                         f"`lc train --split {wanted}` or set evaluate.export_train_split: {split}")
+                         f"evaluate.{key} is {wanted}; export the model trained with "
+                         f"`lc train --split {wanted}` or set evaluate.{key}: {split}")
     return {"split": split, "source": source, "config_export_train_split": wanted}
 
 

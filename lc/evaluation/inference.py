@@ -5,9 +5,10 @@ image to every scale of `evaluate.scales` (and mirrors each when `evaluate.flip`
 view's stride-8 class probabilities to the image size with the alignment of
 `lc.evaluation.alignment` (logit i at pixel 8i of its view), un-mirrors them and fuses them by
 `evaluate.fusion`:
-- `max`: per class, the largest probability over the views, renormalised per pixel to sum to 1
-  (DeepLab-v2's fusion, which takes the maximum of its scales' score maps; a cascade exposes one
-  probability map per pixel's deciding stage, so the maximum is taken over probabilities);
+- `max`: DeepLab-v2's fusion: per class, the largest score (logit, before the softmax) over the
+  views, then the softmax; a cascade's score map is each pixel's deciding stage's logits
+  (`deciding_logits`), upsampled like the probabilities;
+- `max_prob`: per class, the largest probability over the views, renormalised per pixel to sum to 1;
 - `mean`: the average of the views' probabilities.
 The paper preset uses DeepLab-v2's protocol: scales {0.5, 0.75, 1}, max, no flip. Stage statistics
 (which pixels each stage processed) come from one reference view: the unmirrored view whose scale
@@ -30,11 +31,11 @@ from lc.evaluation.crf import dense_crf
 from lc.evaluation.stage_timer import StageTimer
 from lc.models.cascade import CascadeOutput
 
-__all__ = ["FUSIONS", "SINGLE_VIEW", "Prediction", "Protocol", "StageTimer", "View", "crf_labels", "predict",
-           "protocol_from_config", "protocol_views", "reference_view", "resize_image", "run_protocol",
-           "upsample_probs"]
+__all__ = ["FUSIONS", "SINGLE_VIEW", "Prediction", "Protocol", "StageTimer", "View", "crf_labels",
+           "deciding_logits", "predict", "protocol_from_config", "protocol_views", "reference_view",
+           "resize_image", "run_protocol", "upsample_probs"]
 
-FUSIONS = ("max", "mean")
+FUSIONS = ("max", "max_prob", "mean")
 
 
 @dataclass(frozen=True, order=True)
@@ -86,6 +87,20 @@ class Prediction:
         return self.probs.argmax(dim=1)
 
 
+def deciding_logits(output: CascadeOutput) -> torch.Tensor:
+    """(B, K, h, w): each pixel's logits from the stage that decided it (softmax = `output.probs`)."""
+    logits = None
+    for stage, stage_logits in enumerate(output.stage_logits, start=1):
+        if stage_logits is None:
+            continue
+        chosen = (output.decided_at_stage == stage).unsqueeze(1)
+        part = torch.where(chosen, stage_logits.float(), 0.0)
+        logits = part if logits is None else logits + part
+    if logits is None:
+        raise ValueError("the cascade output has no stage logits")
+    return logits
+
+
 def _check_fusion(fusion: str) -> str:
     if fusion not in FUSIONS:
         raise ValueError(f"evaluate.fusion must be one of {FUSIONS}, got {fusion!r}")
@@ -123,12 +138,13 @@ def predict(model: nn.Module, images: torch.Tensor, rho: float | None = None,
         output = model(x, rho=rho) if router is None else model(x, rho=rho, router=router)
         if timer is not None:
             timer.collect()
-        probs = upsample_probs(output.probs.float(), (height, width), tuple(x.shape[-2:]), stride)
+        scores = deciding_logits(output) if fusion == "max" and len(views) > 1 else output.probs.float()
+        probs = upsample_probs(scores, (height, width), tuple(x.shape[-2:]), stride)
         if view.flip:
             probs = probs.flip(-1)
         if fused is None:
             fused = probs.clone()
-        elif fusion == "max":
+        elif fusion in ("max", "max_prob"):
             torch.maximum(fused, probs, out=fused)
         else:
             fused.add_(probs)
@@ -136,6 +152,8 @@ def predict(model: nn.Module, images: torch.Tensor, rho: float | None = None,
             ref_output = output
     assert fused is not None and ref_output is not None
     if len(views) > 1 and fusion == "max":
+        fused = fused.softmax(dim=1)
+    elif len(views) > 1 and fusion == "max_prob":
         fused.div_(fused.sum(dim=1, keepdim=True).clamp_(min=torch.finfo(fused.dtype).tiny))
     elif len(views) > 1:
         fused.div_(len(views))

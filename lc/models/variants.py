@@ -52,6 +52,14 @@ VARIANTS: dict[str, Variant] = {
 
 # Table 2's row order (the paper's).
 TABLE2_ORDER = ("irnet", "dsn", "dsn_dropout", "mc", "lc")
+# Table 2's equal-budget control (not in the paper): a DSN run that starts where LC starts
+# (train.cascade_init) and trains LC's iterations (train.iterations.cascade), so that its
+# iterations_total equals LC's; it shows how much of LC's gain over DSN is training time.
+BUDGET_CONTROL = "dsn_budget"  # its run folder, runs/<dataset>/dsn_budget
+BUDGET_CONTROL_LABEL = "DSN, same total budget as LC"
+BUDGET_CONTROL_VARIANT = "dsn"
+BUDGET_CONTROL_OF = "lc"  # whose start and iterations it copies
+
 # Variants trained from another variant's checkpoint (everything but the pretraining).
 CASCADE_VARIANTS = tuple(name for name, v in VARIANTS.items() if v.init_from != "imagenet")
 

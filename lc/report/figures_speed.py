@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from lc.report import outputs
 from lc.report.figure_common import (
@@ -22,12 +23,28 @@ PAPER_TIMING = (f"published: {PAPER_SPEED_PROTOCOL['device']} class GPU, "
                 f"{PAPER_SPEED_PROTOCOL['image_size']} x {PAPER_SPEED_PROTOCOL['image_size']}")
 
 
+def fig7a_points(sweep, speed):
+    """Fig. 7(a)'s points: per rho of the sweep, its mIoU and model (sweep CSV), its ms and routing
+    masks (bench/rho_speed.csv), and `same_model`: whether both axes come from the same model (its
+    masks route the timing; rho >= 1 routes nothing, so any model's timing is its own)."""
+    timing = {round(float(r), 3): row for r, row in zip(speed["rho"], speed.to_dict("records"), strict=True)}
+    points = []
+    for row in sweep.to_dict("records"):
+        rho = round(float(row["rho"]), 3)
+        timed = timing.get(rho, {})
+        checkpoint = str(row.get("checkpoint", ""))
+        masks = str(timed.get("mask_source", ""))
+        points.append({"rho": rho, "miou": row["miou"], "model": checkpoint,
+                       "ms": float(timed.get("ms_median", np.nan)), "masks": masks,
+                       "same_model": bool(timed) and (rho >= 1.0 or masks == f"trained:{checkpoint}")})
+    return pd.DataFrame(points)
+
+
 def fig7a_miou_vs_speed(results: Path, cfg: dict, plt):
     sweep = read_csv(results / outputs.sweep_csv())
     speed = read_csv(results / outputs.bench("rho"))
-    ms_by_rho = {round(float(r), 3): float(m) for r, m in zip(speed["rho"], speed["ms_median"], strict=True)}
-    rhos = [round(float(r), 3) for r in sweep["rho"]]
-    ms = np.array([ms_by_rho.get(r, np.nan) for r in rhos])
+    points = fig7a_points(sweep, speed)
+    rhos, ms = list(points["rho"]), points["ms"].to_numpy(float)
     fig, (ax, ax_p) = plt.subplots(1, 2, figsize=(PAGE_WIDTH_IN, 3.3), layout="constrained")
     ax.plot(ms, sweep["miou"], "o-", color=STAGE_COLOURS[0], label="LC over rho (ours)")
     for r, m, v in zip(rhos, ms, sweep["miou"], strict=True):
@@ -36,8 +53,13 @@ def fig7a_miou_vs_speed(results: Path, cfg: dict, plt):
     ax.set_xlabel(f"time per image (ms, median, {device})")
     ax.set_ylabel("mIoU on VOC val (%)")
     retrained = bool(cfg["evaluate"].get("sweep_retrain", False))
-    ax.set_title("(i) this run (labels: rho)\n" + ("one model per rho" if retrained
-                                                   else "one LC model re-thresholded"), fontsize=8)
+    if retrained and points["same_model"].all():
+        how = "one model per rho (its mIoU and its masks' time)"
+    elif retrained:
+        how = "one model per rho (mIoU); time: masks of " + ", ".join(sorted(set(points["masks"])))[:60]
+    else:
+        how = "one LC model re-thresholded"
+    ax.set_title("(i) this run (labels: rho)\n" + how, fontsize=8)
     ax.legend(loc="lower right")
     table1, table3 = load_paper_table(1), load_paper_table(3).set_index("method")
     for method, marker in (("DeepLab-v2", "s"), ("SegNet", "^"), ("LC", "o"), ("LC (fast)", "o")):

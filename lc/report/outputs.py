@@ -64,6 +64,11 @@ def checkpoint(dataset: str, variant: str) -> str:
     return f"{run_dir(dataset, variant)}/checkpoint.pt"
 
 
+def bn_start(dataset: str) -> str:
+    """The IRNet pretraining's start: ImageNet weights with BN recalibrated (`lc recalibrate-bn`)."""
+    return f"runs/{dataset}/imagenet_bn/start.pt"
+
+
 def train_done(dataset: str, variant: str) -> str:
     return f"{run_dir(dataset, variant)}/train_done.json"
 

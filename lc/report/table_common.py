@@ -51,6 +51,14 @@ def protocol(ev: dict | None, run: Run, dataset: str, split: str, mask_source: s
     }
 
 
+def split_mismatch(ours: str | None, paper: str) -> str:
+    """'' when our number and the paper's were made on the same split; else why no difference is given."""
+    if ours == paper:
+        return ""
+    return (f"no difference: our number is {ours or 'unknown'}, the paper's {paper} (test labels are "
+            "server-only), so the two are shown side by side only")
+
+
 def join_notes(*notes: str | None) -> str:
     """One `note` cell; tables.md splits it at '; ' into footnotes, so a single note never holds '; '."""
     return "; ".join(n for n in notes if n)

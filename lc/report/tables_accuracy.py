@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from lc.models.variants import TABLE2_ORDER, get_variant, init_variant
+from lc.models.variants import (
+    BUDGET_CONTROL,
+    BUDGET_CONTROL_LABEL,
+    BUDGET_CONTROL_OF,
+    BUDGET_CONTROL_VARIANT,
+    TABLE2_ORDER,
+    get_variant,
+    init_variant,
+)
 from lc.report import outputs
 from lc.report.paper import load_paper_table
 from lc.report.results import Run, as_int, as_number, difference, rounded
@@ -99,40 +107,60 @@ def _iterations(run: Run, variant: str) -> tuple[int | None, int | None]:
 
 
 def build_table2(run: Run, paper_dir: str | Path | None = None) -> pd.DataFrame:
-    """The ablation (rows and labels from lc.models.variants.TABLE2_ORDER) on VOC val."""
+    """The ablation (rows and labels from lc.models.variants.TABLE2_ORDER) on VOC val, and after DSN
+    the equal-budget control (lc.models.variants.BUDGET_CONTROL), which the paper does not have."""
     paper = load_paper_table(2, paper_dir).set_index("method")["miou"]
+    cascade_init = run.cfg["train"].get("cascade_init", "irnet")
     rows = []
     for name in TABLE2_ORDER:
-        variant = get_variant(name)
-        ev = run.eval("voc", name)
-        share = (ev or {}).get("stage_share") or [None, None, None]
-        routed = variant.routed_at_eval
-        iterations, iterations_total = _iterations(run, name)
-        paper_method = paper_row_label(variant.label, paper.index)
-        row = {
-            "method": variant.label, "variant": name,
-            "miou": rounded(ev and ev.get("miou")),
-            "paper_miou": as_number(paper.get(paper_method)) if paper_method else None,
-            "pixel_accuracy": rounded(ev and ev.get("pixel_accuracy")),
-            "stage1_pct": rounded(share[0] * 100) if routed and share[0] is not None else None,
-            "stage2_pct": rounded(share[1] * 100) if routed and share[1] is not None else None,
-            "stage3_pct": rounded(share[2] * 100) if routed and share[2] is not None else None,
-        }
-        notes = []
-        if name == "mc":  # no published protocol: the gap is no measure of the reproduction
-            row["diff_miou"] = None
-            notes.append(model_cascade_reading())
-        else:
-            row["diff_miou"] = difference(row["miou"], row["paper_miou"])
-        row["iterations"] = iterations
-        row["iterations_total"] = iterations_total
-        row["init_from"] = init_variant(name, run.cfg["train"].get("cascade_init", "irnet"))
-        row.update(protocol(ev, run, "voc", "val", ROUTING_MASKS if routed else "none (all pixels)"))
-        row["eval_file"] = run.eval_path("voc", name) if ev else ""
-        if ev is None:
-            notes.insert(0, missing(run.eval_path("voc", name), f"rule evaluate of {name}"))
-        if iterations is None and ev is not None:
-            notes.append(f"{outputs.train_done('voc', name)} has no iteration count")
-        row["note"] = join_notes(*notes)
-        rows.append(row)
+        rows.append(_table2_row(run, name, name, get_variant(name).label, paper,
+                                init_variant(name, cascade_init)))
+        if name == BUDGET_CONTROL_VARIANT:
+            rows.append(_table2_row(run, BUDGET_CONTROL, BUDGET_CONTROL_VARIANT, BUDGET_CONTROL_LABEL, None,
+                                    init_variant(BUDGET_CONTROL_OF, cascade_init)))
+    by_run = {row["run"]: row for row in rows}
+    control, lc, irnet = by_run[BUDGET_CONTROL], by_run[BUDGET_CONTROL_OF], by_run["irnet"]
+    gaps = [f"{label}: {gap:+.2f}" for label, gap in (
+        ("LC - IRNet", difference(lc["miou"], irnet["miou"])),
+        ("LC - this row", difference(lc["miou"], control["miou"]))) if gap is not None]
+    control["note"] = join_notes(
+        f"not in the paper: DSN trained on from {control['init_from']} for LC's iterations, so that its "
+        "iterations_total equals LC's, so LC - this row is LC's gain at equal training time"
+        + (f" ({', '.join(gaps)} mIoU)" if gaps else ""), control["note"])
     return pd.DataFrame(rows)
+
+
+def _table2_row(run: Run, name: str, variant_name: str, label: str, paper, init_from: str) -> dict:
+    """One Table 2 row: run folder `name` of variant `variant_name`; paper None: no published row."""
+    variant = get_variant(variant_name)
+    ev = run.eval("voc", name)
+    share = (ev or {}).get("stage_share") or [None, None, None]
+    routed = variant.routed_at_eval
+    iterations, iterations_total = _iterations(run, name)
+    paper_method = paper_row_label(label, paper.index) if paper is not None else None
+    row = {
+        "method": label, "variant": variant_name, "run": name,
+        "miou": rounded(ev and ev.get("miou")),
+        "paper_miou": as_number(paper.get(paper_method)) if paper_method else None,
+        "pixel_accuracy": rounded(ev and ev.get("pixel_accuracy")),
+        "stage1_pct": rounded(share[0] * 100) if routed and share[0] is not None else None,
+        "stage2_pct": rounded(share[1] * 100) if routed and share[1] is not None else None,
+        "stage3_pct": rounded(share[2] * 100) if routed and share[2] is not None else None,
+    }
+    notes = []
+    if name == "mc":  # no published protocol: the gap is no measure of the reproduction
+        row["diff_miou"] = None
+        notes.append(model_cascade_reading())
+    else:
+        row["diff_miou"] = difference(row["miou"], row["paper_miou"])
+    row["iterations"] = iterations
+    row["iterations_total"] = iterations_total
+    row["init_from"] = init_from
+    row.update(protocol(ev, run, "voc", "val", ROUTING_MASKS if routed else "none (all pixels)"))
+    row["eval_file"] = run.eval_path("voc", name) if ev else ""
+    if ev is None:
+        notes.insert(0, missing(run.eval_path("voc", name), f"rule evaluate of {name}"))
+    if iterations is None and ev is not None:
+        notes.append(f"{outputs.train_done('voc', name)} has no iteration count")
+    row["note"] = join_notes(*notes)
+    return row

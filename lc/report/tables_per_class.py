@@ -10,7 +10,15 @@ import pandas as pd
 from lc.report import outputs
 from lc.report.paper import load_paper_table
 from lc.report.results import Run, as_number, difference, rounded
-from lc.report.table_common import CITED, PER_CLASS_PROTOCOL, ROUTING_MASKS, join_notes, missing, protocol
+from lc.report.table_common import (
+    CITED,
+    PER_CLASS_PROTOCOL,
+    ROUTING_MASKS,
+    join_notes,
+    missing,
+    protocol,
+    split_mismatch,
+)
 
 
 def _per_class_row(ev: dict, classes: list[str]) -> dict:
@@ -63,6 +71,7 @@ def _per_class_table(run: Run, number: int, dataset: str, archive: str, protocol
             row["subsampled"] = "no"
         used = protocol(ev, run, dataset, "val", ROUTING_MASKS)
         row.update({k: used[k] for k in PER_CLASS_PROTOCOL})
+        row["train_split"] = (run.train_done(dataset, "lc") or {}).get("split")
         row["submission_archive"] = archive_path if archive_protocol == (multi_scale, crf) else ""
         row["note"] = join_notes(
             "" if ev else missing(run.eval_path(dataset, "lc", "val", multi_scale, crf), "rule evaluate"),
@@ -80,9 +89,11 @@ def _per_class_table(run: Run, number: int, dataset: str, archive: str, protocol
         row["note"] = ""
         rows.append(row)
     diff = {"method": "diff: ours - LC (paper)", "source": "computed", "evaluated_split": "val - test"}
+    across = split_mismatch(best["evaluated_split"] if best else None, "test")
     for column in [*classes, "miou"]:
-        diff[column] = difference(best[column], paper_lc[column]) if best else None
-    diff["note"] = (f"from '{best['method']}' (val) against the published LC row (test)" if best
+        diff[column] = difference(best[column], paper_lc[column]) if best and not across else None
+    diff["note"] = (f"'{best['method']}' against the published LC row: {across}" if best and across
+                    else f"from '{best['method']}' against the published LC row" if best
                     else "no evaluation of LC to compare")
     rows.append(diff)
     frame = pd.DataFrame(rows)
@@ -99,6 +110,12 @@ def build_table4(run: Run, paper_dir: str | Path | None = None) -> pd.DataFrame:
 
 
 def build_table5(run: Run, paper_dir: str | Path | None = None) -> pd.DataFrame:
-    """Per-class IoU of LC on Cityscapes (our val beside the paper's test rows; others cited)."""
-    return _per_class_table(run, 5, "cityscapes", outputs.CITYSCAPES_TEST_ARCHIVE, [(False, False)],
-                            paper_dir)
+    """Per-class IoU of LC on Cityscapes (our val beside the paper's test rows; others cited): single
+    scale, and the export's protocol (evaluate.cityscapes_export.protocol) when that is another."""
+    export = (run.cfg["evaluate"].get("cityscapes_export") or {}).get("protocol", "single")
+    protocols = dict.fromkeys([(False, False), CITYSCAPES_PROTOCOLS[export]])
+    return _per_class_table(run, 5, "cityscapes", outputs.CITYSCAPES_TEST_ARCHIVE, list(protocols), paper_dir)
+
+
+# evaluate.cityscapes_export.protocol -> (multi-scale, CRF)
+CITYSCAPES_PROTOCOLS = {"single": (False, False), "ms": (True, False), "ms_crf": (True, True)}

@@ -3,6 +3,7 @@
 Starting points (lc.models.variants: `init_from`; train.cascade_init for lc and dsn_dropout):
 - irnet (the pretraining): ImageNet weights, model.pretrained (lc.data.weights); with
   model.pretrained null only when train.allow_scratch is true (the paper preset refuses otherwise);
+  or, as `init`, the output of `lc recalibrate-bn` (the same weights, BN recalibrated: backbone only);
 - dsn, dsn_dropout, lc: the checkpoint given as `init`, any three-stage LayerCascade (irnet, or the
   jointly trained dsn when train.cascade_init is dsn): the backbone and every stage head the source
   has (irnet: head 3; dsn: heads 1-3); heads it lacks start fresh. Without `init`, ImageNet weights;
@@ -29,7 +30,7 @@ from lc.models.timm_weights import load_timm_weights
 from lc.models.variants import Variant
 from lc.training.checkpoint import CheckpointError, load_checkpoint
 
-__all__ = ["initialise", "input_digests", "stale_inputs"]
+__all__ = ["bn_record", "initialise", "input_digests", "stale_inputs"]
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +82,31 @@ def _load_into(module: nn.Module, weights: dict, init: Path, what: str) -> None:
     module.load_state_dict({k: v for k, v in weights.items() if k in ours}, strict=False)
 
 
+def _load_recalibrated(model: nn.Module, init: Path, variant: Variant) -> None:
+    """The pretraining's --init: ImageNet weights, BN recalibrated (`lc recalibrate-bn`); backbone only."""
+    payload = load_checkpoint(init)
+    if not payload.get("bn_recalibration") or int(payload.get("iteration", 0)):
+        raise ValueError(f"the {variant.name} variant is the pretraining: it starts from model.pretrained "
+                         f"(ImageNet) or `lc recalibrate-bn`'s output, not from --init {init}")
+    _load_into(model, {k: v for k, v in payload["model"].items() if k.startswith("backbone.")}, init,
+               f"the {variant.name} model")
+    log.info("%s starts from %s: ImageNet weights, BatchNorm recalibrated over %d images", variant.name, init,
+             payload["bn_recalibration"]["images"])
+
+
+def bn_record(init: Path | None) -> dict | None:
+    """The BN recalibration record of the start `init` (its `bn_recalibration`), or None."""
+    return None if init is None else load_checkpoint(init).get("bn_recalibration")
+
+
 def initialise(model: nn.Module, cfg: dict, variant: Variant, init: Path | None) -> int:
     """Starting weights of a fresh run (see the module docstring); returns the iterations behind them
     (the init checkpoint's `iterations_total`, 0 from ImageNet)."""
     if variant.init_from == "imagenet":
         if init is not None:
-            raise ValueError(f"the {variant.name} variant is the pretraining: it starts from "
-                             "model.pretrained (ImageNet), not from --init")
-        _load_imagenet(model, cfg)
+            _load_recalibrated(model, init, variant)
+        else:
+            _load_imagenet(model, cfg)
         return 0
     if init is None:
         _load_imagenet(model, cfg)

@@ -247,7 +247,7 @@ def _checkpoint(run: Run, phase: Phase, optimizer: torch.optim.Optimizer) -> Non
              "iteration": run.iteration, "elapsed_s": run.seconds(), "optimizer": optimizer.state_dict(),
              "mc_member": phase.member, "scaler": run.scaler.state_dict() if run.use_amp else None,
              "inputs": run.inputs, "init_iterations_total": run.init_total,
-             "iterations_total": run.init_total + run.iteration}
+             "iterations_total": run.init_total + run.iteration, "bn_recalibration": run.bn_recalibration}
     save_checkpoint(ckpt_path if run.iteration >= run.total else resume_path, state)
 
 
@@ -263,6 +263,7 @@ def _finish(run: Run, wall_start: float) -> TrainResult:
                    "iterations": run.iteration, "iterations_total": run.init_total + run.iteration,
                    "final_loss": run.final_loss, "device": str(run.ctx.device),
                    "world_size": run.ctx.world_size, "wall_time_s": round(run.seconds(), 3),
+                   "bn_recalibration": run.bn_recalibration,
                    "checkpoint": str(ckpt_path)}
         write_text_atomic(done_path, json.dumps(summary, indent=2) + "\n")
     return TrainResult(model=run.model.eval(), iterations=run.iteration, final_loss=run.final_loss,

@@ -8,7 +8,8 @@ the pixel (8i, 8j) that the stride-8 feature is aligned to ("same" padding). Lab
 A stage's loss is the cross entropy summed over the labelled pixels the stage processed (its routing
 mask; stage 1 sees every pixel), divided by (train.loss_normalization)
 - region: the number of those pixels, i.e. the mean over the stage's own region (Caffe's VALID
-  normalisation, which the official layer uses; the default);
+  normalisation, SoftmaxWithLoss's default; our reading: the official release, the RegionConvolution
+  layer, has no loss code; the default);
 - image: the number of labelled pixels in the whole batch, so a stage that sees few pixels gets a
   loss (and gradient) in proportion to its share.
 A stage that received no labelled pixel contributes exactly 0 (its zero gradient still reaches the

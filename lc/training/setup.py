@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from lc.data import NUM_CLASSES, build_dataset, seeded_generator, worker_init_fn
 from lc.data.paths import canonical_split
 from lc.models.variants import VARIANTS, Variant
+from lc.training.bn_recalibration import recalibrate_start, recalibration_images
 from lc.training.checkpoint import (
     CheckpointError,
     build_model_from_spec,
@@ -28,7 +29,7 @@ from lc.training.checkpoint import (
     restore_rng_state,
 )
 from lc.training.distributed import DistContext, EpochSampler, SeededSamples, infinite_batches
-from lc.training.initialise import initialise, input_digests, stale_inputs
+from lc.training.initialise import bn_record, initialise, input_digests, stale_inputs
 from lc.training.run_folder import state_paths
 from lc.training.train_log import Progress, TrainLog
 
@@ -60,6 +61,7 @@ class Run:
     resumed: dict | None
     inputs: dict
     init_total: int
+    bn_recalibration: dict | None
     batches: object
     scaler: torch.amp.GradScaler
     use_amp: bool
@@ -100,7 +102,7 @@ def setup_run(cfg: dict, dataset: str, variant: Variant, out: Path, init: Path |
         _remove(state_files, ctx, "--no-resume")
     inputs = input_digests(cfg, dataset, variant, init, split)
     payload, source = _resumable_state(out, spec, cfg, inputs, ctx) if resume else (None, None)
-    model, init_total = _prepare_model(cfg, variant, spec, init, payload, ctx)
+    model, init_total, bn_recal = _prepare_model(cfg, variant, spec, init, payload, ctx, dataset, split)
     if payload is not None and ctx.is_main:
         log.info("resuming from %s at iteration %d", source, int(payload["iteration"]))
     start = int(payload["iteration"]) if payload else 0
@@ -121,7 +123,8 @@ def setup_run(cfg: dict, dataset: str, variant: Variant, out: Path, init: Path |
     run = Run(cfg=cfg, dataset=dataset, split=split, variant=variant, out=out, ctx=ctx, spec=spec,
               model=model,
               total=total, end=end, start=start, resumed=payload, inputs=inputs, init_total=init_total,
-              batches=batches, scaler=scaler, use_amp=use_amp, log=train_log, progress=progress,
+              bn_recalibration=bn_recal, batches=batches, scaler=scaler, use_amp=use_amp, log=train_log,
+              progress=progress,
               iteration=start, final_loss=None if train_log is None else train_log.last_loss,
               elapsed_before=float(payload.get("elapsed_s", 0.0)) if payload else 0.0)
     return run
@@ -183,9 +186,9 @@ def _check_settings(payload: dict, path: Path, spec: dict, cfg: dict) -> None:
 
 
 def _prepare_model(cfg: dict, variant: Variant, spec: dict, init: Path | None, payload: dict | None,
-                   ctx: DistContext) -> tuple[nn.Module, int]:
-    """The model on its device, initialised or restored from `payload` (with the RNG states), and the
-    iterations behind its starting point."""
+                   ctx: DistContext, dataset: str, split: str) -> tuple[nn.Module, int, dict | None]:
+    """The model on its device, initialised or restored from `payload` (with the RNG states), the
+    iterations behind its starting point and its BN recalibration record (lc.training.bn_recalibration)."""
     seed = int(cfg["seed"])
     torch.manual_seed(seed)  # the same initial weights in every process
     np.random.seed(seed)
@@ -194,10 +197,15 @@ def _prepare_model(cfg: dict, variant: Variant, spec: dict, init: Path | None, p
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if payload is None:
         init_total = initialise(model, cfg, variant, init)
+        recal = bn_record(init)
     else:
         model.load_state_dict(payload["model"])
         init_total = int(payload.get("init_iterations_total", 0))
+        recal = payload.get("bn_recalibration")
     model.to(ctx.device)
+    if payload is None and init is None and variant.init_from == "imagenet" and recalibration_images(cfg):
+        with torch.random.fork_rng(devices=[]):
+            recal = recalibrate_start(model, cfg, dataset, split, ctx.device)
     torch.manual_seed(seed + ctx.rank)  # per-process stream for the model's own randomness (dsn_dropout)
     if payload is not None:
         states = payload.get("rng") or []
@@ -208,7 +216,7 @@ def _prepare_model(cfg: dict, variant: Variant, spec: dict, init: Path | None, p
                         "(the data order does not)", len(states), ctx.world_size)
     if ctx.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed crop size
-    return model, init_total
+    return model, init_total, recal
 
 
 def _batch_stream(cfg: dict, dataset: str, split: str, ctx: DistContext, start: int):

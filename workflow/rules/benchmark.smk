@@ -29,6 +29,8 @@ for _kind in BENCH_KINDS:
             data=prepared("voc") if _kind in BENCH_NEEDS_MODEL else [],
             checkpoint=checkpoint("voc", "lc") if _kind in BENCH_NEEDS_MODEL else [],
             fast=checkpoint("voc", rho_run(EV["fast_rho"])) if _kind in BENCH_FAST_MODEL else [],
+            # Fig. 7(a) with one LC model per rho: each routed rho timed with its own model's masks
+            rho_models=[checkpoint("voc", run) for _, run in rho_models()] if _kind == "rho" else [],
         output:
             **bench_outputs(_kind),
         params:
@@ -41,6 +43,8 @@ for _kind in BENCH_KINDS:
                 else (
                     lambda wc, input, threads: f"--threads {threads} --checkpoint {input.checkpoint}"
                     + (f" --fast-checkpoint {input.fast}" if input.fast else "")
+                    + "".join(f" --rho-checkpoint {rho:g}={checkpoint('voc', run)}" for rho, run in rho_models()
+                              if input.rho_models)
                 )
             ),
             device=device_flag("bench") if _kind != "op" or GPUS.get("bench", 0) else "all",

@@ -12,7 +12,8 @@ from lc.config import load_config, lookup, results_dir
 from lc.data.paths import (archive_path, extracted_dir, prepared_dir, prepared_list_files, voc_test_available,
                            weights_path)
 from lc.data.weights import WEIGHTS_FILENAME
-from lc.models.variants import TABLE2_ORDER, VARIANTS, get_variant
+from lc.models.variants import (BUDGET_CONTROL, BUDGET_CONTROL_OF, BUDGET_CONTROL_VARIANT, TABLE2_ORDER, VARIANTS,
+                                get_variant)
 from lc.report import outputs
 
 PRESET = CFG["preset"]

@@ -12,7 +12,7 @@ rule evaluate:
         # eval_<split><protocol suffix>.json: the tag is the split and the protocol's suffix
         out("eval_json", "{dataset}", "{run}", "{tag}"),
     wildcard_constraints:
-        run="|".join(VARIANTS),
+        run="|".join([*VARIANTS, BUDGET_CONTROL]),
         tag="(train|val)(" + "|".join(s for s in outputs.EVAL_PROTOCOLS.values() if s) + ")?",
     params:
         lc=LC,
@@ -71,7 +71,7 @@ rule sweep:
 
 EXPORTS = {"voc": outputs.VOC_TEST_ARCHIVE, "cityscapes": outputs.CITYSCAPES_TEST_ARCHIVE}
 # VOC: the paper's best test protocol (Table 4's LC row = Table 6's multi-scale + CRF)
-EXPORT_PROTOCOLS = {"voc": "ms_crf", "cityscapes": "single"}
+EXPORT_PROTOCOLS = {"voc": "ms_crf", "cityscapes": CITYSCAPES_EXPORT_PROTOCOL}
 
 
 for _dataset, _archive in EXPORTS.items():
@@ -93,7 +93,9 @@ for _dataset, _archive in EXPORTS.items():
             dataset=_dataset,
             flags=PROTOCOL_FLAGS[EXPORT_PROTOCOLS[_dataset]],
             device=device_flag("evaluate"),
-            settings=reads(*protocol_reads(EXPORT_PROTOCOLS[_dataset]), *region_reads()),
+            settings=reads(*protocol_reads(EXPORT_PROTOCOLS[_dataset]), *region_reads(),
+                           *(["evaluate.cityscapes_export"] if _dataset == "cityscapes"
+                             else ["evaluate.export_train_split"])),
         log:
             log("evaluate", f"export_{_dataset}"),
         benchmark:

@@ -11,6 +11,10 @@ TRAIN_RHO = float(CFG["train"]["rho"])
 SWEEP_RETRAIN = bool(EV["sweep_retrain"])
 RHO_SWEEP = [float(r) for r in EV["rho_sweep"]]
 EXPORT_SPLIT = EV["export_train_split"]
+# the Cityscapes export's test protocol (single | ms | ms_crf), evaluated on val for Table 5 too
+CITYSCAPES_EXPORT_PROTOCOL = (EV.get("cityscapes_export") or {}).get("protocol", "single")
+BN_RECALIBRATION = int(CFG["train"].get("bn_recalibration_images", 0) or 0)
+TABLE2_RUNS = [*TABLE2_ORDER, BUDGET_CONTROL]  # the paper's rows and the equal-budget control
 DENSE_VARIANT = "dsn"  # LC at rho = 1 routes nothing: it is the DSN run (Table 1's first row)
 
 
@@ -30,6 +34,8 @@ def export_run(dataset):
 
 def run_spec(run):
     """(variant, rho flag or None, split) of a run folder name."""
+    if run == BUDGET_CONTROL:
+        return BUDGET_CONTROL_VARIANT, None, TRAIN_SPLIT
     if run in VARIANTS:
         return run, None, TRAIN_SPLIT
     if run.startswith("lc_rho"):
@@ -41,6 +47,8 @@ def run_spec(run):
 
 def init_run(run):
     """The run a run starts from (None: ImageNet weights or scratch, see model.pretrained)."""
+    if run == BUDGET_CONTROL:  # where LC starts, for LC's iterations: LC's iterations_total
+        return init_run(BUDGET_CONTROL_OF)
     variant = get_variant(run_spec(run)[0])
     if variant.init_from == "imagenet":
         return None
@@ -71,7 +79,8 @@ def train_reads(run):
     if variant.routed and run_spec(run)[1] is None:
         keys.append("train.rho")
     if variant.init_from == "imagenet":
-        keys += [f"train.{k}" for k in ("pretrain_bn", "allow_scratch") if k in CFG["train"]]
+        keys += [f"train.{k}" for k in ("pretrain_bn", "allow_scratch", "bn_recalibration_images")
+                 if k in CFG["train"]]
     return keys + region_reads(variant.routed and variant.model_kind == "cascade")
 
 
@@ -84,6 +93,13 @@ def eval_region_reads(run):
     """`region` for an evaluation of `run` whose cascade routes at evaluation (lc)."""
     variant = get_variant(run_spec(run)[0])
     return region_reads(variant.routed_at_eval and variant.model_kind == "cascade")
+
+
+def recalibration_reads():
+    """The config keys `lc recalibrate-bn` reads."""
+    return ["seed", "train.rho", *(f"model.{k}" for k in CFG["model"]),
+            *(f"train.{k}" for k in ("crop_size", "batch_size", "scale_range", "pretrain_bn",
+                                     "bn_recalibration_images"))]
 
 
 # model keys only pretraining reads (the others start from a checkpoint that already holds them)
@@ -114,9 +130,16 @@ PROTOCOL_FLAGS = {"single": "", "ms": "--multi-scale", "ms_crf": "--multi-scale 
 
 # --- helpers of the rule files ------------------------------------------------------------
 
+def recalibrated(run):
+    """Whether `run` starts from the BN-recalibrated ImageNet weights (rule recalibrate_bn)."""
+    return BN_RECALIBRATION > 0 and get_variant(run_spec(run)[0]).init_from == "imagenet"
+
+
 def _train_init(wc):
     parent = init_run(wc.run)
-    return checkpoint(wc.dataset, parent) if parent else pretrained_weights()
+    if parent:
+        return checkpoint(wc.dataset, parent)
+    return out("bn_start", wc.dataset) if recalibrated(wc.run) else pretrained_weights()
 
 
 def _train_flags(wc, input):
@@ -126,9 +149,15 @@ def _train_flags(wc, input):
         flags.append(f"--rho {rho:g}")
     if split != TRAIN_SPLIT:
         flags.append(f"--split {split}")
-    if init_run(wc.run):
+    if init_run(wc.run) or recalibrated(wc.run):
         flags.append(f"--init {input.init}")
     return " ".join(flags)
+
+
+def rho_models():
+    """(rho, run) of the routed rhos of Table 1 that have an LC model of their own (besides the main LC
+    run, which `--checkpoint` is): the models that route Fig. 7(a)'s timings (evaluate.sweep_retrain)."""
+    return [(rho, run) for rho, run in sweep_pairs() if rho < 1.0 and run not in ("lc", DENSE_VARIANT)]
 
 
 def sweep_pairs():
@@ -164,7 +193,7 @@ def table_inputs(number):
     if number == 1:
         return [SWEEP_CSV] if voc else []
     if number == 2:
-        return [f for v in TABLE2_ORDER for f in (eval_json("voc", v), out("train_done", "voc", v))] if voc else []
+        return [f for v in TABLE2_RUNS for f in (eval_json("voc", v), out("train_done", "voc", v))] if voc else []
     if number == 3:
         return [out("bench", "models")] + ([eval_json("voc", "lc"), eval_json("voc", "irnet"), SWEEP_CSV] if voc else [])
     if number == 4:
@@ -174,7 +203,9 @@ def table_inputs(number):
         if "cityscapes" not in DATASETS:
             return []
         archive = outputs.CITYSCAPES_TEST_ARCHIVE
-        return [eval_json("cityscapes", "lc"), f"{R}/{archive}", out("export_summary", archive)]
+        protocols = dict.fromkeys(["single", CITYSCAPES_EXPORT_PROTOCOL])
+        return [*(eval_json("cityscapes", "lc", p) for p in protocols), f"{R}/{archive}",
+                out("export_summary", archive)]
     return [out("bench", "table6"), out("bench", "models")] + lc_protocols
 
 
@@ -188,7 +219,7 @@ def run_chain(run):
 
 def trained_runs():
     """(dataset, run) of the runs the tables need: Table 2's variants on VOC, LC's chain on Cityscapes."""
-    runs = [("voc", v) for v in TABLE2_ORDER] if "voc" in DATASETS else []
+    runs = [("voc", v) for v in TABLE2_RUNS] if "voc" in DATASETS else []
     if "cityscapes" in DATASETS:
         runs += [("cityscapes", r) for r in reversed(run_chain("lc"))]
     return runs

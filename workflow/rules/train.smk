@@ -1,4 +1,4 @@
-# Training: ImageNet weights -> IRNet (single loss) -> DSN -> LC / DSN + Dropout, and the Model
+# Training: ImageNet weights -> (BN recalibration) -> IRNet (single loss) -> DSN -> LC / DSN + Dropout, and the Model
 # Cascade; one rule for every run (lc.models.variants says what each starts from and its budget).
 
 
@@ -25,6 +25,32 @@ rule weights:
         "{params.lc} weights {params.lc_args} > {log} 2>&1"
 
 
+rule recalibrate_bn:
+    """The IRNet pretraining's start: ImageNet weights, BatchNorm statistics recomputed over
+    train.bn_recalibration_images training images (the truncated network's BN, see the README)."""
+    input:
+        config=ancient(RESOLVED_CONFIG),
+        data=lambda wc: prepared(wc.dataset),
+        weights=pretrained_weights(),
+    output:
+        out("bn_start", "{dataset}"),
+    params:
+        lc=LC,
+        lc_args=LC_ARGS,
+        device=device_flag("train"),
+        settings=reads(*recalibration_reads()),
+    log:
+        log("train", "{dataset}_recalibrate_bn"),
+    threads: threads_for("train")
+    resources:
+        **resources_for("train"),
+    conda:
+        env_for("train")
+    shell:
+        "OMP_NUM_THREADS={threads} {params.lc} recalibrate-bn {params.lc_args} --dataset {wildcards.dataset}"
+        " --device {params.device} --out {output} > {log} 2>&1"
+
+
 rule train:
     """One run: a variant of Table 2, an LC model at another rho, or the VOC test export's LC model."""
     input:
@@ -37,7 +63,7 @@ rule train:
         # resumed run (resume.pt) appends to its log; train_done.json stands for the finished log.
         done=out("train_done", "{dataset}", "{run}"),
     wildcard_constraints:
-        run="|".join([*VARIANTS, r"lc_rho[0-9.]+", re.escape(outputs.split_run_name("lc", EXPORT_SPLIT))]),
+        run="|".join([*VARIANTS, BUDGET_CONTROL, r"lc_rho[0-9.]+", re.escape(outputs.split_run_name("lc", EXPORT_SPLIT))]),
     params:
         lc=LC,
         lc_args=LC_ARGS,
