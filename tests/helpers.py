@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 
 
@@ -45,3 +51,28 @@ class LoopbackServer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# --- Snakemake, always on a copy of the repository -------------------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOW_FILES = ("Snakefile", "config.yaml", "workflow", "envs", "lc", "results/paper")
+
+
+def copy_repo(dest: Path) -> Path:
+    """The workflow's files (not data/, results/<preset>/ or .snakemake/) copied into `dest`."""
+    for name in WORKFLOW_FILES:
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(REPO / name, dest / name)
+    return dest
+
+
+def snakemake(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`python -m snakemake ARGS` in `cwd` (a copy_repo folder, never the checkout), with this
+    interpreter's folder first on PATH so that the jobs run the same Python and packages."""
+    assert not Path(cwd).resolve().is_relative_to(REPO), f"Snakemake would write into the checkout ({cwd})"
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "PATH": path}
+    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)

@@ -1,5 +1,7 @@
 """The op benchmark's plumbing (masks, table shape, files); no timing is asserted."""
 
+from pathlib import Path
+
 import pandas as pd
 import torch
 
@@ -15,7 +17,7 @@ def test_random_mask_has_exact_counts_per_image():
 
 
 def test_run_and_save_op_bench(tmp_path):
-    cfg = load_config("config.yaml", preset="test")
+    cfg = load_config(Path(__file__).resolve().parents[1] / "config.yaml", preset="test")
     df = run_op_bench(cfg, devices=["cpu"], warmup=0, runs=1, threads=1)
     assert list(df.columns) == COLUMNS
     assert set(df.level) == {"stage2", "conv3x3", "conv1x7"}

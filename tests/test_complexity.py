@@ -1,5 +1,7 @@
 """Parameter and FLOP counting per stage, and the FLOP-predicted cascade cost."""
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import timm
@@ -159,8 +161,8 @@ def test_model_info_command_writes_the_table(tmp_path, capsys):
 def _meta_cascade(variant: str, block_counts: list[int]) -> LayerCascade:
     from lc.config import load_config
 
-    cfg = {**load_config("config.yaml", preset="paper")["model"], "width_mult": 1.0,
-           "block_counts": block_counts}
+    paper = load_config(Path(__file__).resolve().parents[1] / "config.yaml", preset="paper")
+    cfg = {**paper["model"], "width_mult": 1.0, "block_counts": block_counts}
     with torch.device("meta"):
         return LayerCascade(21, variant, cfg)
 

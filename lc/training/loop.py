@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lc.data.io import write_text_atomic
 from lc.models.variants import VARIANTS
-from lc.training.checkpoint import capture_rng_state, save_checkpoint
+from lc.training.checkpoint import capture_rng_state, kill_point, save_checkpoint
 from lc.training.distributed import setup_distributed, teardown_distributed
 from lc.training.losses import cascade_loss
 from lc.training.setup import MC_MEMBERS, Run, setup_run, total_iterations
@@ -130,6 +130,7 @@ def _train_network(run: Run, phase: Phase) -> None:
         _step(run, phase, optimizer, trained, window)
         run.iteration += 1
         run.progress.step()
+        kill_point(run.iteration)  # fault injection for the tests; a no-op otherwise
         phase_done = run.iteration == phase.stop
         if run.iteration % int(run.cfg["train"]["log_every"]) == 0 or run.iteration == run.end or phase_done:
             _log_row(run, optimizer, window)

@@ -37,7 +37,7 @@ def log(kind, name):
 # (envs/) hold the dependencies only, and a checkout runs without `pip install -e .`.
 REPO = str(Path(workflow.basedir).resolve())
 shell.prefix(f"set -euo pipefail; export PYTHONPATH={shlex.quote(REPO)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
-LC = "python -m lc.cli"
+LC = f"{shlex.quote(sys.executable)} -m lc.cli"  # the interpreter that runs Snakemake
 # Every `lc` call reads config.yaml with the command line's --config overrides applied (written
 # below), so `snakemake --config evaluate='{max_images: 10}'` reaches the jobs.
 RESOLVED_CONFIG = out("RESOLVED_CONFIG")
