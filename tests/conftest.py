@@ -45,8 +45,12 @@ def prepared_test_cfg(tmp_path_factory) -> dict:
 
 
 # --- every test: global state restored, loopback-only network, cwd outside the checkout -------------
+# set by pytest itself, or once per process by torch (its default cache folders): not a test's doing
+_PROCESS_OWNED = frozenset({"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"})
+
+
 def _environ() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}  # pytest's own
+    return {k: v for k, v in os.environ.items() if k not in _PROCESS_OWNED}
 
 
 @pytest.fixture(autouse=True)
