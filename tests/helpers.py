@@ -6,9 +6,18 @@ import os
 import shutil
 import subprocess
 import sys
+from importlib.util import find_spec
 from pathlib import Path
 
+import pytest
 import torch
+
+# Triton: in PyTorch's CUDA wheels, and a dev dependency (x86-64 Linux) for PyTorch's CPU wheels, whose
+# interpreter (TRITON_INTERPRET=1) the CPU tests run the kernels in. Every test that needs it says so
+# with this one mark, so that all of them skip, with this reason, where it is missing.
+requires_triton = pytest.mark.skipif(find_spec("triton") is None, reason=(
+    "needs triton: install the lock (requirements/lock.txt) or `pip install -e '.[dev]'`, which bring it "
+    "on x86-64 Linux; elsewhere PyTorch's CUDA builds ship it"))
 
 
 def randomise_bn(model: torch.nn.Module, generator: torch.Generator | None = None) -> None:

@@ -16,8 +16,11 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import requires_triton
 
 from lc.ops.active_set import ActiveSet
+
+pytestmark = requires_triton
 
 FP32_TOL = 1e-4  # max error relative to the reference's largest magnitude
 

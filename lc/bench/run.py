@@ -42,7 +42,7 @@ def run_benchmark(kind: str, cfg: dict, full_cfg: dict, out: str | Path,
     from lc.bench.rho import run_rho_bench
     from lc.bench.stages import run_stages_bench
     from lc.bench.table6 import run_table6_bench
-    from lc.bench.timing import write_csv
+    from lc.bench.timing import cpu_threads, write_csv
 
     runners = {"models": run_models_bench, "stages": run_stages_bench, "rho": run_rho_bench,
                "table6": run_table6_bench}
@@ -51,7 +51,8 @@ def run_benchmark(kind: str, cfg: dict, full_cfg: dict, out: str | Path,
     setup = BenchSetup.from_config(cfg, full_cfg["model"], checkpoint=checkpoint, device=device,
                                    warmup=warmup, runs=runs, paper_table1=paper_table1, threads=threads,
                                    fast_checkpoint=fast_checkpoint)
-    table = runners[kind](setup)
+    with cpu_threads(setup.threads):
+        table = runners[kind](setup)
     write_csv(table, out)
     return table
 
