@@ -49,6 +49,7 @@ def test_count_parameters_counts_shared_tensors_once_and_trainable_only():
     assert count_parameters(None) == 0
 
 
+@pytest.mark.slow
 def test_stage_costs_sum_to_the_whole_network():
     torch.manual_seed(0)
     backbone = IRNet(width_mult=0.125, block_counts=(2, 1, 2))
@@ -141,7 +142,8 @@ def test_model_info_command_writes_the_table(tmp_path, capsys):
     from lc.cli.main import main
 
     out = tmp_path / "info" / "model_info.csv"
-    assert main(["model-info", "--preset", "test", "--out", str(out)]) == 0
+    config = Path(__file__).resolve().parents[1] / "config.yaml"
+    assert main(["model-info", "--config", str(config), "--preset", "test", "--out", str(out)]) == 0
     table = pd.read_csv(out)
     assert not (tmp_path / "info" / "model_info.csv.tmp").exists()
     full = table[(table["network"] == "IRNet-LC") & (table["block_counts"] == "5/10/5")]
@@ -167,6 +169,7 @@ def _meta_cascade(variant: str, block_counts: list[int]) -> LayerCascade:
         return LayerCascade(21, variant, cfg)
 
 
+@pytest.mark.slow
 def test_lc_cost_is_compared_with_dense_irnet_one_head():
     cfg = {"width_mult": 0.125, "block_counts": [1, 1, 1], "head_channels": 16}
     irnet = LayerCascade(5, "irnet", cfg)

@@ -93,6 +93,7 @@ def _stage1_confidences(model, data) -> torch.Tensor:
 
 
 # --- lc evaluate -----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_evaluate_iou_equals_lc_metrics_on_the_same_predictions(cfg, lc_ckpt, tmp_path):
     out = tmp_path / "eval_val.json"
     rc = main(["evaluate", "--config", str(write_config(cfg, tmp_path)), "--preset", "test",
@@ -188,6 +189,7 @@ def test_paper_preset_tests_with_deeplab_v2s_protocol():
     assert ev["export_train_split"] == "trainval_aug" and "splits" not in ev
 
 
+@pytest.mark.slow
 def test_multi_scale_crf_evaluation_through_the_cli(cfg, lc_ckpt, tmp_path):
     out = tmp_path / "eval_val_ms_crf.json"
     rc = main(["evaluate", "--config", str(write_config(cfg, tmp_path)), "--preset", "test", "--checkpoint",
@@ -230,6 +232,7 @@ def test_crf_removes_an_isolated_label_in_a_uniform_region():
 
 
 # --- stage statistics ------------------------------------------------------------------------
+@pytest.mark.slow
 def test_stage_share_sums_to_one_and_moves_with_rho(cfg, lc_ckpt):
     model, data = load_model(lc_ckpt), build_dataset(cfg, "voc", "val")
     median = float(_stage1_confidences(model, data).median())
@@ -249,6 +252,7 @@ def test_stage_share_sums_to_one_and_moves_with_rho(cfg, lc_ckpt):
     assert accs[2].routed_label_hist["stage2"].sum() < accs[2].routed_label_hist["all"].sum()
 
 
+@pytest.mark.slow
 def test_stage_timer_covers_layer_and_model_cascades(cfg, tmp_path):
     image = torch.zeros(1, 3, 48, 64)
     for variant in ("lc", "mc"):
@@ -261,6 +265,7 @@ def test_stage_timer_covers_layer_and_model_cascades(cfg, tmp_path):
 
 
 # --- lc sweep --------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_sweep_one_checkpoint_matches_evaluate_at_each_rho(cfg, lc_ckpt, tmp_path):
     out = tmp_path / "sweep_val.csv"
     rc = main(["sweep", "--config", str(write_config(cfg, tmp_path)), "--preset", "test", "--checkpoint",
@@ -277,6 +282,7 @@ def test_sweep_one_checkpoint_matches_evaluate_at_each_rho(cfg, lc_ckpt, tmp_pat
     assert (table["preset"] == "test").all() and table["ms_per_image"].gt(0).all()
 
 
+@pytest.mark.slow
 def test_sweep_with_one_checkpoint_per_rho(cfg, tmp_path):
     paths = [make_checkpoint(tmp_path / f"rho{r}" / "checkpoint.pt", cfg, rho=r, sharpen=40.0, seed=i)
              for i, r in enumerate((1.0, 0.5))]
@@ -339,6 +345,7 @@ def test_cascade_passes_on_pixels_whose_score_equals_rho(cfg):
 
 
 # --- which model is evaluated ----------------------------------------------------------------
+@pytest.mark.slow
 def test_checkpoint_of_another_architecture_is_announced(cfg, tmp_path, caplog):
     other = dict(cfg["model"], head_channels=cfg["model"]["head_channels"] * 2)
     path = make_checkpoint(tmp_path / "other.pt", cfg, model_cfg=other)
@@ -363,6 +370,7 @@ def test_checkpoint_whose_spec_names_another_dataset_is_refused(cfg, tmp_path):
 
 
 # --- sweep: (rho, checkpoint) pairs ----------------------------------------------------------
+@pytest.mark.slow
 def test_per_rho_sweep_takes_the_dsn_run_for_rho_one_and_names_each_checkpoint(cfg, tmp_path):
     dsn = make_checkpoint(tmp_path / "dsn" / "checkpoint.pt", cfg, variant="dsn", rho=0.985, sharpen=40.0)
     main_lc = make_checkpoint(tmp_path / "lc" / "checkpoint.pt", cfg, rho=0.9, sharpen=40.0, seed=1)
@@ -390,6 +398,7 @@ def test_progress_is_plain_log_lines_when_stderr_is_not_a_terminal(caplog, capsy
 
 
 # --- Table 6 times the evaluation's own inference ---------------------------------------------
+@pytest.mark.slow
 def test_table6_runs_the_evaluations_protocols(cfg, monkeypatch):
     import lc.bench.table6 as table6
     from lc.bench.models import BenchSetup

@@ -100,6 +100,7 @@ def drawn(tmp_path_factory, cfg) -> dict[str, list[Path]]:
     return {name: make_figure(name, cfg, results, out) for name in FIGURES}
 
 
+@pytest.mark.slow
 def test_every_figure_as_png_and_pdf(drawn):
     assert set(drawn) == {"fig1_difficulty", "fig4_stages_voc", "fig5a_label_distribution",
                           "fig5b_stage_share", "fig6_stages_cityscapes", "fig7a_miou_vs_speed",

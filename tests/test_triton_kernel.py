@@ -176,6 +176,7 @@ def interpreter_errors() -> dict[str, dict[str, float]]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_interpreter_matches_torch(case: str, interpreter_errors: dict) -> None:
     errors = interpreter_errors[case]

@@ -49,6 +49,7 @@ def test_schema_rejects_wrong_type_naming_the_key():
         validate_config(cfg, SCHEMA)
 
 
+@pytest.mark.slow
 def test_snakefile_rejects_bad_config_with_the_key(work, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("evaluate:\n  rho_sweep: high\n")
