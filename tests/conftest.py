@@ -145,7 +145,9 @@ def pytest_sessionfinish(session, exitstatus):
     if before is None or after is None or before == after:
         return
     changed = sorted(set(before) ^ set(after))
-    session.config.get_terminal_writer().line(
+    writer = session.config.get_terminal_writer()
+    writer.line()
+    writer.line(
         "FAILED (session check) the test suite changed the checkout (git status): " + "; ".join(changed[:20]),
         red=True)
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
