@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_evaluate import make_checkpoint, write_config
+from helpers import make_checkpoint, write_config
 
 from lc.cli.main import main
 from lc.data import build_dataset

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
+from helpers import make_checkpoint, write_config
 
 from lc.cli.main import main
-from lc.data import NUM_CLASSES, build_dataset
+from lc.data import build_dataset
 from lc.evaluation.crf import dense_crf
 from lc.evaluation.evaluate import evaluate_model, run_evaluation
 from lc.evaluation.inference import (
@@ -29,8 +29,7 @@ from lc.evaluation.inference import (
 from lc.evaluation.metrics import confusion_matrix, iou_from_confusion
 from lc.evaluation.sweep import SWEEP_COLUMNS, run_sweep, sweep_plan
 from lc.models.cascade import LayerCascade
-from lc.models.mc import ModelCascade
-from lc.training.checkpoint import load_model, make_model_spec, save_checkpoint
+from lc.training.checkpoint import load_model, save_checkpoint
 
 
 def reference_upsample(probs: torch.Tensor, size: tuple[int, int], view_size: tuple[int, int] | None = None,
@@ -46,34 +45,6 @@ def reference_upsample(probs: torch.Tensor, size: tuple[int, int], view_size: tu
     gx = (xs / max(w - 1, 1) * 2 - 1).view(1, -1).expand(height, width)
     grid = torch.stack([gx, gy], dim=-1)[None].expand(probs.shape[0], -1, -1, -1).to(probs.dtype)
     return F.grid_sample(probs, grid, mode="bilinear", padding_mode="border", align_corners=True)
-
-
-def make_checkpoint(path: Path, cfg: dict, dataset: str = "voc", variant: str = "lc", rho: float = 0.9,
-                    sharpen: float = 1.0, seed: int = 0, model_cfg: dict | None = None) -> Path:
-    """A randomly initialised model saved as `lc train` saves it; `sharpen` scales the heads' logits
-    (a random tiny net is unconfident everywhere; sharper logits spread the confidences)."""
-    torch.manual_seed(seed)
-    kind = "mc" if variant == "mc" else "cascade"
-    num_classes = NUM_CLASSES[dataset]
-    model_cfg = model_cfg or cfg["model"]
-    model = (ModelCascade(num_classes, model_cfg, rho=rho) if kind == "mc"
-             else LayerCascade(num_classes, variant, model_cfg, rho=rho))
-    with torch.no_grad():  # heads read features, not their (image-independent) bias
-        for name, param in model.named_parameters():
-            if ".classifier.weight" in f".{name}":
-                param.mul_(sharpen)
-            elif ".classifier.bias" in f".{name}":
-                param.zero_()
-    spec = make_model_spec(kind, variant, num_classes, model_cfg, rho, dataset=dataset)
-    save_checkpoint(path, {"model": model.state_dict(), "model_spec": spec, "iteration": 0})
-    return path
-
-
-def write_config(cfg: dict, folder: Path) -> Path:
-    """The resolved config as Snakemake passes it (`--config <file> --preset test`)."""
-    path = folder / "config.resolved.yaml"
-    path.write_text(yaml.safe_dump(dict(cfg, presets={cfg["preset"]: {}})))
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import zipfile
 import numpy as np
 import pytest
 from cityscapesscripts.helpers.labels import id2label
+from helpers import make_checkpoint, write_config
 from PIL import Image
-from test_evaluate import make_checkpoint, write_config
 
 from lc.cli.main import main
 from lc.data import VOC_PALETTE, build_dataset, trainid_to_labelid

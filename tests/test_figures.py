@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_tables import make_fake_run
+from helpers import make_fake_run
 
 from lc.config import load_config
 from lc.report.figures import FIGURE_INPUTS, FIGURES, make_figure, missing_inputs

@@ -25,7 +25,7 @@ from torch.utils.benchmark import Timer
 
 from lc.data.io import write_csv as write_table_csv
 
-__all__ = ["Timing", "cpu_threads", "measure", "set_threads", "write_csv"]
+__all__ = ["Timing", "check_threads", "cpu_threads", "measure", "set_threads", "write_csv"]
 
 
 # --- devices and timing -----------------------------------------------------------------------
