@@ -190,6 +190,7 @@ def test_stages_bench_columns() -> None:
     assert (df[df["method"] == "irnet"]["active_pct"] == 100).all()
 
 
+@pytest.mark.slow
 def test_table6_bench_columns() -> None:
     cfg = _cfg()
     df = run_table6_bench(_setup(cfg))

@@ -177,6 +177,7 @@ def test_init_from_irnet_loads_backbone_and_head3_only():
         init_from_irnet(target, LayerCascade(7, "irnet", TINY).state_dict())
 
 
+@pytest.mark.slow
 def test_full_size_parameter_count_matches_independent_count():
     """IRNet-LC at the paper's size (5/10/5 blocks, 128-channel heads, 21 classes)."""
     cfg = dict(width_mult=1.0, block_counts=[5, 10, 5], output_stride=8, stem_padding="same",

@@ -95,6 +95,7 @@ def test_meta_device_counts_equal_cpu_counts():
         assert cpu["flops"] == meta["flops"] and cpu["params"] == meta["params"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block_counts", [(5, 10, 5), (10, 20, 10)])
 def test_full_size_irnet_lc_parameters_equal_timm_minus_removed_blocks(block_counts):
     num_classes, head_channels = 21, 128
@@ -138,6 +139,7 @@ def test_predicted_cost():
         predicted_cost([1, 1, 1], [1.0, 1.5, 0.2])
 
 
+@pytest.mark.slow
 def test_model_info_command_writes_the_table(tmp_path, capsys):
     from lc.cli.main import main
 
