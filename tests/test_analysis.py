@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_evaluate import make_checkpoint, write_config
+from helpers import make_checkpoint, write_config
 
 from lc.cli.main import main
 from lc.data import build_dataset
@@ -85,6 +85,7 @@ def test_difficulty_counter_hand_made_case():
     assert summary["easy_pct"] + summary["moderate_pct"] + summary["hard_pct"] == pytest.approx(100.0)
 
 
+@pytest.mark.slow
 def test_analyze_difficulty_cli(cfg, tmp_path):
     # logits sharp enough that the top score lies above 0.95 on about half the pixels
     checkpoint = make_checkpoint(tmp_path / "irnet.pt", cfg, variant="irnet", sharpen=400.0)
@@ -108,6 +109,7 @@ def test_analyze_difficulty_cli(cfg, tmp_path):
     assert summary["variant"] == "irnet" and summary["num_images"] == len(data)
 
 
+@pytest.mark.slow
 def test_analyze_stages_cli_writes_the_contract_arrays(cfg, tmp_path):
     checkpoint = make_checkpoint(tmp_path / "lc.pt", cfg, "cityscapes", rho=0.9, sharpen=40.0)
     out = tmp_path / "stage_examples_cityscapes.npz"

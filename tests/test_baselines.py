@@ -25,6 +25,7 @@ def segnet_model() -> SegNet:
     return segnet(num_classes=21).eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [(64, 64), (67, 45)])
 def test_deeplab_logits_at_input_resolution(deeplab, size):
     with torch.no_grad():

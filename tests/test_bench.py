@@ -156,6 +156,7 @@ def test_prescribed_routing_replaces_the_masks_through_the_router_hook() -> None
 
 
 # --- the benchmarks -------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_models_bench_columns_and_speedups(tmp_path) -> None:
     cfg = _cfg()
     df = run_models_bench(_setup(cfg))
@@ -179,6 +180,7 @@ def test_models_bench_columns_and_speedups(tmp_path) -> None:
     assert list(pd.read_csv(out).columns) == MODEL_COLUMNS and not list(out.parent.glob(".*tmp*"))
 
 
+@pytest.mark.slow
 def test_stages_bench_columns() -> None:
     df = run_stages_bench(_setup(_cfg()))
     _check_times(df, STAGE_COLUMNS, "ms_median")
@@ -188,6 +190,7 @@ def test_stages_bench_columns() -> None:
     assert (df[df["method"] == "irnet"]["active_pct"] == 100).all()
 
 
+@pytest.mark.slow
 def test_table6_bench_columns() -> None:
     cfg = _cfg()
     df = run_table6_bench(_setup(cfg))
@@ -216,6 +219,7 @@ def test_cli_bench_rho_writes_the_sweep(tmp_path, monkeypatch) -> None:
     assert df.set_index("rho").loc[1.0, "stage1_pct"] == 0
 
 
+@pytest.mark.slow
 def test_trained_masks_come_from_the_checkpoint(prepared_test_cfg, tmp_path) -> None:
     from lc.models.cascade import LayerCascade
     from lc.training.checkpoint import make_model_spec, save_checkpoint

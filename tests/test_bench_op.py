@@ -1,6 +1,9 @@
 """The op benchmark's plumbing (masks, table shape, files); no timing is asserted."""
 
+from pathlib import Path
+
 import pandas as pd
+import pytest
 import torch
 
 from lc.bench.op import COLUMNS, level_titles, random_mask, run_op_bench, save_op_bench
@@ -14,8 +17,9 @@ def test_random_mask_has_exact_counts_per_image():
     assert not torch.equal(mask[0], mask[1])
 
 
+@pytest.mark.slow
 def test_run_and_save_op_bench(tmp_path):
-    cfg = load_config("config.yaml", preset="test")
+    cfg = load_config(Path(__file__).resolve().parents[1] / "config.yaml", preset="test")
     df = run_op_bench(cfg, devices=["cpu"], warmup=0, runs=1, threads=1)
     assert list(df.columns) == COLUMNS
     assert set(df.level) == {"stage2", "conv3x3", "conv1x7"}

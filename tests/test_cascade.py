@@ -46,6 +46,7 @@ def routed():
     return model, images, rho
 
 
+@pytest.mark.slow
 def test_lc_compressed_equals_masked_dense_forward_and_backward(routed):
     model, images, rho = routed
     out_c = model(images, rho=rho, execution="compressed")
@@ -110,6 +111,7 @@ def test_dsn_dropout_passes_lc_counts_of_random_pixels(routed):
         assert all(bool(m.all()) for m in dropout(images).stage_masks)
 
 
+@pytest.mark.slow
 def test_decided_shares_move_monotonically_with_rho(routed):
     model, images, _ = routed
     shares = []
@@ -123,6 +125,7 @@ def test_decided_shares_move_monotonically_with_rho(routed):
     assert all(a <= b for a, b in zip(upto2[:-1], upto2[1:], strict=True))
 
 
+@pytest.mark.slow
 def test_bn_stays_frozen_after_train():
     model = LayerCascade(3, "lc", TINY).train()
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
@@ -174,6 +177,7 @@ def test_init_from_irnet_loads_backbone_and_head3_only():
         init_from_irnet(target, LayerCascade(7, "irnet", TINY).state_dict())
 
 
+@pytest.mark.slow
 def test_full_size_parameter_count_matches_independent_count():
     """IRNet-LC at the paper's size (5/10/5 blocks, 128-channel heads, 21 classes)."""
     cfg = dict(width_mult=1.0, block_counts=[5, 10, 5], output_stride=8, stem_padding="same",
@@ -192,6 +196,7 @@ def test_full_size_parameter_count_matches_independent_count():
     assert ours == count
 
 
+@pytest.mark.slow
 def test_model_cascade_chains_members_by_rho():
     torch.manual_seed(0)
     mc = ModelCascade(5, TINY, rho=0.6).double().eval()

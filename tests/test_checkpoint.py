@@ -80,6 +80,7 @@ def test_not_a_dict(tmp_path):
 
 @pytest.mark.parametrize(("kind", "variant"), [("cascade", "irnet"), ("cascade", "dsn"),
                                                ("cascade", "dsn_dropout"), ("cascade", "lc"), ("mc", "mc")])
+@pytest.mark.slow
 def test_load_model_rebuilds_every_variant(tmp_path, kind, variant):
     torch.manual_seed(0)
     spec = make_model_spec(kind, variant, 21, TINY, rho=0.9, dataset="voc")

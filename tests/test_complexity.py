@@ -1,5 +1,7 @@
 """Parameter and FLOP counting per stage, and the FLOP-predicted cascade cost."""
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import timm
@@ -47,6 +49,7 @@ def test_count_parameters_counts_shared_tensors_once_and_trainable_only():
     assert count_parameters(None) == 0
 
 
+@pytest.mark.slow
 def test_stage_costs_sum_to_the_whole_network():
     torch.manual_seed(0)
     backbone = IRNet(width_mult=0.125, block_counts=(2, 1, 2))
@@ -92,6 +95,7 @@ def test_meta_device_counts_equal_cpu_counts():
         assert cpu["flops"] == meta["flops"] and cpu["params"] == meta["params"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block_counts", [(5, 10, 5), (10, 20, 10)])
 def test_full_size_irnet_lc_parameters_equal_timm_minus_removed_blocks(block_counts):
     num_classes, head_channels = 21, 128
@@ -135,11 +139,13 @@ def test_predicted_cost():
         predicted_cost([1, 1, 1], [1.0, 1.5, 0.2])
 
 
+@pytest.mark.slow
 def test_model_info_command_writes_the_table(tmp_path, capsys):
     from lc.cli.main import main
 
     out = tmp_path / "info" / "model_info.csv"
-    assert main(["model-info", "--preset", "test", "--out", str(out)]) == 0
+    config = Path(__file__).resolve().parents[1] / "config.yaml"
+    assert main(["model-info", "--config", str(config), "--preset", "test", "--out", str(out)]) == 0
     table = pd.read_csv(out)
     assert not (tmp_path / "info" / "model_info.csv.tmp").exists()
     full = table[(table["network"] == "IRNet-LC") & (table["block_counts"] == "5/10/5")]
@@ -159,12 +165,13 @@ def test_model_info_command_writes_the_table(tmp_path, capsys):
 def _meta_cascade(variant: str, block_counts: list[int]) -> LayerCascade:
     from lc.config import load_config
 
-    cfg = {**load_config("config.yaml", preset="paper")["model"], "width_mult": 1.0,
-           "block_counts": block_counts}
+    paper = load_config(Path(__file__).resolve().parents[1] / "config.yaml", preset="paper")
+    cfg = {**paper["model"], "width_mult": 1.0, "block_counts": block_counts}
     with torch.device("meta"):
         return LayerCascade(21, variant, cfg)
 
 
+@pytest.mark.slow
 def test_lc_cost_is_compared_with_dense_irnet_one_head():
     cfg = {"width_mult": 0.125, "block_counts": [1, 1, 1], "head_channels": 16}
     irnet = LayerCascade(5, "irnet", cfg)

@@ -6,7 +6,6 @@ import argparse
 import math
 import os
 import shutil
-import time
 import tomllib
 from pathlib import Path
 
@@ -105,10 +104,12 @@ def test_resolved_config_round_trips_the_overrides(tmp_path):
     direct = load_config(CONFIG, preset="test", overrides=overrides)
     assert load_config(out, preset="test") == direct
     assert load_config(out, preset="demo")["evaluate"]["max_images"] == 10  # overrides win in every preset
-    stamp = out.stat().st_mtime_ns
-    time.sleep(0.01)
+    old = out.stat().st_mtime_ns - 3600 * 10**9  # an hour back: any rewrite would move it on any file system
+    os.utime(out, ns=(old, old))
     write_resolved_config(CONFIG, "test", overrides, out)
-    assert out.stat().st_mtime_ns == stamp  # unchanged text: not rewritten, nothing looks outdated
+    assert out.stat().st_mtime_ns == old  # unchanged text: not rewritten, nothing looks outdated
+    write_resolved_config(CONFIG, "test", {**overrides, "seed": 4}, out)
+    assert out.stat().st_mtime_ns != old  # changed text: rewritten (so the check above can fail)
 
 
 # --- values the schema lets through ---------------------------------------------------------------

@@ -14,6 +14,7 @@ import torch.multiprocessing as mp
 from lc.training.checkpoint import load_checkpoint
 from lc.training.loop import total_iterations, train
 
+pytestmark = pytest.mark.slow
 WORLD_SIZE = 2
 
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import yaml
+from helpers import make_checkpoint, write_config
 
 from lc.cli.main import main
-from lc.data import NUM_CLASSES, build_dataset
+from lc.data import build_dataset
 from lc.evaluation.crf import dense_crf
 from lc.evaluation.evaluate import evaluate_model, run_evaluation
 from lc.evaluation.inference import (
@@ -31,8 +31,7 @@ from lc.evaluation.inference import (
 from lc.evaluation.metrics import confusion_matrix, iou_from_confusion
 from lc.evaluation.sweep import SWEEP_COLUMNS, run_sweep, sweep_plan
 from lc.models.cascade import CascadeOutput, LayerCascade
-from lc.models.mc import ModelCascade
-from lc.training.checkpoint import load_model, make_model_spec, save_checkpoint
+from lc.training.checkpoint import load_model, save_checkpoint
 
 
 def reference_upsample(probs: torch.Tensor, size: tuple[int, int], view_size: tuple[int, int] | None = None,
@@ -48,34 +47,6 @@ def reference_upsample(probs: torch.Tensor, size: tuple[int, int], view_size: tu
     gx = (xs / max(w - 1, 1) * 2 - 1).view(1, -1).expand(height, width)
     grid = torch.stack([gx, gy], dim=-1)[None].expand(probs.shape[0], -1, -1, -1).to(probs.dtype)
     return F.grid_sample(probs, grid, mode="bilinear", padding_mode="border", align_corners=True)
-
-
-def make_checkpoint(path: Path, cfg: dict, dataset: str = "voc", variant: str = "lc", rho: float = 0.9,
-                    sharpen: float = 1.0, seed: int = 0, model_cfg: dict | None = None) -> Path:
-    """A randomly initialised model saved as `lc train` saves it; `sharpen` scales the heads' logits
-    (a random tiny net is unconfident everywhere; sharper logits spread the confidences)."""
-    torch.manual_seed(seed)
-    kind = "mc" if variant == "mc" else "cascade"
-    num_classes = NUM_CLASSES[dataset]
-    model_cfg = model_cfg or cfg["model"]
-    model = (ModelCascade(num_classes, model_cfg, rho=rho) if kind == "mc"
-             else LayerCascade(num_classes, variant, model_cfg, rho=rho))
-    with torch.no_grad():  # heads read features, not their (image-independent) bias
-        for name, param in model.named_parameters():
-            if ".classifier.weight" in f".{name}":
-                param.mul_(sharpen)
-            elif ".classifier.bias" in f".{name}":
-                param.zero_()
-    spec = make_model_spec(kind, variant, num_classes, model_cfg, rho, dataset=dataset)
-    save_checkpoint(path, {"model": model.state_dict(), "model_spec": spec, "iteration": 0})
-    return path
-
-
-def write_config(cfg: dict, folder: Path) -> Path:
-    """The resolved config as Snakemake passes it (`--config <file> --preset test`)."""
-    path = folder / "config.resolved.yaml"
-    path.write_text(yaml.safe_dump(dict(cfg, presets={cfg["preset"]: {}})))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +66,7 @@ def _stage1_confidences(model, data) -> torch.Tensor:
 
 
 # --- lc evaluate -----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_evaluate_iou_equals_lc_metrics_on_the_same_predictions(cfg, lc_ckpt, tmp_path):
     out = tmp_path / "eval_val.json"
     rc = main(["evaluate", "--config", str(write_config(cfg, tmp_path)), "--preset", "test",
@@ -239,6 +211,7 @@ def test_paper_preset_tests_with_deeplab_v2s_protocol():
     assert ev["export_train_split"] == "trainval_aug" and "splits" not in ev
 
 
+@pytest.mark.slow
 def test_multi_scale_crf_evaluation_through_the_cli(cfg, lc_ckpt, tmp_path):
     out = tmp_path / "eval_val_ms_crf.json"
     rc = main(["evaluate", "--config", str(write_config(cfg, tmp_path)), "--preset", "test", "--checkpoint",
@@ -281,6 +254,7 @@ def test_crf_removes_an_isolated_label_in_a_uniform_region():
 
 
 # --- stage statistics ------------------------------------------------------------------------
+@pytest.mark.slow
 def test_stage_share_sums_to_one_and_moves_with_rho(cfg, lc_ckpt):
     model, data = load_model(lc_ckpt), build_dataset(cfg, "voc", "val")
     median = float(_stage1_confidences(model, data).median())
@@ -300,6 +274,7 @@ def test_stage_share_sums_to_one_and_moves_with_rho(cfg, lc_ckpt):
     assert accs[2].routed_label_hist["stage2"].sum() < accs[2].routed_label_hist["all"].sum()
 
 
+@pytest.mark.slow
 def test_stage_timer_covers_layer_and_model_cascades(cfg, tmp_path):
     image = torch.zeros(1, 3, 48, 64)
     for variant in ("lc", "mc"):
@@ -312,6 +287,7 @@ def test_stage_timer_covers_layer_and_model_cascades(cfg, tmp_path):
 
 
 # --- lc sweep --------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_sweep_one_checkpoint_matches_evaluate_at_each_rho(cfg, lc_ckpt, tmp_path):
     out = tmp_path / "sweep_val.csv"
     rc = main(["sweep", "--config", str(write_config(cfg, tmp_path)), "--preset", "test", "--checkpoint",
@@ -328,6 +304,7 @@ def test_sweep_one_checkpoint_matches_evaluate_at_each_rho(cfg, lc_ckpt, tmp_pat
     assert (table["preset"] == "test").all() and table["ms_per_image"].gt(0).all()
 
 
+@pytest.mark.slow
 def test_sweep_with_one_checkpoint_per_rho(cfg, tmp_path):
     paths = [make_checkpoint(tmp_path / f"rho{r}" / "checkpoint.pt", cfg, rho=r, sharpen=40.0, seed=i)
              for i, r in enumerate((1.0, 0.5))]
@@ -390,6 +367,7 @@ def test_cascade_passes_on_pixels_whose_score_equals_rho(cfg):
 
 
 # --- which model is evaluated ----------------------------------------------------------------
+@pytest.mark.slow
 def test_checkpoint_of_another_architecture_is_announced(cfg, tmp_path, caplog):
     other = dict(cfg["model"], head_channels=cfg["model"]["head_channels"] * 2)
     path = make_checkpoint(tmp_path / "other.pt", cfg, model_cfg=other)
@@ -414,6 +392,7 @@ def test_checkpoint_whose_spec_names_another_dataset_is_refused(cfg, tmp_path):
 
 
 # --- sweep: (rho, checkpoint) pairs ----------------------------------------------------------
+@pytest.mark.slow
 def test_per_rho_sweep_takes_the_dsn_run_for_rho_one_and_names_each_checkpoint(cfg, tmp_path):
     dsn = make_checkpoint(tmp_path / "dsn" / "checkpoint.pt", cfg, variant="dsn", rho=0.985, sharpen=40.0)
     main_lc = make_checkpoint(tmp_path / "lc" / "checkpoint.pt", cfg, rho=0.9, sharpen=40.0, seed=1)
@@ -441,6 +420,7 @@ def test_progress_is_plain_log_lines_when_stderr_is_not_a_terminal(caplog, capsy
 
 
 # --- Table 6 times the evaluation's own inference ---------------------------------------------
+@pytest.mark.slow
 def test_table6_runs_the_evaluations_protocols(cfg, monkeypatch):
     import lc.bench.table6 as table6
     from lc.bench.models import BenchSetup

@@ -11,8 +11,8 @@ import zipfile
 import numpy as np
 import pytest
 from cityscapesscripts.helpers.labels import id2label
+from helpers import make_checkpoint, write_config
 from PIL import Image
-from test_evaluate import make_checkpoint, write_config
 
 from lc.cli.main import main
 from lc.data import VOC_PALETTE, build_dataset, trainid_to_labelid
@@ -32,6 +32,7 @@ def _predicted(cfg, checkpoint, dataset) -> dict[str, np.ndarray]:
             for item in (data[i] for i in range(len(data)))}
 
 
+@pytest.mark.slow
 def test_voc_archive_layout_names_and_values(cfg, tmp_path):
     checkpoint = make_checkpoint(tmp_path / "voc.pt", cfg, "voc", sharpen=40.0)
     out = tmp_path / "export" / "voc_test_comp6.tar.gz"
@@ -61,6 +62,7 @@ def test_voc_archive_layout_names_and_values(cfg, tmp_path):
     assert again["num_images"] == len(expected)
 
 
+@pytest.mark.slow
 def test_cityscapes_archive_holds_valid_label_ids(cfg, tmp_path):
     checkpoint = make_checkpoint(tmp_path / "cs.pt", cfg, "cityscapes", sharpen=40.0)
     out = tmp_path / "cityscapes_test.zip"
@@ -97,6 +99,7 @@ def test_an_empty_split_is_refused(cfg, tmp_path):
     assert not (tmp_path / "cityscapes_test.zip").exists()
 
 
+@pytest.mark.slow
 def test_wrong_archive_type_and_failures_leave_nothing_behind(cfg, tmp_path, monkeypatch):
     checkpoint = make_checkpoint(tmp_path / "voc.pt", cfg, "voc")
     with pytest.raises(ValueError, match=r"\.tar\.gz"):
@@ -130,6 +133,7 @@ def test_summary_names_the_training_split_read_from_train_done(cfg, tmp_path):
         "trainval_aug")
 
 
+@pytest.mark.slow
 def test_a_model_trained_on_another_split_than_the_config_says_is_refused(cfg, tmp_path):
     checkpoint = make_checkpoint(tmp_path / "run" / "checkpoint.pt", cfg, "voc")  # records no split
     paper_like = copy.deepcopy(cfg)

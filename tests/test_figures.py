@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_tables import make_fake_run
+from helpers import make_fake_run
 
 from lc.config import load_config
 from lc.report.figures import FIGURE_INPUTS, FIGURES, make_figure, missing_inputs
@@ -100,6 +100,7 @@ def drawn(tmp_path_factory, cfg) -> dict[str, list[Path]]:
     return {name: make_figure(name, cfg, results, out) for name in FIGURES}
 
 
+@pytest.mark.slow
 def test_every_figure_as_png_and_pdf(drawn):
     assert set(drawn) == {"fig1_difficulty", "fig4_stages_voc", "fig5a_label_distribution",
                           "fig5b_stage_share", "fig6_stages_cityscapes", "fig7a_miou_vs_speed",
@@ -113,6 +114,7 @@ def test_every_figure_as_png_and_pdf(drawn):
         assert not list(png.parent.glob(f".{name}.*")), "temporary files left behind"
 
 
+@pytest.mark.slow
 def test_png_is_readable_at_page_width(drawn):
     from PIL import Image
 
@@ -135,6 +137,7 @@ def _image_axes(fig) -> list:
     return [ax for ax in fig.axes if ax.get_images()]
 
 
+@pytest.mark.slow
 def test_stage_figure_shows_every_example_of_mixed_sizes_cropped(tmp_path, cfg):
     from lc.report.figure_common import pyplot
     from lc.report.figures_stages import COLUMNS, stage_examples
@@ -165,6 +168,7 @@ def test_stage_figure_trims_padding_without_image_sizes(tmp_path, cfg):
     assert [content_size(data, i) for i in range(2)] == [(32, 48), (48, 32)]
 
 
+@pytest.mark.slow
 def test_stage_figures_have_a_class_key(drawn, tmp_path, cfg):
     from lc.data.labels import VOC_CLASS_NAMES
     from lc.report.figure_common import pyplot

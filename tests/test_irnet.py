@@ -17,6 +17,7 @@ def timm_model() -> torch.nn.Module:
     return model
 
 
+@pytest.mark.slow
 def test_full_size_equals_timm_forward_features(timm_model):
     ours = IRNet(width_mult=1.0, block_counts=(10, 20, 10), output_stride=32, stem_padding="valid").eval()
     report = load_timm_weights(ours, timm_model.state_dict())
@@ -51,6 +52,7 @@ def test_mismatched_checkpoint_fails_loudly(timm_model):
         load_timm_weights(narrow, timm_model.state_dict())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("output_stride", [8, 16, 32])
 def test_same_padding_gives_exact_output_stride(output_stride):
     model = IRNet(width_mult=0.125, block_counts=(1, 1, 2), output_stride=output_stride).eval()
@@ -69,6 +71,7 @@ def test_output_stride_8_dilates_later_blocks():
     assert model.block8.branch1[1].conv.dilation == (4, 4)
 
 
+@pytest.mark.slow
 def test_freeze_batchnorm_keeps_statistics():
     model = IRNet(width_mult=0.125, block_counts=(1, 1, 1))
     model.train()

@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import requires_triton
 
 from lc.ops.active_set import ActiveSet
 from lc.ops.region_conv import (
@@ -207,8 +208,9 @@ def test_max_pool_and_conv_from_a_compressed_source(window_share, monkeypatch):
     torch.testing.assert_close(got, ref, **TOL)
 
 
+@requires_triton
 def test_forced_triton_backend_fails_clearly_on_cpu():
-    triton_ops = pytest.importorskip("lc.ops.triton")
+    import lc.ops.triton as triton_ops
     if triton_ops.INTERPRET:
         pytest.skip("Triton's CPU interpreter is on: forcing triton on CPU is legitimate")
     set_region_backend("triton")

@@ -174,7 +174,8 @@ def cityscapes_site(monkeypatch, tmp_path, caplog):
     original_send = requests.adapters.HTTPAdapter.send
 
     def send(self, request, **kwargs):
-        if request.url.startswith(CITYSCAPES_URL) and sites:
+        if request.url.startswith(CITYSCAPES_URL):
+            assert sites, f"{request.url}: the test never started its loopback site (call cityscapes_site())"
             request.url = sites[-1].url + request.url[len(CITYSCAPES_URL):]
         return original_send(self, request, **kwargs)
 
@@ -292,9 +293,11 @@ def test_server_refusals_are_clear_and_never_show_the_password(cityscapes_site, 
 
 
 def test_half_set_environment_is_named(cityscapes_site, monkeypatch, tmp_path):
+    site = cityscapes_site()  # started, so a regression that goes on to log in stays on the loopback
     monkeypatch.setenv("CITYSCAPES_USERNAME", USER)
     with pytest.raises(CredentialsError, match="CITYSCAPES_PASSWORD is not set"):
         fetch_archive(_cityscapes_cfg(tmp_path), "cityscapes_gtfine")
+    assert site.logins == []
 
 
 # --- verified before use: archives placed by hand ------------------------------------------------

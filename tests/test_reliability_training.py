@@ -2,8 +2,9 @@
 write, and resumed each time, ends with the weights of an uninterrupted run, bit for bit.
 
 Each attempt is a separate (forked) process killed with SIGKILL, as a cluster's OOM killer or time
-limit would; checkpoint writes are interrupted through lc.training.checkpoint's FAULT_KILL_ON_SAVE
-hook, which truncates the half-written temporary file before the kill.
+limit would. The kill points come from hooks in the code, never from a timer: lc.training.checkpoint's
+FAULT_KILL_ON_SAVE (inside the Nth checkpoint write, after truncating the half-written temporary
+file) and FAULT_KILL_AFTER_ITERATION (right after iteration K's step, before its log row and checkpoint).
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ import os
 import random
 import signal
 import sys
-import time
 
 import pytest
 import torch
 
-from lc.training.checkpoint import FAULT_KILL_ON_SAVE, load_checkpoint
+from lc.training.checkpoint import FAULT_KILL_AFTER_ITERATION, FAULT_KILL_ON_SAVE, load_checkpoint
 from lc.training.loop import total_iterations, train
 
 _FORK = "fork" in multiprocessing.get_all_start_methods()
@@ -29,35 +29,24 @@ VARIANT = "mc"  # three networks in turn: member boundaries, optimizer swaps and
 KILLS = 5
 
 
-def _child(cfg: dict, out: str, kill_on_save: int | None) -> None:
+def _child(cfg: dict, out: str, fault: dict[str, str]) -> None:
     torch.set_num_threads(1)
-    if kill_on_save is not None:
-        os.environ[FAULT_KILL_ON_SAVE] = str(kill_on_save)
+    os.environ.update(fault)  # this forked process only
     train(cfg, "voc", VARIANT, out, device="cpu")
     os._exit(0)
 
 
-def _logged_iteration(out) -> int:
-    try:
-        with open(out / "train_log.csv", newline="") as handle:
-            return max((int(row["iteration"]) for row in csv.DictReader(handle)), default=0)
-    except (OSError, ValueError, KeyError):
-        return 0
-
-
-def _attempt(cfg: dict, out, kill_on_save: int | None = None, kill_at: int | None = None,
-             delay_s: float = 0.0) -> int | None:
-    """Run training in a fresh process; kill it when it has logged `kill_at` (after `delay_s`)."""
-    process = multiprocessing.get_context("fork").Process(target=_child, args=(cfg, str(out), kill_on_save))
+def _attempt(cfg: dict, out, kill_on_save: int | None = None, kill_after: int | None = None) -> int | None:
+    """Run training in a fresh process, killed inside its `kill_on_save`th checkpoint write or right
+    after iteration `kill_after`; its exit code."""
+    fault = {}
+    if kill_on_save is not None:
+        fault[FAULT_KILL_ON_SAVE] = str(kill_on_save)
+    if kill_after is not None:
+        fault[FAULT_KILL_AFTER_ITERATION] = str(kill_after)
+    process = multiprocessing.get_context("fork").Process(target=_child, args=(cfg, str(out), fault))
     process.start()
-    if kill_at is not None:
-        deadline = time.monotonic() + 120
-        while process.is_alive() and _logged_iteration(out) < kill_at and time.monotonic() < deadline:
-            time.sleep(0.002)
-        time.sleep(delay_s)
-        if process.is_alive():
-            os.kill(process.pid, signal.SIGKILL)
-    process.join(timeout=300)
+    process.join()
     return process.exitcode
 
 
@@ -66,6 +55,7 @@ def _checkpointed(out) -> int:
     return int(load_checkpoint(path)["iteration"]) if path.exists() else 0
 
 
+@pytest.mark.slow
 def test_sigkilled_training_resumes_to_the_identical_model(prepared_test_cfg, tmp_path):
     cfg = copy.deepcopy(prepared_test_cfg)
     cfg["train"].update(checkpoint_every=2, log_every=1)
@@ -80,15 +70,13 @@ def test_sigkilled_training_resumes_to_the_identical_model(prepared_test_cfg, tm
         if k % 2 == 0 or left <= 4:  # inside a checkpoint write (the 1st always exists: no progress)
             point = ("write", rng.choice([1, 2]) if left > 4 else 1)
             code = _attempt(cfg, out, kill_on_save=point[1])
-        else:  # at a random moment after a random logged iteration, well before the end
-            point = ("after iteration", total - left + rng.randint(1, 2), rng.uniform(0.0, 0.02))
-            code = _attempt(cfg, out, kill_at=point[1], delay_s=point[2])
-        assert code in (-signal.SIGKILL, 0), (point, code)
-        if code == -signal.SIGKILL:
-            kills.append(point)
-            if (out / "train_done.json").exists():  # killed on its way out, after finishing
-                assert load_checkpoint(out / "checkpoint.pt")["iteration"] == total
-    assert len(kills) >= 5, kills
+        else:  # right after a random iteration's step (1 to 3 past the checkpoint), well before the end
+            point = ("after iteration", total - left + rng.randint(1, 3))
+            code = _attempt(cfg, out, kill_after=point[1])
+        assert code == -signal.SIGKILL, (point, code)  # every kill point lies before the end: each one hits
+        kills.append(point)
+        assert not (out / "train_done.json").exists()
+    assert len(kills) == KILLS and any(p[0] == "after iteration" for p in kills), kills
     assert any(p.name.endswith(".tmp") for p in out.iterdir())  # a write was really cut short
     assert _attempt(cfg, out) == 0
 

@@ -9,88 +9,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import eval_json, make_fake_run
 
 from lc.config import load_config
-from lc.data.labels import CITYSCAPES_CLASS_NAMES, VOC_CLASS_NAMES
 from lc.models.variants import BUDGET_CONTROL, BUDGET_CONTROL_LABEL, TABLE2_ORDER, get_variant
 from lc.report.paper import load_paper_table
 from lc.report.tables import CITED, TABLE_FILES, build_table, render_markdown, write_tables
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _eval_json(dataset: str, variant: str, miou: float, scales=(1.0,), flip=False, crf=False) -> dict:
-    names = list(VOC_CLASS_NAMES if dataset == "voc" else CITYSCAPES_CLASS_NAMES)
-    k = len(names)
-    per_class = [round(miou + (i % 5) - 2.0, 2) for i in range(k)]
-    return {
-        "dataset": dataset, "split": "val", "variant": variant, "preset": "test", "device": "cpu",
-        "checkpoint": f"runs/{dataset}/{variant}/checkpoint.pt", "num_images": 4, "rho": 0.985,
-        "protocol": {"scales": list(scales), "flip": flip, "crf": crf}, "class_names": names,
-        "miou": miou, "pixel_accuracy": 90.0, "per_class_iou": per_class,
-        "confusion": np.eye(k, dtype=int).tolist(), "stage_share": [0.25, 0.35, 0.40],
-        "routed_label_hist": {"all": [100 + 10 * i for i in range(k)], "stage2": [50 + i for i in range(k)],
-                              "stage3": [20 + 2 * i for i in range(k)]},
-        "ms_per_image": 12.5, "stage_time_ms": [4.0, 5.0, 3.5],
-    }
-
-
-def make_fake_run(root: Path, with_cityscapes: bool = True, with_bench: bool = True) -> Path:
-    """results/<preset>/ with every file the tables and figures read, tiny and hand-made."""
-    runs = root / "runs"
-    for variant, miou in {"irnet": 60.0, "dsn": 61.0, "dsn_budget": 61.5, "dsn_dropout": 60.5, "mc": 40.0,
-                          "lc": 62.5}.items():
-        (runs / "voc" / variant).mkdir(parents=True)
-        (runs / "voc" / variant / "eval_val.json").write_text(json.dumps(_eval_json("voc", variant, miou)))
-        iterations = 30 if variant == "irnet" else 20
-        before = 0 if variant == "irnet" else 30
-        (runs / "voc" / variant / "train_done.json").write_text(json.dumps(
-            {"iterations": iterations, "iterations_total": iterations + before}))
-    lc_dir = runs / "voc" / "lc"
-    (lc_dir / "eval_val_ms.json").write_text(json.dumps(_eval_json("voc", "lc", 63.0, (0.75, 1.0), True)))
-    (lc_dir / "eval_val_ms_crf.json").write_text(
-        json.dumps(_eval_json("voc", "lc", 64.0, (0.75, 1.0), True, True)))
-    pd.DataFrame({
-        "rho": [1.0, 0.9, 0.8], "stage1_pct": [0.0, 40.0, 55.0], "stage2_pct": [0.0, 30.0, 28.0],
-        "stage3_pct": [100.0, 30.0, 17.0], "miou": [61.0, 62.0, 58.0], "ms_per_image": [20.0, 14.0, 11.0],
-        "device": "cpu", "preset": "test",
-    }).to_csv(lc_dir / "sweep_val.csv", index=False)
-    if with_cityscapes:
-        (runs / "cityscapes" / "lc").mkdir(parents=True)
-        (runs / "cityscapes" / "lc" / "eval_val.json").write_text(
-            json.dumps(_eval_json("cityscapes", "lc", 50.0)))
-        (root / "export").mkdir()
-        (root / "export" / "cityscapes_test.zip").write_bytes(b"PK")
-        (root / "export" / "cityscapes_test.json").write_text(json.dumps({"num_images": 2}))
-    if with_bench:
-        bench = root / "bench"
-        bench.mkdir()
-        methods = ["deeplab_v2", "segnet", "irnet", "lc", "lc_fast"]
-        pd.DataFrame({
-            "method": methods, "rho": [None, None, None, 0.985, 0.8], "image_size": 64, "batch_size": 1,
-            "ms_median": [30.0, 20.0, 18.0, 12.0, 9.0], "ms_p25": [29.0, 19.0, 17.0, 11.0, 8.0],
-            "ms_p75": [31.0, 21.0, 19.0, 13.0, 10.0], "fps": [33.3, 50.0, 55.6, 83.3, 111.1],
-            "params_m": [1.0, 0.5, 0.3, 0.35, 0.35], "stage1_pct": [None, None, None, 25.0, 55.0],
-            "stage2_pct": [None, None, None, 35.0, 28.0], "mask_source": "model", "device": "cpu",
-            "full_size": False, "runs": 2,
-        }).to_csv(bench / "table3_speed.csv", index=False)
-        pd.DataFrame({
-            "setting": ["single_scale", "multi_scale", "multi_scale_crf"],
-            "scales": ["1", "0.75 1", "0.75 1"],
-            "crf": [False, False, True], "ms_median": [12.0, 30.0, 300.0], "fps": [83.3, 33.3, 3.3],
-            "device": "cpu",
-        }).to_csv(bench / "table6_fps.csv", index=False)
-        pd.DataFrame({
-            "rho": [1.0, 0.9, 0.8], "ms_median": [18.0, 12.0, 9.0], "fps": [55.6, 83.3, 111.1],
-            "stage1_pct": [0.0, 40.0, 55.0], "stage2_pct": [0.0, 30.0, 28.0], "mask_source": "model",
-            "device": "cpu",
-        }).to_csv(bench / "rho_speed.csv", index=False)
-        pd.DataFrame({
-            "method": ["irnet"] * 3 + ["lc"] * 3, "rho": [None] * 3 + [0.985] * 3, "stage": [1, 2, 3] * 2,
-            "ms_median": [5.0, 7.0, 6.0, 5.0, 4.0, 2.0], "active_pct": [100, 100, 100, 100, 75, 40],
-            "device": "cpu",
-        }).to_csv(bench / "stage_time.csv", index=False)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +126,7 @@ def test_table5_shows_the_configured_cityscapes_protocol(tmp_path, cfg):
     results = make_fake_run(tmp_path)
     (results / "runs/cityscapes/lc/train_done.json").write_text(json.dumps({"split": "train"}))
     (results / "runs/cityscapes/lc/eval_val_ms.json").write_text(
-        json.dumps(_eval_json("cityscapes", "lc", 52.0, (0.75, 1.0), True)))
+        json.dumps(eval_json("cityscapes", "lc", 52.0, (0.75, 1.0), True)))
     (results / "export/cityscapes_test.json").write_text(json.dumps(
         {"num_images": 2, "protocol": {"scales": [0.75, 1.0], "crf": False}}))
     ms_cfg = copy.deepcopy(cfg)

@@ -16,8 +16,11 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import requires_triton
 
 from lc.ops.active_set import ActiveSet
+
+pytestmark = requires_triton
 
 FP32_TOL = 1e-4  # max error relative to the reference's largest magnitude
 
@@ -182,6 +185,7 @@ def interpreter_errors() -> dict[str, dict[str, float]]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_interpreter_matches_torch(case: str, interpreter_errors: dict) -> None:
     errors = interpreter_errors[case]

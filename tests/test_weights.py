@@ -24,6 +24,7 @@ def timm_state() -> dict[str, torch.Tensor]:
     return timm.create_model("inception_resnet_v2", pretrained=False).state_dict()
 
 
+@pytest.mark.slow
 def test_synthetic_checkpoint_has_timms_exact_layout(timm_state):
     ours = timm_layout_state_dict(1.0)
     assert list(ours) == list(timm_state)
@@ -41,6 +42,7 @@ def test_block_indices():
         timm_block_indices(5, 10, "last")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("blocks", ["first", "even"])
 def test_5_10_5_blocks_load_from_timms_10_20_10(timm_state, blocks):
     """IRNet-LC's 5/10/5 blocks take timm's blocks chosen by model.timm_blocks, and everything else."""

@@ -1,16 +1,19 @@
-"""The Snakemake workflow: config schema, lint, the paper DAG, and the test preset run end to end."""
+"""The Snakemake workflow: config schema, lint, the paper DAG, and the test preset run end to end.
+
+Snakemake always runs on a copy of the repository (tests/helpers.py: copy_repo, snakemake), and job
+counts come from `--forceall` dry runs: what a data/ or results/ folder already holds changes nothing.
+"""
 
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from helpers import copy_repo, snakemake
 
 from lc.config import ConfigError, load_config, resolve_config, validate_config
 from lc.report.figures import FIGURES
@@ -18,11 +21,12 @@ from lc.report.tables import TABLE_FILES
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = REPO / "lc/config.schema.yaml"
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
-def _snakemake(*args: str, cwd: Path = REPO, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    """One copy of the repository for this module's dry runs."""
+    return copy_repo(tmp_path_factory.mktemp("workflow"))
 
 
 @pytest.mark.parametrize("preset", ["demo", "test", "paper"])
@@ -45,16 +49,19 @@ def test_schema_rejects_wrong_type_naming_the_key():
         validate_config(cfg, SCHEMA)
 
 
-def test_snakefile_rejects_bad_config_with_the_key(tmp_path):
+@pytest.mark.slow
+def test_snakefile_rejects_bad_config_with_the_key(work, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("evaluate:\n  rho_sweep: high\n")
-    result = _snakemake("-n", "--configfile", str(bad))
+    result = snakemake("-n", "--configfile", str(bad), cwd=work)
     assert result.returncode != 0
     assert "evaluate.rho_sweep" in result.stderr + result.stdout
 
 
-def test_lint_passes():
-    result = _snakemake("--lint")
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["demo", "paper"])
+def test_lint_passes(work, preset):
+    result = snakemake("--lint", "--config", f"preset={preset}", cwd=work)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -79,14 +86,22 @@ def _jobs(output: str) -> list[dict[str, str]]:
     return jobs
 
 
-def _paper_dry_run(*args: str) -> subprocess.CompletedProcess:
-    result = _snakemake("-n", "-p", "reproduce_tables", "--config", "preset=paper", *args)
+def _paper_dry_run(work: Path, *args: str) -> subprocess.CompletedProcess:
+    result = snakemake("-n", "-p", "--forceall", "reproduce_tables", "--config", "preset=paper", *args,
+                       cwd=work)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
 
-def test_paper_dag_lists_every_step():
-    result = _paper_dry_run()
+@pytest.fixture(scope="module")
+def paper_dry(work) -> subprocess.CompletedProcess:
+    """The paper preset's whole DAG, listed once for the module."""
+    return _paper_dry_run(work)
+
+
+@pytest.mark.slow
+def test_paper_dag_lists_every_step(paper_dry):
+    result = paper_dry
     jobs = _job_counts(result.stdout)
     paper = load_config(REPO / "config.yaml", preset="paper")
     assert "synth" not in jobs  # real downloads, no synthetic data
@@ -114,12 +129,12 @@ def _train_jobs(result) -> dict[str, dict[str, str]]:
             for job in _jobs(result.stdout) if job["rule"] == "train"}
 
 
-def test_paper_dag_weights_then_dsn_then_one_lc_per_rho():
+@pytest.mark.slow
+def test_paper_dag_weights_then_dsn_then_one_lc_per_rho(paper_dry):
     """Issue 11: ImageNet weights feed pretraining, LC starts from DSN, one LC model per rho."""
     paper = load_config(REPO / "config.yaml", preset="paper")
-    result = _paper_dry_run()
-    train = _train_jobs(result)
-    recalibrate = {job["output"]: job for job in _jobs(result.stdout) if job["rule"] == "recalibrate_bn"}
+    train = _train_jobs(paper_dry)
+    recalibrate = {job["output"]: job for job in _jobs(paper_dry.stdout) if job["rule"] == "recalibrate_bn"}
     for dataset in ("voc", "cityscapes"):  # weights -> BN recalibration -> IRNet
         start = f"results/paper/runs/{dataset}/imagenet_bn/start.pt"
         assert "weights/inception_resnet_v2.pth" in recalibrate[start]["input"]
@@ -128,7 +143,7 @@ def test_paper_dag_weights_then_dsn_then_one_lc_per_rho():
     # Table 2's equal-budget control starts where LC starts and trains as DSN
     assert "runs/voc/dsn/checkpoint.pt" in train["voc/dsn_budget"]["input"]
     assert "--variant dsn " in train["voc/dsn_budget"]["shell"]
-    table2 = next(job for job in _jobs(result.stdout) if job["rule"] == "build_table2")
+    table2 = next(job for job in _jobs(paper_dry.stdout) if job["rule"] == "build_table2")
     assert "runs/voc/dsn_budget/eval_val.json" in table2["input"]
     for dataset in ("voc", "cityscapes"):
         assert f"runs/{dataset}/dsn/checkpoint.pt" in train[f"{dataset}/lc"]["input"]
@@ -141,10 +156,10 @@ def test_paper_dag_weights_then_dsn_then_one_lc_per_rho():
     assert rho_runs == expected  # rho = 1 is the DSN run, rho = train.rho the main LC run: no duplicate
     for run in rho_runs:
         assert f"--rho {float(run.split('lc_rho')[1]):g}" in train[run]["shell"]
-    sweep = next(job for job in _jobs(_paper_dry_run().stdout) if job["rule"] == "sweep")
+    sweep = next(job for job in _jobs(paper_dry.stdout) if job["rule"] == "sweep")
     assert "runs/voc/dsn/checkpoint.pt" in sweep["input"] and "runs/voc/lc/checkpoint.pt" in sweep["input"]
     fast = f"runs/voc/lc_rho{paper['evaluate']['fast_rho']:.3f}/checkpoint.pt"
-    bench = {job["rule"]: job for job in _jobs(_paper_dry_run().stdout)}
+    bench = {job["rule"]: job for job in _jobs(paper_dry.stdout)}
     assert fast in bench["bench_models"]["input"] and f"--fast-checkpoint results/paper/{fast}" in bench[
         "bench_models"]["shell"]
     for run in rho_runs:  # Fig. 7(a): every rho with a model of its own is timed with its masks
@@ -154,11 +169,12 @@ def test_paper_dag_weights_then_dsn_then_one_lc_per_rho():
         assert f"--rho-checkpoint {rho:g}={ckpt}" in bench["bench_rho"]["shell"]
 
 
-def test_paper_export_model_trains_on_trainval(tmp_path):
+@pytest.mark.slow
+def test_paper_export_model_trains_on_trainval(work, tmp_path):
     """With VOC test images configured, the VOC export's LC trains on evaluate.export_train_split."""
     override = tmp_path / "voc_test.yaml"
     override.write_text("data:\n  archives:\n    voc2012_test: {md5: 0123456789abcdef0123456789abcdef}\n")
-    result = _paper_dry_run("--configfile", str(override))
+    result = _paper_dry_run(work, "--configfile", str(override))
     train = _train_jobs(result)
     assert "--split trainval_aug" in train["voc/lc_trainval_aug"]["shell"]
     assert all("--split" not in job["shell"] for run, job in train.items() if run != "voc/lc_trainval_aug")
@@ -166,7 +182,8 @@ def test_paper_export_model_trains_on_trainval(tmp_path):
     assert "runs/voc/lc_trainval_aug/checkpoint.pt" in export["input"]
 
 
-def test_paper_gpu_jobs_through_the_slurm_profile(tmp_path):
+@pytest.mark.slow
+def test_paper_gpu_jobs_through_the_slurm_profile(work, tmp_path):
     """Every job of a GPU kind asks SLURM for GPUs (--gpus), goes to the gpu partition (the plugin's
     choice from partitions.yaml) and runs with --device cuda; no other does."""
     import logging
@@ -184,7 +201,8 @@ def test_paper_gpu_jobs_through_the_slurm_profile(tmp_path):
     profile.mkdir()
     text = (REPO / "workflow/profiles/slurm/config.yaml").read_text()
     (profile / "config.yaml").write_text(text)  # the profile as shipped (no conda: jobs run this python)
-    result = _snakemake("-n", "--profile", str(profile), "reproduce_tables", "--config", "preset=paper")
+    result = snakemake("-n", "--forceall", "--profile", str(profile), "reproduce_tables",
+                       "--config", "preset=paper", cwd=work)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     gpu_rules = {"recalibrate_bn", "train", "evaluate", "sweep", "export_cityscapes", "analyze_difficulty",
                  "analyze_stages",
@@ -206,27 +224,20 @@ def test_paper_gpu_jobs_through_the_slurm_profile(tmp_path):
             assert "gpu" not in resources and "--device cuda" not in job["shell"], job
 
 
-def test_demo_runs_on_the_configured_device():
-    result = _snakemake("-n", "-p", "reproduce_tables", "--config", "preset=demo")
+@pytest.mark.slow
+def test_demo_runs_on_the_configured_device(work):
+    result = snakemake("-n", "-p", "--forceall", "reproduce_tables", "--config", "preset=demo", cwd=work)
     assert result.returncode == 0, result.stderr
     jobs = [job for job in _jobs(result.stdout) if "--device" in job["shell"]]
     assert jobs
     assert all("--device cuda" not in job["shell"] and "gpu=" not in job["resources"] for job in jobs)
 
 
-def _copy_repo(dest: Path) -> Path:
-    for name in ("Snakefile", "config.yaml"):
-        shutil.copy2(REPO / name, dest / name)
-    for name in ("workflow", "envs", "lc", "results/paper"):
-        shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-    return dest
-
-
 @pytest.mark.slow
 def test_test_preset_runs_end_to_end(tmp_path):
     """The whole DAG on the test preset in a copy of the repository; a second run does nothing."""
-    work = _copy_repo(tmp_path)
-    result = _snakemake("--cores", "2", "reproduce_tables", "--config", "preset=test", cwd=work, timeout=900)
+    work = copy_repo(tmp_path)
+    result = snakemake("--cores", "2", "reproduce_tables", "--config", "preset=test", cwd=work, timeout=900)
     logs = "\n".join(f"== {p}\n{p.read_text()[-2000:]}" for p in (work / "results/test/logs").rglob("*.log")
                      if "rror" in p.read_text()) if (work / "results/test/logs").exists() else ""
     assert result.returncode == 0, result.stderr[-5000:] + logs
@@ -244,11 +255,11 @@ def test_test_preset_runs_end_to_end(tmp_path):
         assert (work / f"results/test/figures/{name}.png").stat().st_size > 10_000, name
         assert (work / f"results/test/figures/{name}.pdf").exists(), name
     assert (work / "results/test/provenance.json").exists()
-    again = _snakemake("-n", "--cores", "2", "reproduce_tables", "--config", "preset=test", cwd=work)
+    again = snakemake("-n", "--cores", "2", "reproduce_tables", "--config", "preset=test", cwd=work)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr, again.stdout
     # Snakemake's own report, no nested Snakemake: tables, figures, bench outputs, model info
     html = work / "results/test/report.html"
-    report = _snakemake("--report", str(html), "reproduce_tables", "--config", "preset=test", cwd=work)
+    report = snakemake("--report", str(html), "reproduce_tables", "--config", "preset=test", cwd=work)
     assert report.returncode == 0 and html.stat().st_size > 100_000, report.stderr[-3000:]
     text = html.read_text(errors="ignore")
     for name in ("fig7a_miou_vs_speed.png", "op_speedup.png", "model_info.csv", "table3_speed.csv"):

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers import copy_repo, snakemake
 
 from lc.config import deep_merge
 
-REPO = Path(__file__).resolve().parent.parent
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "reproduce_tables", "--config", "preset=demo"]
+pytestmark = pytest.mark.slow
+TARGET = ["reproduce_tables", "--config", "preset=demo"]
 TRAIN_ALL = {f"train:{run}" for run in ("voc/irnet", "voc/dsn", "voc/dsn_budget", "voc/dsn_dropout", "voc/mc",
                                          "voc/lc", "cityscapes/irnet", "cityscapes/dsn", "cityscapes/lc")}
 EVAL_ALL = {f"evaluate:{name}" for name in (
@@ -53,7 +51,7 @@ CHANGES = [
 
 
 def _run(args: list[str], cwd: Path) -> str:
-    result = subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    result = snakemake(*TARGET, *args, cwd=cwd)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr
 
@@ -78,11 +76,7 @@ def _recorded_params(work: Path) -> dict[str, list]:
 
 @pytest.fixture(scope="module")
 def touched_demo(tmp_path_factory) -> Path:
-    work = tmp_path_factory.mktemp("params")
-    for name in ("Snakefile", "config.yaml"):
-        shutil.copy2(REPO / name, work / name)
-    for name in ("workflow", "envs", "lc", "results/paper"):
-        shutil.copytree(REPO / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
+    work = copy_repo(tmp_path_factory.mktemp("params"))
     dry = _run(["-n", "--forceall"], work)
     outputs = [p.strip() for line in dry.splitlines() if line.startswith("    output: ")
                for p in line[len("    output: "):].split(",")]

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from lc.bench.masks import MASK_SOURCE_PAPER, RoutingMasks, TrainedMasks, mask_shares, routing_mask_sets
-from lc.bench.timing import measure, set_threads
+from lc.bench.timing import check_threads, measure
 from lc.device import device_name, resolve_device
 from lc.evaluation.progress import progress
 from lc.models.cascade import LayerCascade
@@ -73,17 +73,17 @@ class BenchSetup:
 
         paper_table1: the published Table 1 (`lc.report.paper.load_paper_table(1)`), whose stage
         shares route LC when no trained checkpoint is given. threads: torch CPU threads (default
-        `bench.threads`), set here for every timing that follows. fast_checkpoint: the LC model trained
-        at evaluate.fast_rho (evaluate.sweep_retrain), whose masks route LC fast; default: the masks of
-        `checkpoint` re-thresholded at fast_rho. rho_checkpoints: {rho: the LC model trained at rho}
+        `bench.threads`), set around the benchmark's timings (lc.bench.run, `cpu_threads`) and
+        restored after them. fast_checkpoint: the LC model trained at evaluate.fast_rho
+        (evaluate.sweep_retrain), whose masks route LC fast; default: the masks of `checkpoint`
+        re-thresholded at fast_rho. rho_checkpoints: {rho: the LC model trained at rho}
         (evaluate.sweep_retrain), whose masks route LC at that rho (`lc bench rho`).
         """
         bench = cfg["bench"]
         full_size = bool(bench.get("full_size_models", True))
         model_cfg = dict(full_model_cfg or cfg["model"]) if full_size else dict(cfg["model"])
         dev = resolve_device(device or cfg.get("device", "auto"))
-        threads = int(bench["threads"] if threads is None else threads)
-        set_threads(threads)
+        threads = check_threads(bench["threads"] if threads is None else threads)
         count = int(bench.get("mask_sets", 8)) * int(bench["batch_size"])
         masks = None
         if checkpoint and Path(checkpoint).exists():

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from lc.bench.timing import measure, set_threads, write_csv
+from lc.bench.timing import cpu_threads, measure, write_csv
 from lc.data.io import atomic_path
 from lc.evaluation.progress import progress
 from lc.models.irnet import IRNet
@@ -131,25 +131,25 @@ def run_op_bench(cfg: dict, devices: Sequence[str] | None = None, warmup: int | 
     fractions = sorted({float(f) for f in bench["fractions"]} | set(ALWAYS_FRACTIONS))
     if devices is None:
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    set_threads(int(bench["threads"] if threads is None else threads))
     rows = []
-    for device in devices:
-        gen = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)
-        net = _op_net(cfg).eval().to(device)
-        stage_in = torch.randn(1, net.stage_channels[0], size, size, generator=gen).relu().to(device)
-        levels = {"stage2": _stage_cases(net, stage_in, fractions, gen, device)}
-        for level, conv in _single_convs(net).items():
-            x = torch.randn(1, conv.in_channels, size, size, generator=gen).to(device)
-            bias = torch.randn(conv.out_channels, generator=gen).to(device)
-            levels[level] = _conv_cases(conv.weight.detach(), bias, conv.padding, conv.dilation, x,
-                                        fractions, gen, device)
-        cases = [(level, *case) for level, level_cases in levels.items() for case in level_cases]
-        for level, impl, fraction, fn in progress(cases, len(cases), f"bench op ({device})", log_every=5,
-                                                  unit="case"):
-            timing = measure(lambda _i, fn=fn: fn(), device, warmup, runs)
-            rows.append({"level": level, "impl": impl, "active_fraction": fraction,
-                         "ms_median": timing.median, "device": device})
+    with cpu_threads(int(bench["threads"] if threads is None else threads)):
+        for device in devices:
+            gen = torch.Generator().manual_seed(seed)
+            torch.manual_seed(seed)
+            net = _op_net(cfg).eval().to(device)
+            stage_in = torch.randn(1, net.stage_channels[0], size, size, generator=gen).relu().to(device)
+            levels = {"stage2": _stage_cases(net, stage_in, fractions, gen, device)}
+            for level, conv in _single_convs(net).items():
+                x = torch.randn(1, conv.in_channels, size, size, generator=gen).to(device)
+                bias = torch.randn(conv.out_channels, generator=gen).to(device)
+                levels[level] = _conv_cases(conv.weight.detach(), bias, conv.padding, conv.dilation, x,
+                                            fractions, gen, device)
+            cases = [(level, *case) for level, level_cases in levels.items() for case in level_cases]
+            for level, impl, fraction, fn in progress(cases, len(cases), f"bench op ({device})",
+                                                      log_every=5, unit="case"):
+                timing = measure(lambda _i, fn=fn: fn(), device, warmup, runs)
+                rows.append({"level": level, "impl": impl, "active_fraction": fraction,
+                             "ms_median": timing.median, "device": device})
     df = pd.DataFrame(rows)
     dense = df[df.impl.str.startswith("dense")].groupby(["device", "level"]).ms_median.min()
     df["speedup"] = [dense[(d, lv)] / ms for d, lv, ms in zip(df.device, df.level, df.ms_median, strict=True)]

@@ -49,17 +49,19 @@ def run_benchmark(kind: str, cfg: dict, full_cfg: dict, out: str | Path,
     from lc.bench.rho import run_rho_bench
     from lc.bench.stages import run_stages_bench
     from lc.bench.table6 import run_table6_bench
-    from lc.bench.timing import node_access, write_csv
+    from lc.bench.timing import check_threads, cpu_threads, node_access, write_csv
 
     runners = {"models": run_models_bench, "stages": run_stages_bench, "rho": run_rho_bench,
                "table6": run_table6_bench}
     if kind not in runners:
         raise ValueError(f"unknown benchmark {kind!r}; choose one of {', '.join(BENCH_KINDS)} (or op)")
     apply_region_config(cfg)
-    setup = BenchSetup.from_config(cfg, full_cfg["model"], checkpoint=checkpoint, device=device,
-                                   warmup=warmup, runs=runs, paper_table1=paper_table1, threads=threads,
-                                   fast_checkpoint=fast_checkpoint, rho_checkpoints=rho_checkpoints)
-    table = runners[kind](setup)
+    threads = check_threads(cfg["bench"]["threads"] if threads is None else threads)
+    with cpu_threads(threads):  # restored afterwards; the device description records it
+        setup = BenchSetup.from_config(cfg, full_cfg["model"], checkpoint=checkpoint, device=device,
+                                       warmup=warmup, runs=runs, paper_table1=paper_table1, threads=threads,
+                                       fast_checkpoint=fast_checkpoint, rho_checkpoints=rho_checkpoints)
+        table = runners[kind](setup)
     table["node_access"] = node_access()  # exclusive / shared (SLURM) / local
     write_csv(table, out)
     return table

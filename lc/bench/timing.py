@@ -2,8 +2,8 @@
 
 - `measure`: warm-up, then timed runs under `torch.inference_mode`: on the CPU
   `torch.utils.benchmark.Timer` at the torch thread count the benchmark set (`--threads` /
-  `bench.threads`), on the GPU one pair of CUDA events per call; median and spread (p25/p75) of
-  the per-call times.
+  `bench.threads`, by `cpu_threads`, which restores the previous count afterwards), on the GPU one
+  pair of CUDA events per call; median and spread (p25/p75) of the per-call times.
 - `write_csv`: the one atomic CSV writer of the bench CSVs (temp name, then rename).
 - `node_access`: whether the timing had the machine to itself (the CSVs' `node_access` column).
 
@@ -17,7 +17,8 @@ import itertools
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,15 +29,31 @@ from torch.utils.benchmark import Timer
 
 from lc.data.io import write_csv as write_table_csv
 
-__all__ = ["Timing", "measure", "node_access", "set_threads", "write_csv"]
+__all__ = ["Timing", "check_threads", "cpu_threads", "measure", "node_access", "set_threads", "write_csv"]
 
 
 # --- devices and timing -----------------------------------------------------------------------
-def set_threads(threads: int) -> None:
-    """Set torch's CPU thread count for the benchmark (the value every timing runs and records)."""
+def check_threads(threads: int) -> int:
+    """A benchmark's CPU thread count, checked (>= 1)."""
     if int(threads) < 1:
         raise ValueError(f"benchmark threads must be >= 1, got {threads} (--threads or bench.threads)")
-    torch.set_num_threads(int(threads))
+    return int(threads)
+
+
+def set_threads(threads: int) -> None:
+    """Set torch's CPU thread count for the benchmark (the value every timing runs and records)."""
+    torch.set_num_threads(check_threads(threads))
+
+
+@contextmanager
+def cpu_threads(threads: int) -> Iterator[None]:
+    """torch's CPU thread count set to `threads` inside, and restored on the way out."""
+    before = torch.get_num_threads()
+    set_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass

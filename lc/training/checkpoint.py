@@ -33,14 +33,17 @@ import torch.nn as nn
 from lc.data.io import atomic_path
 
 __all__ = [
-    "REQUIRED_KEYS", "CheckpointError", "build_model_from_spec", "capture_rng_state", "load_checkpoint",
-    "load_model", "make_model_spec", "restore_rng_state", "save_checkpoint",
+    "REQUIRED_KEYS", "CheckpointError", "build_model_from_spec", "capture_rng_state", "kill_point",
+    "load_checkpoint", "load_model", "make_model_spec", "restore_rng_state", "save_checkpoint",
 ]
 
 REQUIRED_KEYS: tuple[str, ...] = ("model", "model_spec", "iteration")
 # Fault injection (tests/test_reliability_training.py): with this variable set to N, the process kills
 # itself (SIGKILL) inside its Nth checkpoint write, leaving a half-written temporary file behind.
 FAULT_KILL_ON_SAVE = "LC_FAULT_KILL_ON_SAVE"
+# ... and with this one set to K, the training loop kills it right after iteration K's optimizer step
+# (before that iteration is logged or checkpointed): kill points from the loop itself, never a timer.
+FAULT_KILL_AFTER_ITERATION = "LC_FAULT_KILL_AFTER_ITERATION"
 _saves_seen = 0
 SPEC_KEYS: tuple[str, ...] = ("kind", "variant", "num_classes", "model_cfg", "rho", "depth", "dataset")
 MODEL_KINDS = ("cascade", "mc")
@@ -72,6 +75,13 @@ def _fault_point(handle) -> None:
     if _saves_seen == int(os.environ[FAULT_KILL_ON_SAVE]):
         handle.truncate(handle.tell() // 2)
         handle.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kill_point(iteration: int) -> None:
+    """Fault injection: SIGKILL this process after `iteration` when FAULT_KILL_AFTER_ITERATION names it."""
+    value = os.environ.get(FAULT_KILL_AFTER_ITERATION)
+    if value and int(value) == iteration:
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -35,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lc.data.io import write_text_atomic
 from lc.models.variants import VARIANTS
-from lc.training.checkpoint import capture_rng_state, save_checkpoint
+from lc.training.checkpoint import capture_rng_state, kill_point, save_checkpoint
 from lc.training.distributed import setup_distributed, teardown_distributed
 from lc.training.losses import cascade_loss
 from lc.training.preempt import Preempted, StopRequest
@@ -139,6 +139,7 @@ def _train_network(run: Run, phase: Phase, stop_request: StopRequest | None = No
         _step(run, phase, optimizer, trained, window)
         run.iteration += 1
         run.progress.step()
+        kill_point(run.iteration)  # fault injection for the tests; a no-op otherwise
         phase_done = run.iteration == phase.stop
         if run.iteration % int(run.cfg["train"]["log_every"]) == 0 or run.iteration == run.end or phase_done:
             _log_row(run, optimizer, window)
