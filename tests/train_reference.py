@@ -21,7 +21,10 @@ losses, no ImageNet weights).
 History: first recorded before the loop was restructured; the restructured loop, with every other
 change of that round merged, reproduced all eight digests bitwise on the synthetic scenes of that
 time. The digests were then re-recorded once, when the synthetic scene generators changed (new
-training data, so new weights), and guard the loop from there on.
+training data, so new weights), and guard the loop from there on. Re-recorded (bitwise entry only)
+when routed training moved to the stage plan (BN folded into the conv weights under autograd,
+lc.models.region_plan): with `region.planned: false` the previous digests are reproduced bitwise, and
+the float64 summary matches within its tolerance on the planned path.
 """
 
 from __future__ import annotations
