@@ -143,7 +143,7 @@ class OutputPaths:
 BACKBONES_TABLE = "tables/backbones.csv"
 BACKBONES_MD = "tables/backbones.md"
 BACKBONES_FIGURE = "backbones_miou_speedup"  # figures/<name>.png and .pdf
-BACKBONE_FILES = {"sweep_dense": "sweep_dense_val.csv", "sweep_lc": "sweep_lc_val.csv", "bench": "bench.csv"}
+BACKBONE_KINDS = ("sweep_dense", "sweep_lc", "bench")  # dense and LC on the val split; lc bench backbone
 
 
 def backbone_dir(backbone: str, dataset: str) -> str:
@@ -151,8 +151,8 @@ def backbone_dir(backbone: str, dataset: str) -> str:
 
 
 def backbone_file(backbone: str, dataset: str, kind: str) -> str:
-    """sweep_dense, sweep_lc or bench of one backbone on one data set."""
-    return f"{backbone_dir(backbone, dataset)}/{BACKBONE_FILES[kind]}"
+    """<kind>.csv (BACKBONE_KINDS; a wildcard also works) of one backbone on one data set."""
+    return f"{backbone_dir(backbone, dataset)}/{kind}.csv"
 
 
 def backbone_checkpoint(backbone: str, dataset: str, variant: str) -> str:
