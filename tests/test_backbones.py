@@ -6,6 +6,7 @@ import timm
 import torch
 from helpers import randomise_bn
 
+from lc.models.backbone_convnext import ConvNeXtBackbone
 from lc.models.backbone_irnet import IRNetBackbone
 from lc.models.backbone_resnet import ResNetBackbone
 from lc.models.backbones import BACKBONES, build_backbone
@@ -17,12 +18,24 @@ TOL = dict(atol=1e-6, rtol=1e-6)
 TINY_RESNET = dict(backbone="resnet", timm_arch="resnet101", layers=[1, 2, 2, 2], channels=[8, 8, 16, 16],
                    stem_width=8, stage2_blocks=1)
 TINY_IRNET = dict(backbone="irnet", width_mult=0.0625, block_counts=[1, 1, 1])
+TINY_CONVNEXT = dict(backbone="convnext", timm_arch="convnext_atto", depths=[1, 1, 2, 2], dims=[8, 8, 16, 16])
+ALL = pytest.mark.parametrize("cfg", [TINY_RESNET, TINY_CONVNEXT, TINY_IRNET],
+                              ids=["resnet", "convnext", "irnet"])
+
+
+def _randomise(net: torch.nn.Module, seed: int) -> None:
+    """Non-trivial BN statistics, LayerNorm affines and layer scales (timm's gamma starts at 1e-6)."""
+    g = torch.Generator().manual_seed(seed)
+    randomise_bn(net, g)
+    for p in net.parameters():
+        if p.dim() == 1:  # norms' affines, biases, layer scales
+            p.data.copy_(torch.rand(p.shape, generator=g) + 0.5)
 
 
 def _tiny(cfg: dict):
     torch.manual_seed(0)
     net = build_backbone(cfg).double().eval()
-    randomise_bn(net, torch.Generator().manual_seed(0))
+    _randomise(net, 0)
     return net
 
 
@@ -30,7 +43,7 @@ def _loss(y: torch.Tensor) -> torch.Tensor:
     return (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y.contiguous())).sum()
 
 
-@pytest.mark.parametrize("cfg", [TINY_RESNET, TINY_IRNET], ids=["resnet", "irnet"])
+@ALL
 @pytest.mark.parametrize("kind", ["empty", "sparse", "full"])
 def test_region_stages_equal_masked_dense(cfg, kind):
     net = _tiny(cfg)
@@ -87,6 +100,25 @@ def test_resnet_assembly_equals_timm_feature_maps():
     assert tuple(f1.shape[2:]) == ours.output_size(37, 45) == tuple(f3.shape[2:])
 
 
+def test_convnext_assembly_equals_timm_feature_maps():
+    torch.manual_seed(0)
+    kwargs = dict(depths=(1, 1, 2, 2), dims=(8, 8, 16, 16))
+    ref = timm.create_model("convnext_atto", pretrained=False, output_stride=8, features_only=True, **kwargs)
+    _randomise(ref, 3)
+    ref = ref.double().eval()
+    ours = ConvNeXtBackbone("convnext_atto", **kwargs).double().eval()
+    report = ours.load_imagenet({k.replace("stages_", "stages.").replace("stem_", "stem."): v
+                                for k, v in ref.state_dict().items()}, {})
+    assert not report["skipped"]
+    x = torch.randn(1, 3, 37, 45, dtype=torch.float64)
+    with torch.no_grad():
+        maps = ref(x)
+        f1, f2, f3 = ours.forward_stages(x)
+        torch.testing.assert_close(ours.stages[2].blocks(f1), maps[2], **TOL)
+        torch.testing.assert_close(f3, maps[3], **TOL)  # the last stage (dilated at output stride 8)
+    assert tuple(f1.shape[2:]) == ours.output_size(37, 45) == tuple(f3.shape[2:])
+
+
 def test_resnet101_stage_cut_matches_irnet_flop_shares():
     with torch.device("meta"):
         nets = {"resnet101": ResNetBackbone("resnet101"),
@@ -104,14 +136,15 @@ def test_resnet101_stage_cut_matches_irnet_flop_shares():
 
 
 def test_every_block_type_has_a_region_plan():
-    assert set(BACKBONES) >= {"irnet", "resnet"}
+    assert set(BACKBONES) >= {"irnet", "resnet", "convnext"}
     assert set(_tiny(TINY_RESNET).region_plan()) == {"Bottleneck"}
     assert set(_tiny(TINY_IRNET).region_plan()) >= {"Mixed_6a", "Block17", "Mixed_7a", "Block8", "ConvBN"}
+    assert set(_tiny(TINY_CONVNEXT).region_plan()) == {"ConvNeXtBlock", "downsample"}
     with pytest.raises(ValueError, match="model.backbone"):
         build_backbone({"backbone": "vgg"})
 
 
-@pytest.mark.parametrize("cfg", [TINY_RESNET, TINY_IRNET], ids=["resnet", "irnet"])
+@ALL
 def test_cascade_on_every_backbone_compressed_equals_masked_dense(cfg):
     torch.manual_seed(0)
     model = LayerCascade(3, "lc", {**cfg, "head_channels": 4}, rho=0.4).double().eval()

@@ -72,7 +72,7 @@ class Backbone(nn.Module):
 
     name: str = ""
     STAGE_LAYERS: dict[int, tuple[str, ...]] = {}
-    REGION_PLANS: dict[type, str] = {}
+    REGION_PLANS: dict[str, str] = {}  # block type (class name) -> its region plan
     stage_channels: tuple[int, int, int]
     in_channels: int = 3
 
@@ -137,14 +137,20 @@ class Backbone(nn.Module):
         """Load a timm-layout ImageNet state dict; fail loudly on a tensor that does not fit."""
         raise NotImplementedError
 
+    def region_blocks(self, stage: int) -> list[tuple[str, str]]:
+        """(name, block type) of the blocks of stage 2 or 3 (a Sequential counts as its children)."""
+        blocks = []
+        for name, module in self.stage_modules(stage):
+            children = list(module.named_children()) if isinstance(module, nn.Sequential) else [("", module)]
+            blocks += [(f"{name}.{sub}".rstrip("."), type(block).__name__) for sub, block in children]
+        return blocks
+
     def region_plan(self) -> dict[str, str]:
-        """Block type name -> its region plan, for every block type in stages 2 and 3."""
+        """Block type -> its region plan, for every block type in stages 2 and 3."""
         plans = {}
         for stage in REGION_STAGES:
-            for _, module in self.stage_modules(stage):
-                blocks = list(module) if isinstance(module, nn.Sequential) else [module]
-                for block in blocks:
-                    if type(block) not in self.REGION_PLANS:
-                        raise TypeError(f"{self.name}: no region plan for {type(block).__name__}")
-                    plans[type(block).__name__] = self.REGION_PLANS[type(block)]
+            for name, kind in self.region_blocks(stage):
+                if kind not in self.REGION_PLANS:
+                    raise TypeError(f"{self.name}: no region plan for {name} ({kind})")
+                plans[kind] = self.REGION_PLANS[kind]
         return plans

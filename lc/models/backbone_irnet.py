@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from lc.models import region_irnet
 from lc.models.backbone import Backbone
-from lc.models.irnet import STAGE_LAYERS, Block8, Block17, ConvBN, IRNet, Mixed_6a, Mixed_7a, _pair
+from lc.models.irnet import STAGE_LAYERS, ConvBN, IRNet, _pair
 from lc.models.timm_weights import load_timm_weights
 from lc.ops.active_set import ActiveSet
 
@@ -26,16 +26,16 @@ class IRNetBackbone(IRNet, Backbone):
 
     name = "irnet"
     STAGE_LAYERS = STAGE_LAYERS
-    REGION_PLANS: dict[type, str] = {
-        Mixed_6a: "reduction (stage input): 3x3 on the dense input gathered, 1x1 GEMM -> 3x3 gathered "
+    REGION_PLANS: dict[str, str] = {
+        "Mixed_6a": "reduction (stage input): 3x3 on the dense input gathered, 1x1 GEMM -> 3x3 gathered "
                   "-> 3x3 gathered, 3x3 max pool over the input; BN folded, ReLU; concat",
-        Mixed_7a: "reduction (stage input): three 1x1 merged in one GEMM, then 3x3 gathered chains, 3x3 "
+        "Mixed_7a": "reduction (stage input): three 1x1 merged in one GEMM, then 3x3 gathered chains, 3x3 "
                   "max pool over the input; BN folded, ReLU; concat",
-        Block17: "1x1 pair merged in one GEMM, 1x7 and 7x1 gathered (dilated); closing 1x1 GEMM with the "
+        "Block17": "1x1 pair merged in one GEMM, 1x7 and 7x1 gathered (dilated); closing 1x1 GEMM with the "
                  "residual scale folded, + identity, ReLU",
-        Block8: "1x1 pair merged in one GEMM, 1x3 and 3x1 gathered (dilated); closing 1x1 GEMM with the "
+        "Block8": "1x1 pair merged in one GEMM, 1x3 and 3x1 gathered (dilated); closing 1x1 GEMM with the "
                 "residual scale folded, + identity, ReLU (none on the last block)",
-        ConvBN: "1x1 GEMM, BN folded, ReLU",
+        "ConvBN": "1x1 GEMM, BN folded, ReLU",
     }
     timm_model = "inception_resnet_v2.tf_in1k"
     weights_file = "inception_resnet_v2.pth"

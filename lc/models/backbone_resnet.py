@@ -84,8 +84,8 @@ class ResNetBackbone(Backbone):
     """timm ResNet (Bottleneck) at output stride 8, cut into three stages (module docstring)."""
 
     name = "resnet"
-    REGION_PLANS: dict[type, str] = {
-        Bottleneck: "conv1 1x1 GEMM + folded BN + ReLU; conv2 3x3 (dilated) gathered + folded BN + ReLU; "
+    REGION_PLANS: dict[str, str] = {
+        "Bottleneck": "conv1 1x1 GEMM + folded BN + ReLU; conv2 3x3 (dilated) gathered + folded BN + ReLU; "
                     "conv3 1x1 GEMM + folded BN; shortcut 1x1 projection GEMM + folded BN or identity; "
                     "add, ReLU",
     }

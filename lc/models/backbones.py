@@ -14,6 +14,7 @@ import torch
 from lc.data.io import atomic_path, write_text_atomic
 from lc.data.weights import WEIGHTS_FILENAME, sha256_file
 from lc.models.backbone import Backbone
+from lc.models.backbone_convnext import ConvNeXtBackbone
 from lc.models.backbone_irnet import IRNetBackbone
 from lc.models.backbone_resnet import ResNetBackbone
 from lc.models.timm_weights import timm_layout_state_dict
@@ -23,6 +24,7 @@ __all__ = ["BACKBONES", "build_backbone", "synthetic_imagenet_state", "write_syn
 BACKBONES: dict[str, type[Backbone]] = {
     "irnet": IRNetBackbone,
     "resnet": ResNetBackbone,
+    "convnext": ConvNeXtBackbone,
 }
 
 
