@@ -119,9 +119,9 @@ def test_convnext_assembly_equals_timm_feature_maps():
     assert tuple(f1.shape[2:]) == ours.output_size(37, 45) == tuple(f3.shape[2:])
 
 
-def test_resnet101_stage_cut_matches_irnet_flop_shares():
+def test_full_size_stage_cuts_match_irnet_flop_shares():
     with torch.device("meta"):
-        nets = {"resnet101": ResNetBackbone("resnet101"),
+        nets = {"resnet101": ResNetBackbone("resnet101"), "convnext_tiny": ConvNeXtBackbone("convnext_tiny"),
                 "irnet": IRNetBackbone(width_mult=1.0, block_counts=(5, 10, 5))}
     shares = {}
     for name, net in nets.items():
@@ -132,6 +132,8 @@ def test_resnet101_stage_cut_matches_irnet_flop_shares():
         shares[name] = [f / sum(flops) for f in flops]
     for ours, theirs in zip(shares["resnet101"], shares["irnet"], strict=True):
         assert abs(ours - theirs) < 0.01, shares
+    for ours, theirs in zip(shares["convnext_tiny"], shares["irnet"], strict=True):
+        assert abs(ours - theirs) < 0.025, shares
     assert nets["resnet101"].stage_channels == (512, 1024, 2048)
 
 

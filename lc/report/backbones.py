@@ -42,6 +42,12 @@ def architecture_text(model_cfg: dict) -> str:
             parts.append(f"channels {'/'.join(str(n) for n in model_cfg['channels'])}")
         parts.append(f"stage 2 = layer3[:{model_cfg.get('stage2_blocks', 16)}]")
         return ", ".join(parts)
+    if name == "convnext":
+        parts = [f"timm {model_cfg.get('timm_arch', 'convnext_tiny')} OS8"]
+        for key in ("depths", "dims"):
+            if model_cfg.get(key):
+                parts.append(f"{key} {'/'.join(str(n) for n in model_cfg[key])}")
+        return ", ".join(parts)
     return str(name)
 
 
