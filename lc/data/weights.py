@@ -73,8 +73,9 @@ def _expected_sha256(cfg: dict, source: str | None) -> str:
     if cfg["data"].get("synthetic") and source:
         sidecar = _read_source(source + ".sha256")
         return sidecar.read_text().split()[0]
+    timm_model = cfg["model"].get("timm_model", TIMM_MODEL)  # the backbone's (model.backbone)
     raise ValueError("model.pretrained_sha256 is null, so the ImageNet weights cannot be verified; set it to "
-                     f"the SHA-256 of timm's file (`huggingface-cli download timm/{TIMM_MODEL} "
+                     f"the SHA-256 of timm's file (`huggingface-cli download timm/{timm_model} "
                      "model.safetensors` then `sha256sum` it), or use model.pretrained: <path> for a file "
                      "you trust")
 
