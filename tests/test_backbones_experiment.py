@@ -2,6 +2,7 @@
 synthetic weights through the same loading code, and the workflow target's DAG."""
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -79,16 +80,21 @@ def test_backbones_table_and_figure(tmp_path, test_cfg):
     assert "| resnet101 |" in (tmp_path / outputs.BACKBONES_MD).read_text()
 
 
-def _dry_run(*args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "backbones", *args], cwd=REPO,
+def _dry_run(work: Path, *args: str) -> str:
+    """A dry-run in a copy of the workflow (Snakemake writes the resolved config below results/)."""
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy2(REPO / name, work / name)
+    for name in ("workflow", "envs", "lc", "results/paper"):
+        shutil.copytree(REPO / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "backbones", *args], cwd=work,
                             capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
 
 
 @pytest.mark.slow
-def test_paper_dry_run_shows_every_step_per_backbone():
-    out = _dry_run("--config", "preset=paper")
+def test_paper_dry_run_shows_every_step_per_backbone(tmp_path):
+    out = _dry_run(tmp_path, "--config", "preset=paper")
     shells = re.findall(r"^.*python -m lc\.cli (\w[\w-]*) .*--backbone (\w+).*$", out, re.MULTILINE)
     for dataset in ("voc", "cityscapes"):
         for variant in ("irnet", "dsn", "lc"):
