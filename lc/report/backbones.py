@@ -25,7 +25,7 @@ BACKBONES_COLUMNS = ["backbone", "architecture", "dataset", "miou_dense", "miou_
                      "stage1_pct", "stage2_pct", "stage3_pct", "stage_flop_shares", "lc_params_m",
                      "dense_gflops", "lc_gflops", "predicted_speedup", "measured_speedup", "device",
                      "protocol", "mask_source", "preset"]
-PROTOCOL = "single scale, no flip, no CRF; val split; speed: batch bench.batch_size at bench.image_size"
+PROTOCOL = "single scale, no flip, no CRF, val split"  # + the benchmark's image size, batch and threads
 
 
 def architecture_text(model_cfg: dict) -> str:
@@ -49,6 +49,11 @@ def architecture_text(model_cfg: dict) -> str:
                 parts.append(f"{key} {'/'.join(str(n) for n in model_cfg[key])}")
         return ", ".join(parts)
     return str(name)
+
+
+def _protocol(speed: pd.Series) -> str:
+    return (f"{PROTOCOL}; speed: batch {speed.get('batch_size', '?')}, {speed.get('image_size', '?')} px, "
+            f"{speed.get('threads', '?')} threads")
 
 
 def _read(root: Path, backbone: str, dataset: str, kind: str) -> pd.DataFrame:
@@ -89,7 +94,8 @@ def build_backbones_table(cfg: dict, root: str | Path) -> tuple[pd.DataFrame, di
                          "lc_params_m": speed["lc_params_m"], "dense_gflops": speed["dense_gflops"],
                          "lc_gflops": speed["lc_gflops"], "predicted_speedup": speed["predicted_speedup"],
                          "measured_speedup": speed["measured_speedup"], "device": speed["device"],
-                         "protocol": PROTOCOL, "mask_source": speed["mask_source"], "preset": cfg["preset"]})
+                         "protocol": _protocol(speed),
+                         "mask_source": speed["mask_source"], "preset": cfg["preset"]})
             curves[(backbone, dataset)] = (sweep, bench, miou_dense)
     return pd.DataFrame(rows, columns=BACKBONES_COLUMNS), curves
 
