@@ -77,6 +77,7 @@ include: "workflow/rules/benchmark.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/backbones.smk"  # `snakemake backbones` (not in reproduce_tables)
 
 
 # Small jobs run beside Snakemake itself, never on the queue; downloads need the login node's network.

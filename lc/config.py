@@ -349,10 +349,26 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """--config and --preset, shared by every `lc` subcommand."""
     parser.add_argument("--config", default="config.yaml", help="config file (default: config.yaml)")
     parser.add_argument("--preset", default=None, help="preset under presets: (default: config's preset)")
+    parser.add_argument("--backbone", default=None,
+                        help="a backbone of backbones.models: its keys merged over model: (default: model:)")
+
+
+def with_backbone(cfg: dict, name: str | None) -> dict:
+    """`cfg` with backbones.models[name] merged over model: (the backbones experiment's runs)."""
+    if name is None:
+        return cfg
+    models = (cfg.get("backbones") or {}).get("models", {})
+    if name not in models:
+        raise ConfigError(f"--backbone {name}: not a key of backbones.models in the config "
+                          f"(known: {sorted(models)}); add it there")
+    cfg = copy.deepcopy(cfg)
+    cfg["model"] = deep_merge(cfg["model"], models[name] or {})
+    validate_config(cfg)
+    return cfg
 
 
 def config_from_args(args: argparse.Namespace) -> dict:
     """The resolved, validated config named by --config/--preset, checked by `check_startup`."""
-    cfg = load_config(args.config, preset=args.preset)
+    cfg = with_backbone(load_config(args.config, preset=args.preset), getattr(args, "backbone", None))
     check_startup(cfg)
     return cfg

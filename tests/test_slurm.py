@@ -49,7 +49,7 @@ def test_slurm_profile_routes_by_gpu_count_and_retries_only_training():
     assert "slurm_partition" not in profile.get("default-resources", {})  # chosen per job by GPU count
     assert partitions["cpu"]["max_gpu"] == 0 and partitions["gpu"]["max_gpu"] > 0
     assert profile["slurm-status-command"] == "squeue" and profile["retries"] == 0
-    assert profile["preemptible-rules"] == ["train"] and profile["preemptible-retries"] >= 1
+    assert profile["preemptible-rules"] == ["train", "backbone_train"] and profile["preemptible-retries"] >= 1
     assert "software-deployment-method" not in profile  # venv first; conda: --sdm conda
     for kind in ("op", "models", "stages", "rho", "table6"):
         assert "--exclusive" in profile["set-resources"][f"bench_{kind}"]["slurm_extra"]

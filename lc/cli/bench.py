@@ -90,6 +90,17 @@ def _rho_checkpoint(text: str) -> tuple[float, str]:
     return rho_arg(rho), path
 
 
+def _cmd_bench_backbone(args: argparse.Namespace) -> None:
+    from lc.bench.backbones import run_backbone_bench
+
+    cfg = config_from_args(args)
+    name = args.backbone or cfg["model"].get("backbone", "irnet")
+    table = run_backbone_bench(cfg, args.checkpoint, args.out, name, device=args.device, warmup=args.warmup,
+                               runs=args.runs, threads=args.threads)
+    _print_table(table.drop(columns=["stage_flop_shares", "mask_source"]))
+    print(f"wrote {args.out}")
+
+
 def _add_repeats(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=nonneg_int, default=None, help="warm-up runs (default: bench.warmup)")
     p.add_argument("--runs", type=positive_int, default=None, help="timed runs (default: bench.runs)")
@@ -152,3 +163,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         add_device_argument(q)
         _add_repeats(q)
         q.set_defaults(func=_cmd_bench)
+    q = kinds.add_parser("backbone", parents=[common],
+                         help="LC across backbones: LC (--backbone's, routed by --checkpoint) vs the same "
+                              "backbone dense, ms and FLOP-predicted speedup at every rho of backbones.rhos")
+    q.add_argument("--out", required=True, help="CSV to write")
+    q.add_argument("--checkpoint", required=True, help="the backbone's trained LC checkpoint (routing masks)")
+    add_device_argument(q)
+    _add_repeats(q)
+    q.set_defaults(func=_cmd_bench_backbone)

@@ -28,6 +28,11 @@ def _cmd_synth(args: argparse.Namespace) -> None:
     from lc.models.timm_weights import write_synthetic_weights
 
     cfg = config_from_args(args)
+    if args.backbone is not None:  # the backbones experiment: only that backbone's ImageNet stand-in
+        from lc.models.backbones import write_synthetic_backbone_weights
+
+        print(f"{write_synthetic_backbone_weights(cfg, cfg['data']['mirror'])}  (sha256) weights")
+        return
     for name, md5 in make_synthetic_mirror(cfg).items():
         print(f"{md5}  {cfg['data']['mirror']}/{name}")
     # the ImageNet stand-in in timm's layout, verified by its .sha256 when `lc weights` fetches it
@@ -68,7 +73,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.set_defaults(func=_cmd_weights)
 
     p = sub.add_parser("synth", parents=[common],
-                       help="demo/test presets: write synthetic archives + MD5SUMS into data.mirror")
+                       help="demo/test presets: write synthetic archives + MD5SUMS into data.mirror "
+                            "(with --backbone: only that backbone's ImageNet stand-in)")
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("download", parents=[common],

@@ -33,6 +33,14 @@ def _cmd_figures(args: argparse.Namespace) -> None:
             print(f"wrote {path}")
 
 
+def _cmd_backbones(args: argparse.Namespace) -> None:
+    from lc.report.backbones import write_backbones_outputs
+
+    cfg = config_from_args(args)
+    for path in write_backbones_outputs(cfg, results_dir(cfg)):
+        print(f"wrote {path}")
+
+
 def _cmd_provenance(args: argparse.Namespace) -> None:
     from lc.report.provenance import write_provenance
 
@@ -56,6 +64,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--figure", action="append", choices=list(FIGURES),
                    help="make only this figure (repeatable); default: all")
     p.set_defaults(func=_cmd_figures)
+
+    p = sub.add_parser("backbones-table", parents=[common],
+                       help="LC across backbones (ours): tables/backbones.csv and .md, and its figure")
+    p.set_defaults(func=_cmd_backbones)
 
     p = sub.add_parser("provenance", parents=[common],
                        help="git commit, config hash, package versions, device, time")

@@ -36,8 +36,9 @@ def data_root(cfg: dict) -> Path:
 
 
 def weights_path(cfg: dict) -> Path:
-    """Where `lc weights` stores timm's ImageNet inception_resnet_v2 weights."""
-    return data_root(cfg) / "weights" / "inception_resnet_v2.pth"
+    """Where `lc weights` stores timm's ImageNet weights of the backbone (model.weights_file; IRNet:
+    inception_resnet_v2.pth)."""
+    return data_root(cfg) / "weights" / cfg["model"].get("weights_file", "inception_resnet_v2.pth")
 
 
 def archive_spec(cfg: dict, key: str) -> dict:

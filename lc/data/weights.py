@@ -73,8 +73,9 @@ def _expected_sha256(cfg: dict, source: str | None) -> str:
     if cfg["data"].get("synthetic") and source:
         sidecar = _read_source(source + ".sha256")
         return sidecar.read_text().split()[0]
+    timm_model = cfg["model"].get("timm_model", TIMM_MODEL)  # the backbone's (model.backbone)
     raise ValueError("model.pretrained_sha256 is null, so the ImageNet weights cannot be verified; set it to "
-                     f"the SHA-256 of timm's file (`huggingface-cli download timm/{TIMM_MODEL} "
+                     f"the SHA-256 of timm's file (`huggingface-cli download timm/{timm_model} "
                      "model.safetensors` then `sha256sum` it), or use model.pretrained: <path> for a file "
                      "you trust")
 
@@ -112,18 +113,19 @@ def _read_source(location: str) -> Path:
     return tmp
 
 
-def _hub_file() -> Path:
-    """timm's pretrained source for inception_resnet_v2: the hub file its pretrained config names."""
+def _hub_file(timm_model: str = TIMM_MODEL) -> Path:
+    """timm's pretrained source for the backbone: the hub file its pretrained config names."""
     from huggingface_hub import hf_hub_download
     from timm.models import get_pretrained_cfg
 
-    pretrained_cfg = get_pretrained_cfg(TIMM_MODEL)
+    pretrained_cfg = get_pretrained_cfg(timm_model)
     if pretrained_cfg is None or not pretrained_cfg.hf_hub_id:
-        raise ValueError(f"timm has no hub configuration for {TIMM_MODEL}; set data.mirror or "
+        raise ValueError(f"timm has no hub configuration for {timm_model}; set data.mirror or "
                          "model.pretrained")
-    # the revision that added the file: model.pretrained_sha256 pins its digest
+    # IRNet: the revision that added the file; every file: model.pretrained_sha256 pins its digest
+    revision = TIMM_HUB_REVISION if timm_model == TIMM_MODEL else None
     return Path(hf_hub_download(repo_id=pretrained_cfg.hf_hub_id, filename="model.safetensors",
-                                revision=TIMM_HUB_REVISION))
+                                revision=revision))
 
 
 def fetch_weights(cfg: dict) -> Path:
@@ -142,15 +144,17 @@ def fetch_weights(cfg: dict) -> Path:
         return path
     target = weights_path(cfg)
     mirror = _mirror(cfg)
-    mirror_file = f"{mirror.rstrip('/')}/{WEIGHTS_FILENAME}" if mirror else None
-    source_name = mirror_file or f"hub:timm/{TIMM_MODEL}"
+    filename = cfg["model"].get("weights_file", WEIGHTS_FILENAME)  # per backbone (model.backbone)
+    timm_model = cfg["model"].get("timm_model", TIMM_MODEL)
+    mirror_file = f"{mirror.rstrip('/')}/{filename}" if mirror else None
+    source_name = mirror_file or f"hub:timm/{timm_model}"
     expected = _expected_sha256(cfg, mirror_file)
     marker = target.with_name(target.name + _SOURCE_DIGEST_SUFFIX)
     if target.is_file() and marker.is_file() and marker.read_text().strip() == expected:
         log.info("%s is in place (source %s, sha256 %s)", target, source_name, expected)
         return target
     try:
-        source = _read_source(mirror_file) if mirror_file else _hub_file()
+        source = _read_source(mirror_file) if mirror_file else _hub_file(timm_model)
         _verify(source, expected, source_name)
         state = load_weights_file(source)
         target.parent.mkdir(parents=True, exist_ok=True)

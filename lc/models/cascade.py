@@ -1,4 +1,5 @@
-"""Layer Cascade (LC): IRNet cut into three stages, each with a head, routed by confidence.
+"""Layer Cascade (LC): a backbone (IRNet by default; `lc.models.backbones`) cut into three stages,
+each with a head, routed by confidence.
 
 A pixel is decided at stage k when its top softmax probability at stage k is larger than rho; only
 undecided pixels go on to stage k+1, which runs on them alone (region convolution). Variants:
@@ -20,8 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lc.models.irnet import STAGE_LAYERS, ConvBN, IRNet, _pair, freeze_batchnorm
-from lc.models.region_irnet import run_stage_compressed, run_stage_masked_dense
+from lc.models.backbone import freeze_batchnorm
+from lc.models.backbones import build_backbone
 from lc.models.variants import VARIANTS as VARIANT_TABLE
 from lc.ops.active_set import ActiveSet
 from lc.ops.region_conv import compressed_conv, linear_rows
@@ -125,13 +126,8 @@ class LayerCascade(nn.Module):
             raise ValueError(f"only the irnet variant can be truncated (depth {depth} for {variant!r})")
         self.num_classes, self.variant, self.depth, self.rho = int(num_classes), variant, depth, float(rho)
         self.freeze_bn = bool(model_cfg.get("freeze_bn", True))
-        self.backbone = IRNet(width_mult=float(model_cfg["width_mult"]),
-                              block_counts=tuple(model_cfg["block_counts"]),
-                              output_stride=int(model_cfg.get("output_stride", 8)),
-                              stem_padding=model_cfg.get("stem_padding", "same"))
-        for stage in range(depth + 1, 4):  # a truncated backbone (Model Cascade member) lacks these
-            for name in STAGE_LAYERS[stage]:
-                delattr(self.backbone, name)
+        self.backbone = build_backbone(model_cfg)  # model.backbone: irnet (default), resnet, ...
+        self.backbone.drop_stages(depth)  # a truncated backbone (Model Cascade member) lacks these
         head_stages = [depth] if variant == "irnet" else list(range(1, depth + 1))
         for stage in head_stages:
             self.add_module(f"head{stage}", StageHead(self.backbone.stage_channels[stage - 1],
@@ -148,16 +144,7 @@ class LayerCascade(nn.Module):
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """The (h, w) of the stage maps for an image of height x width (from the stem geometry)."""
-        size = [height, width]
-        for _, module in self.backbone.stage_modules(1):
-            layer = module.conv if isinstance(module, ConvBN) else module
-            if not isinstance(layer, (nn.Conv2d, nn.MaxPool2d)):
-                continue  # mixed_5b and the Block35 repeats keep the size
-            for i in range(2):
-                k, s, p, d = (_pair(getattr(layer, a))[i] for a in ("kernel_size", "stride", "padding",
-                                                                     "dilation"))
-                size[i] = (size[i] + 2 * p - d * (k - 1) - 1) // s + 1
-        return size[0], size[1]
+        return self.backbone.output_size(height, width)
 
     def head(self, stage: int) -> StageHead | None:
         """The head after stage 1..3, or None."""
@@ -190,12 +177,12 @@ class LayerCascade(nn.Module):
             x = prev.dense if prev.dense is not None else prev.active.scatter(prev.feat)
             return _StageFeatures(dense=self.backbone.forward_stage(stage, x))
         if execution == "masked_dense":
-            return _StageFeatures(dense=run_stage_masked_dense(self.backbone, stage, prev.dense, mask))
+            return _StageFeatures(dense=self.backbone.run_stage_masked_dense(stage, prev.dense, mask))
         active = ActiveSet(mask)
         if prev.dense is not None:
-            feat = run_stage_compressed(self.backbone, stage, prev.dense, active)
+            feat = self.backbone.run_stage_region(stage, prev.dense, active)
         else:
-            feat = run_stage_compressed(self.backbone, stage, prev.feat, active, source=prev.active)
+            feat = self.backbone.run_stage_region(stage, prev.feat, active, source=prev.active)
         return _StageFeatures(feat=feat, active=active)
 
     def _run_head(self, stage: int, feats: _StageFeatures, mask: torch.Tensor,

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from lc.models.irnet import IRNet
+from lc.models.backbone import Backbone
 
 __all__ = ["FULL_SIZE_BLOCK_COUNTS", "count_flops", "count_parameters", "lc_cost_vs_irnet", "model_info_rows",
            "network_costs", "predicted_cost", "stage_costs"]
@@ -45,12 +45,18 @@ def count_flops(fn, *args, **kwargs) -> tuple[int, object]:
     return int(counter.get_total_flops()), result
 
 
+def _is_backbone(model: object) -> bool:
+    """A cascade backbone (lc.models.backbone), or anything with its two stage methods (a bare IRNet)."""
+    return isinstance(model, Backbone) or (hasattr(model, "forward_stage")
+                                           and hasattr(model, "stage_modules"))
+
+
 def _backbone_and_heads(model: nn.Module, heads: Sequence[nn.Module | None] | None):
     """The IRNet and the three stage heads of a LayerCascade, or of an IRNet plus `heads`."""
-    if isinstance(model, IRNet):
+    if _is_backbone(model):
         backbone = model
         heads = list(heads) if heads is not None else [None, None, None]
-    elif isinstance(getattr(model, "backbone", None), IRNet):
+    elif _is_backbone(getattr(model, "backbone", None)):
         if heads is not None:
             raise ValueError("pass `heads` only with a bare IRNet; a LayerCascade brings its own")
         backbone = model.backbone
@@ -86,7 +92,7 @@ def stage_costs(
         reference = next(backbone.parameters())
     except StopIteration as exc:
         raise ValueError("the backbone has no parameters") from exc
-    x = torch.zeros(batch_size, backbone.conv2d_1a.conv.in_channels, height, width,
+    x = torch.zeros(batch_size, getattr(backbone, "in_channels", 3), height, width,
                     device=reference.device, dtype=reference.dtype)
     was_training = model.training
     model.eval()  # costs of inference; also keeps BatchNorm statistics untouched
@@ -166,7 +172,7 @@ def lc_cost_vs_irnet(model_cfg: dict, num_classes: int, image_size: int | tuple[
 def network_costs(model: nn.Module, image_size: int | tuple[int, int]) -> list[dict]:
     """Rows `stage, params, flops` for a whole network: one per stage then `total` for a cascade
     (anything `stage_costs` accepts), a single `total` row for any other image-to-logits model."""
-    is_cascade = isinstance(model, IRNet) or isinstance(getattr(model, "backbone", None), IRNet)
+    is_cascade = _is_backbone(model) or _is_backbone(getattr(model, "backbone", None))
     rows = []
     if is_cascade:
         rows = [{"stage": str(r["stage"]), "params": r["params"], "flops": r["flops"]}

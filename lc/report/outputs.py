@@ -141,3 +141,27 @@ class OutputPaths:
 
     def file(self, relative: str) -> Path:
         return self.root / relative
+
+
+# "LC across backbones" (`snakemake backbones`): per backbone and data set, its runs (IRNet: the main
+# runs above), its sweeps and its benchmark; one table and one figure for all of them.
+BACKBONES_TABLE = "tables/backbones.csv"
+BACKBONES_MD = "tables/backbones.md"
+BACKBONES_FIGURE = "backbones_miou_speedup"  # figures/<name>.png and .pdf
+BACKBONE_KINDS = ("sweep_dense", "sweep_lc", "bench")  # dense and LC on the val split; lc bench backbone
+
+
+def backbone_dir(backbone: str, dataset: str) -> str:
+    return f"backbones/{backbone}/{dataset}"
+
+
+def backbone_file(backbone: str, dataset: str, kind: str) -> str:
+    """<kind>.csv (BACKBONE_KINDS; a wildcard also works) of one backbone on one data set."""
+    return f"{backbone_dir(backbone, dataset)}/{kind}.csv"
+
+
+def backbone_checkpoint(backbone: str, dataset: str, variant: str) -> str:
+    """A backbone's run; IRNet's are the main runs (runs/<dataset>/<variant>/)."""
+    if backbone == "irnet":
+        return checkpoint(dataset, variant)
+    return f"{backbone_dir(backbone, dataset)}/{variant}/checkpoint.pt"

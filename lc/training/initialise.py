@@ -26,7 +26,6 @@ import torch.nn as nn
 from lc.data.digest_cache import data_digest
 from lc.data.paths import data_root, prepared_list_files
 from lc.data.weights import load_weights_file, pretrained_file, sha256_file
-from lc.models.timm_weights import load_timm_weights
 from lc.models.variants import Variant
 from lc.training.checkpoint import CheckpointError, load_checkpoint
 
@@ -55,10 +54,9 @@ def _load_imagenet(model: nn.Module, cfg: dict) -> None:
     if path is None:
         log.warning("model.pretrained is null and train.allow_scratch is true: training from scratch")
         return
-    blocks = cfg["model"].get("timm_blocks", "first")
     weights = load_weights_file(path)
     for network in getattr(model, "members", [model]):  # the Model Cascade: every member
-        load_timm_weights(network.backbone, weights, blocks=blocks)
+        network.backbone.load_imagenet(weights, cfg["model"])  # lc.models.backbone interface
 
 
 def _cascade_weights(init: Path) -> dict:

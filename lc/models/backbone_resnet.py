@@ -1,0 +1,197 @@
+"""ResNet (timm's own `resnet101` modules) at output stride 8 as a cascade backbone.
+
+timm builds the network (`timm.create_model(arch, output_stride=8)`: layer3 and layer4 at stride 1,
+dilated 2 and 4 as in DeepLab); we keep its modules under its names, so timm's ImageNet state dict
+loads tensor for tensor. Stages (the paper's numbers):
+- stage 1: stem (conv1, bn1, act1, maxpool), layer1, layer2 (output stride 8, 512 channels);
+- stage 2: layer3 blocks 0 .. k-1 (k = `model.stage2_blocks`; block 0 is the projection block);
+- stage 3: layer3 blocks k .. and layer4 (2048 channels).
+ResNet-101 (layer3 has 23 blocks) cuts at k = 16: its dense FLOPs at 512x512 then split 5.3/42.0/52.5%
+over the stages, against IRNet-LC's (5/10/5 blocks) 5.8/42.1/52.1%, so a pixel decided at stage 1 or
+2 saves the same share of the network on both (README, "Backbones"). The demo uses the same code
+with one bottleneck per layer and narrow channels.
+
+Region plan of a `Bottleneck` (every block input is read only by 1x1 convs, so no block reads its
+input's neighbours): conv1 1x1 GEMM, BN folded, ReLU; conv2 3x3 (dilated) gathered through the stage's
+neighbour table, BN folded, ReLU; conv3 1x1 GEMM, BN folded; shortcut (1x1 projection GEMM with BN
+folded, or identity); add, ReLU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.models.resnet import Bottleneck
+
+from lc.models.backbone import Backbone, check_region_stage
+from lc.ops.active_set import ActiveSet
+from lc.ops.region_conv import compressed_conv, linear_rows
+
+__all__ = ["ResNetBackbone", "fold_conv_bn"]
+
+_STEM = ("conv1", "bn1", "act1", "maxpool")
+
+
+def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """conv weight and bias with an eval-mode BatchNorm folded in (differentiable)."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    weight = conv.weight * scale.view(-1, 1, 1, 1)
+    bias = bn.bias - bn.running_mean * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    return weight, bias
+
+
+def _check_plain(block: Bottleneck, name: str) -> None:
+    for attr in ("drop_block", "aa"):
+        if not isinstance(getattr(block, attr, None), (nn.Identity, type(None))):
+            raise TypeError(f"{name}.{attr} is {type(getattr(block, attr)).__name__}: region execution "
+                            "supports plain bottlenecks only")
+    if getattr(block, "se", None) is not None:
+        raise TypeError(f"{name} has squeeze-excitation, whose global statistics change under a mask; "
+                        "pick a ResNet without SE")
+
+
+def bottleneck_region(block: Bottleneck, rows: torch.Tensor, active: ActiveSet) -> torch.Tensor:
+    """One bottleneck on the (N, Cin) rows of `active` -> (N, Cout) (see the module docstring)."""
+    w1, b1 = fold_conv_bn(block.conv1, block.bn1)
+    h = F.relu(linear_rows(rows, w1.flatten(1), b1))
+    w2, b2 = fold_conv_bn(block.conv2, block.bn2)
+    h = F.relu(compressed_conv(h, active, w2, b2, block.conv2.padding, block.conv2.dilation))
+    w3, b3 = fold_conv_bn(block.conv3, block.bn3)
+    out = linear_rows(h, w3.flatten(1), b3)
+    if block.downsample is not None:
+        wd, bd = fold_conv_bn(block.downsample[0], block.downsample[1])
+        shortcut = linear_rows(rows, wd.flatten(1), bd)
+    else:
+        shortcut = rows
+    return F.relu(out + shortcut)
+
+
+def bottleneck_masked(block: Bottleneck, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """The definition: the block run densely with every conv and block output multiplied by m."""
+    h = m * block.act1(block.bn1(block.conv1(x)))
+    h = m * block.act2(block.bn2(block.conv2(h)))
+    out = m * block.bn3(block.conv3(h))
+    shortcut = x if block.downsample is None else m * block.downsample(x)
+    return m * block.act3(out + shortcut)
+
+
+class ResNetBackbone(Backbone):
+    """timm ResNet (Bottleneck) at output stride 8, cut into three stages (module docstring)."""
+
+    name = "resnet"
+    REGION_PLANS: dict[str, str] = {
+        "Bottleneck": "conv1 1x1 GEMM + folded BN + ReLU; conv2 3x3 (dilated) gathered + folded BN + ReLU; "
+                    "conv3 1x1 GEMM + folded BN; shortcut 1x1 projection GEMM + folded BN or identity; "
+                    "add, ReLU",
+    }
+
+    def __init__(self, arch: str = "resnet101", layers: tuple[int, ...] | None = None,
+                 channels: tuple[int, ...] | None = None, stem_width: int | None = None,
+                 stage2_blocks: int = 16, timm_model: str | None = None, weights_file: str | None = None):
+        super().__init__()
+        import timm
+
+        kwargs = {"layers": tuple(layers)} if layers else {}
+        if channels:
+            kwargs["channels"] = tuple(channels)
+        if stem_width:
+            kwargs["stem_width"] = int(stem_width)
+        net = timm.create_model(arch, pretrained=False, output_stride=8, num_classes=0, **kwargs)
+        for name in (*_STEM, "layer1", "layer2", "layer3", "layer4"):
+            setattr(self, name, getattr(net, name))
+        n3 = len(self.layer3)
+        if not 1 <= stage2_blocks <= n3:
+            raise ValueError(f"model.stage2_blocks must lie in 1..{n3} (layer3's blocks), "
+                             f"got {stage2_blocks}")
+        self.stage2_blocks = int(stage2_blocks)
+        self.STAGE_LAYERS = {
+            1: (*_STEM, "layer1", "layer2"),
+            2: tuple(f"layer3.{i}" for i in range(stage2_blocks)),
+            3: (*(f"layer3.{i}" for i in range(stage2_blocks, n3)), "layer4"),
+        }
+        self.stage_channels = (self.layer2[-1].conv3.out_channels, self.layer3[-1].conv3.out_channels,
+                               self.layer4[-1].conv3.out_channels)
+        self.arch = arch
+        self.timm_model = timm_model or arch
+        self.weights_file = weights_file or f"{arch}.pth"
+
+    @classmethod
+    def from_config(cls, model_cfg: Mapping) -> ResNetBackbone:
+        return cls(arch=model_cfg.get("timm_arch", "resnet101"), layers=model_cfg.get("layers"),
+                   channels=model_cfg.get("channels"), stem_width=model_cfg.get("stem_width"),
+                   stage2_blocks=int(model_cfg.get("stage2_blocks", 16)),
+                   timm_model=model_cfg.get("timm_model"), weights_file=model_cfg.get("weights_file"))
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        size = [height, width]
+        for conv in (self.conv1, self.maxpool, self.layer2[0].conv2):
+            for i in range(2):
+                k, s, p, d = (_two(getattr(conv, a))[i] for a in ("kernel_size", "stride", "padding",
+                                                                  "dilation"))
+                size[i] = (size[i] + 2 * p - d * (k - 1) - 1) // s + 1
+        return size[0], size[1]
+
+    def _blocks(self, stage: int) -> list[tuple[str, Bottleneck]]:
+        blocks = []
+        for name, module in self.stage_modules(stage):
+            if isinstance(module, nn.Sequential):
+                blocks += [(f"{name}.{i}", b) for i, b in enumerate(module)]
+            else:
+                blocks.append((name, module))
+        for name, block in blocks:
+            if not isinstance(block, Bottleneck):
+                raise TypeError(f"no region execution for {name} ({type(block).__name__})")
+            _check_plain(block, name)
+        return blocks
+
+    def run_stage_region(self, stage: int, x: torch.Tensor, active: ActiveSet,
+                         source: ActiveSet | None = None) -> torch.Tensor:
+        self.check_region_ready(stage)
+        if source is None:
+            active._check_dense(x)
+            rows = active.gather(x)
+        else:
+            if x.dim() != 2 or x.shape[0] != source.num_active:
+                raise ValueError(f"with a source ActiveSet x must be its ({source.num_active}, C) "
+                                 f"matrix, got {tuple(x.shape)}")
+            rows = x.index_select(0, active.rows_in(source))
+        for _, block in self._blocks(stage):
+            rows = bottleneck_region(block, rows, active)
+        return rows
+
+    def run_stage_masked_dense(self, stage: int, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        check_region_stage(stage)
+        m = mask.detach().reshape(mask.shape[0], 1, *mask.shape[-2:]).to(x.dtype)
+        for _, block in self._blocks(stage):
+            x = bottleneck_masked(block, x, m)
+        return x
+
+    def load_imagenet(self, state_dict: Mapping[str, torch.Tensor],
+                      model_cfg: Mapping) -> dict[str, list[str]]:
+        """timm's resnet state dict; with fewer blocks per layer than the checkpoint, its first ones."""
+        ours = self.state_dict()
+        mapped, skipped, problems = {}, [], []
+        for key, tensor in state_dict.items():
+            if key not in ours:
+                skipped.append(key)  # the classifier (fc.*), blocks we do not have, dropped stages
+            elif ours[key].shape != tensor.shape:
+                problems.append(f"shape mismatch {key}: ours {tuple(ours[key].shape)}, checkpoint "
+                                f"{tuple(tensor.shape)}")
+            else:
+                mapped[key] = tensor
+        problems += [f"missing tensor {k}" for k in ours if k not in mapped]
+        if problems:
+            head = "\n  ".join(problems[:20])
+            raise ValueError(f"the ImageNet checkpoint does not fit {self.arch} ({len(problems)} problems; "
+                             f"same model.layers/channels as the checkpoint?):\n  {head}")
+        self.load_state_dict(mapped, strict=True)
+        return {"loaded": sorted(mapped), "skipped": skipped}
+
+
+def _two(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))

@@ -1,0 +1,72 @@
+"""The Triton depthwise region-conv kernel (lc.ops.triton.depthwise) against the torch path, forward
+and backward, in Triton's CPU interpreter: TRITON_INTERPRET=1 must be set before triton is imported,
+so this file runs itself as a subprocess with it and checks the errors it reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+from lc.ops.active_set import ActiveSet
+from lc.ops.depthwise import depthwise_conv, depthwise_gather
+
+CASES = [  # (kernel, dilation, padding, source)
+    ((7, 7), (2, 2), (6, 6), "dense"),
+    ((3, 3), (1, 1), (1, 1), "active"),
+    ((7, 7), (4, 4), (12, 12), "source"),
+]
+
+
+def _case(kernel, dilation, padding, source, backend, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    channels, size = 5, (2, 9, 11)
+    mask = torch.rand(size, generator=g) < 0.5
+    outer = mask | (torch.rand(size, generator=g) < 0.5)
+    active, big = ActiveSet(mask), ActiveSet(outer)
+    x = torch.randn(size[0], channels, *size[1:], generator=g)
+    rows = {"dense": x, "active": active.gather(x), "source": big.gather(x)}[source].clone().requires_grad_()
+    w = torch.randn(channels, 1, *kernel, generator=g).requires_grad_()
+    b = torch.randn(channels, generator=g).requires_grad_()
+    where = big if source == "source" else source
+    out = depthwise_conv(rows, active, w, b, padding, dilation, source=where, backend=backend)
+    grads = torch.autograd.grad((out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum(), [rows, w, b])
+    return [out, *grads]
+
+
+def _errors() -> list[float]:
+    errors = []
+    for case in CASES:
+        got, want = _case(*case, backend="triton"), _case(*case, backend="torch")
+        errors += [float((a - b).abs().max() / b.abs().max().clamp(min=1e-6))
+                   for a, b in zip(got, want, strict=True)]
+    return errors
+
+
+def test_torch_path_equals_dense_depthwise_conv():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 4, 8, 7, generator=g, dtype=torch.float64)
+    w = torch.randn(4, 1, 7, 7, generator=g, dtype=torch.float64)
+    mask = torch.rand(2, 8, 7, generator=g) < 0.4
+    active = ActiveSet(mask)
+    dense = torch.nn.functional.conv2d(x, w, None, 1, 6, 2, groups=4)
+    got = depthwise_conv(x, active, w, None, 6, 2, source="dense", backend="torch")
+    torch.testing.assert_close(got, active.gather(dense))
+    empty = ActiveSet(torch.zeros_like(mask))
+    assert depthwise_gather(x[:0, :, 0, 0], empty.neighbour_table(3, 1, 1), w[:, :, :3, :3]).shape == (0, 4)
+
+
+def test_triton_kernel_in_the_interpreter_equals_torch_path():
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    result = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    errors = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(errors) == 4 * len(CASES)
+    assert max(errors) < 1e-5, errors
+
+
+if __name__ == "__main__":
+    print(json.dumps(_errors()))
