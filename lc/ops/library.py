@@ -214,6 +214,11 @@ def _(table, num_src):
     return table.new_empty(num_src, table.shape[1])
 
 
+def _accumulate(t: Tensor) -> Tensor:
+    """fp16/bf16 accumulate in fp32; fp32 and fp64 keep their own precision."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 @torch.library.custom_op("lc::gather_weight_grad", mutates_args=())
 def gather_weight_grad(src: Tensor, table: Tensor, grad: Tensor, src_col: int = 0) -> Tensor:
     """(K, Cin, Cout): dw[t] = src[table[:, t], c:c+Cin].T @ grad, Cin = src.shape[1] - src_col.
@@ -225,10 +230,10 @@ def gather_weight_grad(src: Tensor, table: Tensor, grad: Tensor, src_col: int = 
     if _use_triton(src):
         dw = _triton().launch_weight_grad(src.narrow(1, src_col, cin), table, grad, taps)
         return dw.permute(0, 2, 1).contiguous().to(src.dtype)  # (K, Cout, Cin) -> (K, Cin, Cout)
-    src_p = _padded(src, src_col, cin).float()
+    src_p = _accumulate(_padded(src, src_col, cin))
     rows = _safe(table, src.shape[0]).t()
-    grad32 = grad.float()
-    return torch.stack([F.embedding(rows[t], src_p).t() @ grad32 for t in range(taps)]).to(src.dtype)
+    grad_acc = _accumulate(grad)
+    return torch.stack([F.embedding(rows[t], src_p).t() @ grad_acc for t in range(taps)]).to(src.dtype)
 
 
 @gather_weight_grad.register_fake
@@ -348,7 +353,7 @@ def _linear_backward(ctx, grad):
         grad_src = _full_width(gather_linear(grad_conv, weight.t().contiguous()), ctx.src_col, src.shape[1])
     if ctx.needs_input_grad[1]:
         window = src.narrow(1, ctx.src_col, weight.shape[0])
-        grad_weight = (window.t().float() @ grad_conv.float()).to(weight.dtype)
+        grad_weight = (_accumulate(window.t()) @ _accumulate(grad_conv)).to(weight.dtype)
     if ctx.has_bias and ctx.needs_input_grad[2]:
         grad_bias = grad_conv.sum(0)
     return grad_src, grad_weight, grad_bias, grad_residual, None, None, None, None
