@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import torch
+
+CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
 
 
 @pytest.mark.slow
@@ -13,7 +17,8 @@ def test_gpu_check_quick_on_cpu_writes_every_output(tmp_path) -> None:
 
     old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.get_num_threads())
     try:
-        assert main(["bench", "gpu-check", "--device", "cpu", "--quick", "--out", str(tmp_path)]) == 0
+        assert main(["bench", "gpu-check", "--config", str(CONFIG), "--device", "cpu", "--quick", "--out",
+                     str(tmp_path)]) == 0
     finally:
         torch.set_num_threads(old[2])
     assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == old[:2]  # restored
@@ -35,8 +40,8 @@ def test_bench_train_quick_on_cpu_writes_both_variants(tmp_path) -> None:
     out = tmp_path / "train.csv"
     threads = torch.get_num_threads()
     try:
-        assert main(["bench", "train", "--device", "cpu", "--quick", "--iterations", "3",
-                     "--out", str(out)]) == 0
+        assert main(["bench", "train", "--config", str(CONFIG), "--device", "cpu", "--quick",
+                     "--iterations", "3", "--out", str(out)]) == 0
     finally:
         torch.set_num_threads(threads)
     table = pd.read_csv(out)
@@ -50,6 +55,6 @@ def test_bench_train_quick_on_cpu_writes_both_variants(tmp_path) -> None:
 def test_bench_train_refuses_a_crop_off_the_stride(tmp_path, capsys) -> None:
     from lc.cli.main import main
 
-    assert main(["bench", "train", "--device", "cpu", "--quick", "--crop", "60", "--out",
-                 str(tmp_path / "t.csv")]) == 2
+    assert main(["bench", "train", "--config", str(CONFIG), "--device", "cpu", "--quick", "--crop", "60",
+                 "--out", str(tmp_path / "t.csv")]) == 2
     assert "multiple of 8" in capsys.readouterr().err
