@@ -95,7 +95,7 @@ def _dry_run(work: Path, *args: str) -> str:
 @pytest.mark.slow
 def test_paper_dry_run_shows_every_step_per_backbone(tmp_path):
     out = _dry_run(tmp_path, "--config", "preset=paper")
-    shells = re.findall(r"^.*python -m lc\.cli (\w[\w-]*) .*--backbone (\w+).*$", out, re.MULTILINE)
+    shells = re.findall(r"^.*-m lc\.cli (\w[\w-]*) .*--backbone (\w+).*$", out, re.MULTILINE)
     for dataset in ("voc", "cityscapes"):
         for variant in ("irnet", "dsn", "lc"):
             assert f"backbones/resnet101/{dataset}/{variant}/checkpoint.pt" in out

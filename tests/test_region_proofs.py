@@ -17,6 +17,7 @@ from lc.models.irnet import IRNet
 from lc.models.region_irnet import planned_tables, run_stage_compressed, stage_rows
 from lc.models.region_plan import run_planned
 from lc.ops.active_set import ActiveSet
+from lc.ops.region_tables import bucket_for
 
 SYNCING = SYNCING_OPS
 BUDGET = {2: 60, 3: 45}
@@ -96,7 +97,9 @@ def test_one_compile_per_bucket_at_most() -> None:
             for count in range(3, 63, 3):  # 20 active counts
                 mask = torch.zeros(64, dtype=torch.bool)
                 mask[torch.randperm(64, generator=gen)[:count]] = True
-                plan, tables = planned_tables(net, 2, ActiveSet(mask.view(1, 8, 8)), torch.float32)
+                active = ActiveSet(mask.view(1, 8, 8))
+                plan, tables = planned_tables(net, 2, active, torch.float32,
+                                              num_rows=bucket_for(active.num_active, active.num_pixels))
                 buckets.add(tables.num_rows)
                 assert torch.equal(compiled(plan, rows, tables), run_planned(plan, rows, tables))
     finally:

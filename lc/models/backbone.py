@@ -23,6 +23,7 @@ from collections.abc import Mapping
 import torch
 import torch.nn as nn
 
+from lc.models.irnet import freeze_batchnorm  # noqa: F401 - the one definition, re-exported
 from lc.ops.active_set import ActiveSet
 
 __all__ = ["REGION_STAGES", "Backbone", "check_region_stage", "check_region_modules", "freeze_batchnorm",
@@ -58,13 +59,27 @@ def check_region_modules(modules: list[tuple[str, nn.Module]], hint: str) -> Non
                                  f"needs {hint}")
 
 
-def freeze_batchnorm(module: nn.Module) -> None:
-    """Put every BatchNorm in eval mode with frozen affine parameters (call after .train())."""
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad_(False)
+def load_matching(module: nn.Module, state_dict: Mapping[str, torch.Tensor], arch: str,
+                  hint: str) -> dict[str, list[str]]:
+    """Load the tensors of a timm checkpoint whose names `module` has (the rest is skipped: the
+    classifier, blocks or stages it lacks); every tensor of `module` must be found, with its shape."""
+    ours = module.state_dict()
+    mapped, skipped, problems = {}, [], []
+    for key, tensor in state_dict.items():
+        if key not in ours:
+            skipped.append(key)
+        elif ours[key].shape != tensor.shape:
+            problems.append(f"shape mismatch {key}: ours {tuple(ours[key].shape)}, checkpoint "
+                            f"{tuple(tensor.shape)}")
+        else:
+            mapped[key] = tensor
+    problems += [f"missing tensor {k}" for k in ours if k not in mapped]
+    if problems:
+        head = "\n  ".join(problems[:20])
+        raise ValueError(f"the ImageNet checkpoint does not fit {arch} ({len(problems)} problems; "
+                         f"same {hint} as the checkpoint?):\n  {head}")
+    module.load_state_dict(mapped, strict=True)
+    return {"loaded": sorted(mapped), "skipped": skipped}
 
 
 class Backbone(nn.Module):

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.convnext import ConvNeXtBlock
 
-from lc.models.backbone import Backbone, check_region_stage
+from lc.models.backbone import Backbone, check_region_stage, load_matching
 from lc.ops.active_set import ActiveSet
 from lc.ops.depthwise import depthwise_conv
 from lc.ops.region_conv import compressed_conv
@@ -177,20 +177,4 @@ class ConvNeXtBackbone(Backbone):
     def load_imagenet(self, state_dict: Mapping[str, torch.Tensor],
                       model_cfg: Mapping) -> dict[str, list[str]]:
         """timm's convnext state dict (the head's norm and fc are skipped)."""
-        ours = self.state_dict()
-        mapped, skipped, problems = {}, [], []
-        for key, tensor in state_dict.items():
-            if key not in ours:
-                skipped.append(key)
-            elif ours[key].shape != tensor.shape:
-                problems.append(f"shape mismatch {key}: ours {tuple(ours[key].shape)}, checkpoint "
-                                f"{tuple(tensor.shape)}")
-            else:
-                mapped[key] = tensor
-        problems += [f"missing tensor {k}" for k in ours if k not in mapped]
-        if problems:
-            head = "\n  ".join(problems[:20])
-            raise ValueError(f"the ImageNet checkpoint does not fit {self.arch} ({len(problems)} problems; "
-                             f"same model.depths/dims as the checkpoint?):\n  {head}")
-        self.load_state_dict(mapped, strict=True)
-        return {"loaded": sorted(mapped), "skipped": skipped}
+        return load_matching(self, state_dict, self.arch, "model.depths/dims")

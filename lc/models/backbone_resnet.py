@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.resnet import Bottleneck
 
-from lc.models.backbone import Backbone, check_region_stage
+from lc.models.backbone import Backbone, check_region_stage, load_matching
 from lc.ops.active_set import ActiveSet
 from lc.ops.region_conv import compressed_conv, linear_rows
 
@@ -174,23 +174,7 @@ class ResNetBackbone(Backbone):
     def load_imagenet(self, state_dict: Mapping[str, torch.Tensor],
                       model_cfg: Mapping) -> dict[str, list[str]]:
         """timm's resnet state dict; with fewer blocks per layer than the checkpoint, its first ones."""
-        ours = self.state_dict()
-        mapped, skipped, problems = {}, [], []
-        for key, tensor in state_dict.items():
-            if key not in ours:
-                skipped.append(key)  # the classifier (fc.*), blocks we do not have, dropped stages
-            elif ours[key].shape != tensor.shape:
-                problems.append(f"shape mismatch {key}: ours {tuple(ours[key].shape)}, checkpoint "
-                                f"{tuple(tensor.shape)}")
-            else:
-                mapped[key] = tensor
-        problems += [f"missing tensor {k}" for k in ours if k not in mapped]
-        if problems:
-            head = "\n  ".join(problems[:20])
-            raise ValueError(f"the ImageNet checkpoint does not fit {self.arch} ({len(problems)} problems; "
-                             f"same model.layers/channels as the checkpoint?):\n  {head}")
-        self.load_state_dict(mapped, strict=True)
-        return {"loaded": sorted(mapped), "skipped": skipped}
+        return load_matching(self, state_dict, self.arch, "model.layers/channels")
 
 
 def _two(v) -> tuple[int, int]:
