@@ -199,9 +199,9 @@ def planned_tables(irnet: IRNet, stage: int, active: ActiveSet, dtype: torch.dty
                    source: ActiveSet | None = None, num_rows: int | None = None):
     """(plan, tables) of a stage on `active`, both cached (tables on the ActiveSet, per bucket)."""
     plan = stage_plan(irnet, stage, dtype)
-    if num_rows is None:  # buckets serve CUDA graphs; on the CPU the padding is only extra work
-        num_rows = (bucket_for(active.num_active, active.num_pixels)
-                    if _options["buckets"] and active.mask.is_cuda else active.num_active)
+    if num_rows is None:
+        num_rows = (bucket_for(active.num_active, active.num_pixels) if _options["buckets"]
+                    else active.num_active)
     key = ("planned", tuple(plan.geometries), int(num_rows), source)
     tables = active._tables.get(key)
     if tables is None:
