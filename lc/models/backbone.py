@@ -18,6 +18,7 @@ variants without them.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 
 import torch
@@ -82,7 +83,7 @@ def load_matching(module: nn.Module, state_dict: Mapping[str, torch.Tensor], arc
     return {"loaded": sorted(mapped), "skipped": skipped}
 
 
-class Backbone(nn.Module):
+class Backbone(nn.Module, ABC):
     """Base class of the cascade's backbones (see the module docstring); subclasses fill it in."""
 
     name: str = ""
@@ -92,8 +93,9 @@ class Backbone(nn.Module):
     in_channels: int = 3
 
     @classmethod
+    @abstractmethod
     def from_config(cls, model_cfg: Mapping) -> Backbone:
-        raise NotImplementedError
+        """Implemented by each backbone."""
 
     # --- stages -------------------------------------------------------------------------------
     def stage_modules(self, stage: int) -> list[tuple[str, nn.Module]]:
@@ -127,30 +129,30 @@ class Backbone(nn.Module):
                 else:
                     delattr(owner, leaf)
 
+    @abstractmethod
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """The (h, w) of the stage maps for an image of height x width."""
-        raise NotImplementedError
 
     # --- region execution ---------------------------------------------------------------------
     def check_region_ready(self, stage: int) -> None:
         check_region_stage(stage)
         check_region_modules(self.stage_modules(stage), "output_stride 8 (stride-1 layers)")
 
+    @abstractmethod
     def run_stage_region(self, stage: int, x: torch.Tensor, active: ActiveSet,
                          source: ActiveSet | None = None) -> torch.Tensor:
         """Stage 2 or 3 at the pixels of `active` -> (N_active, C_out); x dense (B, C, H, W), or with
         `source` the (M, C) matrix of the previous stage on the pixels of `source` (a superset)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def run_stage_masked_dense(self, stage: int, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Stage 2 or 3 run densely with every conv and block output multiplied by `mask` (B, H, W)."""
-        raise NotImplementedError
 
     # --- weights ------------------------------------------------------------------------------
+    @abstractmethod
     def load_imagenet(self, state_dict: Mapping[str, torch.Tensor],
                       model_cfg: Mapping) -> dict[str, list[str]]:
         """Load a timm-layout ImageNet state dict; fail loudly on a tensor that does not fit."""
-        raise NotImplementedError
 
     def region_blocks(self, stage: int) -> list[tuple[str, str]]:
         """(name, block type) of the blocks of stage 2 or 3 (a Sequential counts as its children)."""
