@@ -47,6 +47,21 @@ def resolve_module(root: nn.Module, name: str) -> nn.Module:
     return module
 
 
+def conv_output_size(height: int, width: int, layers) -> tuple[int, int]:
+    """(h, w) after the strided layers (convs or pools, in order) of a network's stem."""
+    size = [height, width]
+    for layer in layers:
+        for i in range(2):
+            k, s, p, d = (_pair(getattr(layer, a))[i]
+                          for a in ("kernel_size", "stride", "padding", "dilation"))
+            size[i] = (size[i] + 2 * p - d * (k - 1) - 1) // s + 1
+    return size[0], size[1]
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
 def check_region_modules(modules: list[tuple[str, nn.Module]], hint: str) -> None:
     """Raise unless every BatchNorm is in eval mode and every conv/pool has stride 1."""
     for name, module in modules:

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.convnext import ConvNeXtBlock
 
-from lc.models.backbone import Backbone, check_region_stage, load_matching
+from lc.models.backbone import Backbone, check_region_stage, conv_output_size, load_matching
 from lc.ops.active_set import ActiveSet
 from lc.ops.depthwise import depthwise_conv
 from lc.ops.region_conv import compressed_conv
@@ -108,13 +108,7 @@ class ConvNeXtBackbone(Backbone):
                    weights_file=model_cfg.get("weights_file"))
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
-        size = [height, width]
-        for conv in (self.stem[0], self.stages[1].downsample[1]):
-            for i in range(2):
-                k, s = conv.kernel_size[i], conv.stride[i]
-                p, d = conv.padding[i], conv.dilation[i]
-                size[i] = (size[i] + 2 * p - d * (k - 1) - 1) // s + 1
-        return size[0], size[1]
+        return conv_output_size(height, width, (self.stem[0], self.stages[1].downsample[1]))
 
     def region_blocks(self, stage: int) -> list[tuple[str, str]]:
         return [(name, "downsample" if name.endswith("downsample") else type(layer).__name__)

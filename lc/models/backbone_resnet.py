@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.resnet import Bottleneck
 
-from lc.models.backbone import Backbone, check_region_stage, load_matching
+from lc.models.backbone import Backbone, check_region_stage, conv_output_size, load_matching
 from lc.ops.active_set import ActiveSet
 from lc.ops.region_conv import compressed_conv, linear_rows
 
@@ -128,13 +128,7 @@ class ResNetBackbone(Backbone):
                    timm_model=model_cfg.get("timm_model"), weights_file=model_cfg.get("weights_file"))
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
-        size = [height, width]
-        for conv in (self.conv1, self.maxpool, self.layer2[0].conv2):
-            for i in range(2):
-                k, s, p, d = (_two(getattr(conv, a))[i] for a in ("kernel_size", "stride", "padding",
-                                                                  "dilation"))
-                size[i] = (size[i] + 2 * p - d * (k - 1) - 1) // s + 1
-        return size[0], size[1]
+        return conv_output_size(height, width, (self.conv1, self.maxpool, self.layer2[0].conv2))
 
     def _blocks(self, stage: int) -> list[tuple[str, Bottleneck]]:
         blocks = []
@@ -175,7 +169,3 @@ class ResNetBackbone(Backbone):
                       model_cfg: Mapping) -> dict[str, list[str]]:
         """timm's resnet state dict; with fewer blocks per layer than the checkpoint, its first ones."""
         return load_matching(self, state_dict, self.arch, "model.layers/channels")
-
-
-def _two(v) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))

@@ -17,7 +17,7 @@ from lc.models.backbone import Backbone
 from lc.models.backbone_convnext import ConvNeXtBackbone
 from lc.models.backbone_irnet import IRNetBackbone
 from lc.models.backbone_resnet import ResNetBackbone
-from lc.models.timm_weights import timm_layout_state_dict
+from lc.models.timm_weights import synthetic_statistics, timm_layout_state_dict
 
 __all__ = ["BACKBONES", "build_backbone", "synthetic_imagenet_state", "write_synthetic_backbone_weights"]
 
@@ -47,13 +47,7 @@ def synthetic_imagenet_state(model_cfg: Mapping, seed: int = 0) -> dict[str, tor
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = build_backbone(model_cfg)
-    state = {}
-    for key, tensor in net.state_dict().items():
-        if key.endswith("running_mean"):
-            tensor = torch.randn(tensor.shape, generator=generator) * 0.05
-        elif key.endswith("running_var"):
-            tensor = 0.8 + 0.4 * torch.rand(tensor.shape, generator=generator)
-        state[key] = tensor.clone()
+    state = synthetic_statistics(net, generator)
     state["fc.weight"] = torch.randn(1000, net.stage_channels[2], generator=generator) * 0.01
     state["fc.bias"] = torch.zeros(1000)
     return state

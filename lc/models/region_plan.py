@@ -31,6 +31,7 @@ from torch import Tensor
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import lc.ops.library  # noqa: F401  (registers torch.ops.lc.*)
+from lc.models.backbone import check_region_modules
 from lc.models.irnet import Block8, Block17, ConvBN, IRNet, Mixed_6a, Mixed_7a
 from lc.ops.library import gemm_tiles, uses_triton
 from lc.ops.region_tables import RegionTables
@@ -76,15 +77,7 @@ def _check_stage(stage: int) -> None:
 def check_region_ready(irnet: IRNet, stage: int) -> None:
     """Raise unless `stage` (2 or 3) can run on a region: eval-mode BN, stride-1 layers."""
     _check_stage(stage)
-    for name, module in irnet.stage_modules(stage):
-        for sub_name, sub in module.named_modules():
-            if isinstance(sub, nn.modules.batchnorm._BatchNorm) and sub.training:
-                raise RuntimeError(f"region execution needs eval-mode (frozen) BatchNorm, but "
-                                   f"{name}.{sub_name} is in training mode; call "
-                                   f"lc.models.irnet.freeze_batchnorm(model) after .train()")
-            if isinstance(sub, (nn.Conv2d, nn.MaxPool2d)) and sub.stride not in (1, (1, 1)):
-                raise ValueError(f"{name}.{sub_name} has stride {sub.stride}: region execution "
-                                 f"needs output_stride 8 (stride-1 reductions)")
+    check_region_modules(irnet.stage_modules(stage), "output_stride 8 (stride-1 reductions)")
 
 
 

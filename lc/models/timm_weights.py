@@ -13,7 +13,7 @@ from lc.data.weights import WEIGHTS_FILENAME, sha256_file
 from lc.models.irnet import STAGE_LAYERS, IRNet
 
 __all__ = ["TIMM_BLOCK_CHOICES", "TIMM_BLOCK_COUNTS", "load_timm_weights", "timm_block_indices",
-           "timm_layout_state_dict"]
+           "synthetic_statistics", "timm_layout_state_dict"]
 
 TIMM_BLOCK_COUNTS = (10, 20, 10)  # timm's inception_resnet_v2: Block35 / Block17 / Block8 repeats
 TIMM_BLOCK_CHOICES = ("first", "even")
@@ -92,6 +92,19 @@ def load_timm_weights(model: IRNet, state_dict: dict[str, torch.Tensor],
     return {"loaded": sorted(mapped), "skipped": skipped}
 
 
+def synthetic_statistics(net: torch.nn.Module, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """`net`'s state dict with plausible BatchNorm running statistics drawn from `generator` (the
+    synthetic stand-in for ImageNet weights; the draws follow the state dict's order)."""
+    state = {}
+    for key, tensor in net.state_dict().items():
+        if key.endswith("running_mean"):
+            tensor = torch.randn(tensor.shape, generator=generator) * 0.05
+        elif key.endswith("running_var"):
+            tensor = 0.8 + 0.4 * torch.rand(tensor.shape, generator=generator)
+        state[key] = tensor.clone()
+    return state
+
+
 def timm_layout_state_dict(width_mult: float, num_classes: int = 1000,
                            seed: int = 0) -> dict[str, torch.Tensor]:
     """A deterministic stand-in for timm's ImageNet checkpoint at `width_mult`: timm's key layout
@@ -104,13 +117,7 @@ def timm_layout_state_dict(width_mult: float, num_classes: int = 1000,
         torch.manual_seed(seed)
         net = IRNet(width_mult=width_mult, block_counts=TIMM_BLOCK_COUNTS, output_stride=32,
                     stem_padding="valid")
-    state = {}
-    for key, tensor in net.state_dict().items():
-        if key.endswith("running_mean"):
-            tensor = torch.randn(tensor.shape, generator=generator) * 0.05
-        elif key.endswith("running_var"):
-            tensor = 0.8 + 0.4 * torch.rand(tensor.shape, generator=generator)
-        state[key] = tensor.clone()
+    state = synthetic_statistics(net, generator)
     features = net.stage_channels[2]
     state["classif.weight"] = torch.randn(num_classes, features, generator=generator) * 0.01
     state["classif.bias"] = torch.zeros(num_classes)
