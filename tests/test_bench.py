@@ -27,7 +27,7 @@ from lc.bench.models import (
 from lc.bench.rho import RHO_COLUMNS, run_rho_bench
 from lc.bench.stages import STAGE_COLUMNS, run_stages_bench
 from lc.bench.table6 import TABLE6_COLUMNS, run_table6_bench
-from lc.bench.timing import measure, set_threads, write_csv
+from lc.bench.timing import Timing, measure, measure_interleaved, paired_ratio, set_threads, write_csv
 from lc.config import load_config
 from lc.report.paper import load_paper_table
 
@@ -121,6 +121,27 @@ def test_measure_warms_up_then_times_with_torch_benchmark() -> None:
         measure(step, torch.device("cpu"), warmup=0, runs=0)
 
 
+def test_measure_interleaved_times_every_method_once_per_round() -> None:
+    calls = []
+    steps = {name: (lambda i, n=name: (calls.append((n, i)), time.sleep(0.002))) for name in ("dense", "lc")}
+    timings = measure_interleaved(steps, "cpu", warmup=1, runs=3)
+    # the warm-up round, then the rounds: every method's i-th call beside the others' i-th call
+    assert calls == [("dense", 0), ("lc", 0)] + [(n, i) for i in range(3) for n in ("dense", "lc")]
+    assert {n: len(t.times_ms) for n, t in timings.items()} == {"dense": 3, "lc": 3}
+    assert all(t >= 2.0 for timing in timings.values() for t in timing.times_ms)  # the sleep is timed
+    with pytest.raises(ValueError):
+        measure_interleaved(steps, "cpu", warmup=0, runs=0)
+
+
+def test_paired_ratio_is_the_median_of_per_round_ratios() -> None:
+    # a drifting machine: both methods slow down together in round 2; the mean of times would not
+    dense, lc = Timing([100.0, 300.0, 110.0], 3), Timing([50.0, 150.0, 50.0], 3)
+    assert paired_ratio(dense, lc) == pytest.approx(2.0)
+    assert dense.median / lc.median == pytest.approx(2.2)  # what unpaired medians would say
+    with pytest.raises(ValueError, match="same interleaved rounds"):
+        paired_ratio(dense, Timing([1.0], 1))
+
+
 def test_measure_times_at_the_threads_the_benchmark_set() -> None:
     seen = []
     before = torch.get_num_threads()
@@ -172,6 +193,7 @@ def test_models_bench_columns_and_speedups(tmp_path) -> None:
         assert abs(lc.loc[method, "stage1_pct"] - table1.loc[rho, "stage1_pct"]) <= 100 / 16
     irnet = df.set_index("method").loc["irnet"]
     assert irnet["speedup_vs_irnet"] == 1 and irnet["predicted_speedup_vs_irnet"] == 1
+    assert (df["runs"] == _setup(cfg).runs).all()  # every network timed in the same rounds
     # fewer FLOPs at the lower threshold: the prediction follows the shares
     assert lc.loc["lc_fast", "predicted_speedup_vs_irnet"] > lc.loc["lc", "predicted_speedup_vs_irnet"]
     assert not df.set_index("method").loc["irnet", "full_size"]  # the test preset's own network

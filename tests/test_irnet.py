@@ -1,5 +1,7 @@
 """IRNet against timm's inception_resnet_v2, and its output-stride-8 geometry."""
 
+import copy
+
 import pytest
 import timm
 import torch
@@ -92,3 +94,23 @@ def test_fused_weight_bias_equals_conv_bn():
     fused = torch.nn.functional.conv2d(x, weight, bias, padding=layer.conv.padding)
     with torch.no_grad():
         torch.testing.assert_close(torch.relu(fused), layer(x), atol=1e-5, rtol=1e-5)
+
+
+def test_fold_batchnorm_keeps_the_eval_network() -> None:
+    """Benchmarks time IRNet with its BN folded: the same function, and the region plan reads it."""
+    from lc.models.irnet import fold_batchnorm
+    from lc.models.region_irnet import run_stage_compressed
+    from lc.ops.active_set import ActiveSet
+
+    torch.manual_seed(0)
+    net = IRNet(width_mult=0.0625, block_counts=(1, 1, 1), output_stride=8).eval()
+    randomise_bn(net)  # non-trivial statistics, so that a missed fold shows
+    x = torch.randn(1, 3, 64, 64)
+    folded = fold_batchnorm(copy.deepcopy(net))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), net(x), rtol=1e-4, atol=1e-4)
+        f1 = net.forward_stage(1, x)
+        mask = torch.rand(1, *f1.shape[2:], generator=torch.Generator().manual_seed(1)) < 0.4
+        torch.testing.assert_close(run_stage_compressed(folded, 2, f1, ActiveSet(mask)),
+                                   run_stage_compressed(net, 2, f1, ActiveSet(mask)), rtol=1e-4, atol=1e-4)

@@ -86,6 +86,21 @@ def test_a_large_source_reads_the_same_rows() -> None:
     torch.testing.assert_close(torch.ops.lc.gather_max(big[0], big_pool), want)
 
 
+@pytest.mark.parametrize("large_source", [False, True])
+def test_im2col_and_per_tap_paths_agree(monkeypatch, large_source: bool) -> None:
+    """One gather + GEMM per conv (small convs) and one GEMM per tap (large ones): same conv."""
+    c = _case(kernel=(3, 3), src_col=1)
+    args = _conv_args(c)
+    if large_source:  # more source rows than table entries: the masked path of both
+        args[0] = torch.cat((c["src"], torch.randn(500, c["src"].shape[1], dtype=c["src"].dtype)))
+        args[1] = torch.where(c["table"] == c["src"].shape[0], args[0].shape[0], c["table"]).to(torch.int32)
+    im2col = torch.ops.lc.gather_conv(*args)
+    monkeypatch.setattr(lc.ops.library, "IM2COL_MAX_ELEMENTS", 0)
+    per_tap = torch.ops.lc.gather_conv(*args)
+    torch.testing.assert_close(im2col, per_tap)
+    torch.testing.assert_close(per_tap, _reference(c, scale=0.5, relu=True, with_residual=True))
+
+
 def test_gather_linear_is_a_matmul_with_epilogue() -> None:
     c = _case(kernel=(1, 1), src_col=3)
     w = c["weight"].flatten(1)

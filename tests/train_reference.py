@@ -24,7 +24,10 @@ time. The digests were then re-recorded once, when the synthetic scene generator
 training data, so new weights), and guard the loop from there on. Re-recorded (bitwise entry only)
 when routed training moved to the stage plan (BN folded into the conv weights under autograd,
 lc.models.region_plan): with `region.planned: false` the previous digests are reproduced bitwise, and
-the float64 summary matches within its tolerance on the planned path.
+the float64 summary matches within its tolerance on the planned path. Re-recorded (bitwise entry
+only) when the CPU kernel of `lc::gather_conv` became one gather and one GEMM per conv (im2col,
+a different summation order) and CPU stages stopped padding to row buckets; the float64 summary
+matches within its tolerance.
 """
 
 from __future__ import annotations

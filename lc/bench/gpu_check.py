@@ -30,7 +30,7 @@ from lc.bench.launches import OpCounter
 from lc.bench.timing import measure, write_csv
 from lc.bench.train_step import SHARES, TrainBench, train_step_times
 from lc.bench.train_step import fraction_mask as _mask
-from lc.models.irnet import ConvBN, IRNet
+from lc.models.irnet import IRNet, fold_batchnorm
 from lc.models.region_graphs import GraphedCall
 from lc.models.region_irnet import run_stage_compressed
 from lc.ops.active_set import ActiveSet
@@ -76,17 +76,7 @@ def _net(setup: CheckSetup, dtype: torch.dtype) -> IRNet:
 
 def folded_dense(net: IRNet) -> IRNet:
     """Dense IRNet at its best for inference: every BN folded into its conv, channels_last."""
-    dense = copy.deepcopy(net)
-    with torch.no_grad():
-        for m in dense.modules():
-            if isinstance(m, ConvBN):
-                weight, bias = m.fused_weight_bias()
-                conv = torch.nn.Conv2d(m.conv.in_channels, m.conv.out_channels, m.conv.kernel_size,
-                                       m.conv.stride, m.conv.padding, m.conv.dilation, bias=True)
-                conv.weight.copy_(weight)
-                conv.bias.copy_(bias)
-                m.conv, m.bn = conv.to(weight.device, weight.dtype), torch.nn.Identity()
-    return dense.to(memory_format=torch.channels_last)
+    return fold_batchnorm(copy.deepcopy(net)).to(memory_format=torch.channels_last)
 
 
 def _time(fn, setup: CheckSetup) -> float:

@@ -26,11 +26,12 @@ import torch
 import torch.nn as nn
 
 from lc.bench.masks import MASK_SOURCE_PAPER, RoutingMasks, TrainedMasks, mask_shares, routing_mask_sets
-from lc.bench.timing import check_threads, measure
+from lc.bench.timing import check_threads, measure, measure_interleaved, paired_ratio
 from lc.device import device_name, resolve_device
 from lc.evaluation.progress import progress
 from lc.models.cascade import LayerCascade
 from lc.models.complexity import count_parameters, network_costs, predicted_cost, stage_costs
+from lc.models.irnet import fold_batchnorm
 
 __all__ = ["MODEL_COLUMNS", "BenchSetup", "build_network", "prescribed_routing", "run_models_bench",
            "time_lc"]
@@ -131,7 +132,8 @@ class BenchSetup:
     def images(self, size: tuple[int, int] | None = None) -> torch.Tensor:
         gen = torch.Generator().manual_seed(int(self.cfg.get("seed", 0)))
         height, width = size or (self.image_size, self.image_size)
-        return torch.randn(self.batch_size, 3, height, width, generator=gen).to(self.device)
+        images = torch.randn(self.batch_size, 3, height, width, generator=gen).to(self.device)
+        return images.contiguous(memory_format=torch.channels_last)
 
     def mask_sets_for(self, rho: float, model: LayerCascade, image_hw: tuple[int, int] | None = None,
                       flip: bool = False, method: str = "lc") -> list[RoutingMasks]:
@@ -151,7 +153,10 @@ class BenchSetup:
 
 
 def build_network(method: str, model_cfg: dict, device: torch.device, rho: float = 1.0) -> nn.Module:
-    """A Table 3 network in eval mode with random weights: deeplab_v2, segnet, irnet, lc, lc_fast."""
+    """A Table 3 network in eval mode with random weights: deeplab_v2, segnet, irnet, lc, lc_fast.
+
+    At its best for inference: channels_last (`BenchSetup.images` too), and IRNet's BatchNorms
+    folded into their convs (`fold_batchnorm`) in dense IRNet and in LC alike."""
     if method == "deeplab_v2":
         from lc.models.deeplab_v2 import deeplab_v2
         model = deeplab_v2(NUM_CLASSES)
@@ -163,7 +168,10 @@ def build_network(method: str, model_cfg: dict, device: torch.device, rho: float
     else:
         raise ValueError(f"unknown benchmark method {method!r}; bench.models takes deeplab_v2, segnet, "
                          "irnet, lc, lc_fast")
-    return model.eval().to(device)
+    model = model.eval().to(device)
+    if device.type != "meta":
+        fold_batchnorm(model)
+    return model.to(memory_format=torch.channels_last)
 
 
 class prescribed_routing:  # noqa: N801 (a router value, named like the function it replaces)
@@ -219,12 +227,17 @@ def _flops(method: str, model_cfg: dict, image_size: int) -> list[float]:
 
 
 def run_models_bench(setup: BenchSetup) -> pd.DataFrame:
-    """Table 3: ms, FPS, params and GFLOPs of each of bench.models, plus LC's speedups."""
+    """Table 3: ms, FPS, params and GFLOPs of each of bench.models, plus LC's speedups.
+
+    Every network is built first, then all are timed call by call in turn (`measure_interleaved`);
+    a speedup over dense IRNet is the median of the per-round ratios (`paired_ratio`)."""
     ev = setup.cfg["evaluate"]
     rhos = {"lc": float(ev["rho"]), "lc_fast": float(ev["fast_rho"])}
-    rows = []
+    rows, steps = {}, {}
+    warmup = setup.warmup
     methods = list(setup.cfg["bench"]["models"])
-    for method in progress(methods, len(methods), "bench models", log_every=1, unit="net"):
+    images = setup.images()
+    for method in progress(methods, len(methods), "bench models (build)", log_every=1, unit="net"):
         rho = rhos.get(method, 1.0)
         model = build_network(method, setup.model_cfg, setup.device, rho)
         row = {"method": method, "rho": rho if method in rhos else math.nan,
@@ -232,27 +245,29 @@ def run_models_bench(setup: BenchSetup) -> pd.DataFrame:
                "mask_source": "none", "full_size": setup.full_size or method in ("deeplab_v2", "segnet")}
         flops = _flops(method, setup.model_cfg, setup.image_size)
         if method in rhos:
-            timing, mask_sets = time_lc(setup, model, rho, method)
+            mask_sets = setup.mask_sets_for(rho, model, method=method)
+            steps[method] = _lc_step(model, images, prescribed_routing(mask_sets), rho)
+            warmup = max(warmup, setup.warmup_for(mask_sets))
             row["stage1_pct"], row["stage2_pct"] = mask_shares(mask_sets)
             passed2 = 1 - row["stage1_pct"] / 100
             passed3 = passed2 - row["stage2_pct"] / 100
             row["gflops"] = predicted_cost(flops, [1.0, passed2, max(0.0, passed3)])["flops"] / 1e9
             row["mask_source"] = setup.source_of(method)
         else:
-            images = setup.images()
-            timing = measure(lambda _i, m=model, x=images: m(x), setup.device, setup.warmup,
-                             setup.runs).row(setup.batch_size)
+            steps[method] = lambda _i, m=model: m(images)
             row["gflops"] = sum(flops) / 1e9
-        rows.append({**row, **timing, "image_size": setup.image_size, "batch_size": setup.batch_size,
-                     "device": setup.device_name})
-        del model
-        gc.collect()
-    df = pd.DataFrame(rows)
-    dense = df[df["method"] == "irnet"]
-    if dense.empty:  # the speedup columns need dense IRNet: measure its GFLOPs at least
-        irnet_ms, irnet_gflops = math.nan, sum(_flops("irnet", setup.model_cfg, setup.image_size)) / 1e9
-    else:
-        irnet_ms, irnet_gflops = float(dense["ms_median"].iloc[0]), float(dense["gflops"].iloc[0])
-    df["speedup_vs_irnet"] = irnet_ms / df["ms_median"]
-    df["predicted_speedup_vs_irnet"] = irnet_gflops / df["gflops"]
-    return df[MODEL_COLUMNS]
+        rows[method] = row
+    log.info("timing %s in turn: %d warm-up and %d timed rounds", ", ".join(steps), warmup, setup.runs)
+    timings = measure_interleaved(steps, setup.device, warmup, setup.runs)
+    irnet_gflops = (rows["irnet"]["gflops"] if "irnet" in rows
+                    else sum(_flops("irnet", setup.model_cfg, setup.image_size)) / 1e9)
+    table = []
+    for method, row in rows.items():
+        speedup = paired_ratio(timings["irnet"], timings[method]) if "irnet" in timings else math.nan
+        table.append({**row, **timings[method].row(setup.batch_size), "image_size": setup.image_size,
+                      "batch_size": setup.batch_size, "device": setup.device_name,
+                      "speedup_vs_irnet": speedup,
+                      "predicted_speedup_vs_irnet": irnet_gflops / row["gflops"]})
+    steps.clear()
+    gc.collect()
+    return pd.DataFrame(table)[MODEL_COLUMNS]

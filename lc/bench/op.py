@@ -3,8 +3,8 @@
 Levels: `stage2` (mixed_6a + the Block17 repeats at width 1, the config's stage-2 block count),
 `conv3x3` (mixed_6a.branch1[1], 256 -> 256) and `conv1x7` (a Block17's 1x7 conv, 128 -> 160,
 dilation 2). Implementations:
-- dense_nchw / dense_channels_last: the plain dense layer (eval, no_grad) in either memory format;
-  the faster of the two is the baseline `speedup` refers to;
+- dense_nchw / dense_channels_last: the plain dense layer (eval, no_grad; the stage with its BN
+  folded) in either memory format; the faster of the two is the baseline `speedup` refers to;
 - masked_dense: the dense reference, every output multiplied by the mask;
 - gather (convs): `region_conv2d(impl="gather")`, dense input to dense output;
 - compressed: stage: `ActiveSet` + `run_stage_compressed`, dense stage input to the (N, C) output
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from lc.bench.timing import cpu_threads, measure, write_csv
 from lc.data.io import atomic_path
 from lc.evaluation.progress import progress
-from lc.models.irnet import IRNet
+from lc.models.irnet import IRNet, fold_batchnorm
 from lc.models.region_irnet import run_stage_compressed, run_stage_masked_dense
 from lc.ops.active_set import ActiveSet
 from lc.ops.region_conv import compressed_conv, region_conv2d
@@ -59,7 +59,8 @@ def _stage_cases(net: IRNet, x: torch.Tensor, fractions: Sequence[float], gen: t
                  device: str):
     """(impl, fraction, fn) for the stage-2 level; dense first."""
     inputs = {fmt: _as_format(x, fmt) for fmt in ("nchw", "channels_last")}
-    nets = {"nchw": net, "channels_last": copy.deepcopy(net).to(memory_format=torch.channels_last)}
+    folded = fold_batchnorm(copy.deepcopy(net))  # the dense baseline at its best: BN folded
+    nets = {"nchw": folded, "channels_last": copy.deepcopy(folded).to(memory_format=torch.channels_last)}
 
     def dense(fmt: str):
         return lambda: nets[fmt].forward_stage(2, inputs[fmt])

@@ -1,5 +1,7 @@
 """Speed measurement shared by every benchmark (`lc bench op|models|stages|rho|table6`).
 
+- `measure_interleaved`: several methods timed call by call in turn (the models benchmark, whose
+  speedups are per-round ratios: `paired_ratio`).
 - `measure`: warm-up, then timed runs under `torch.inference_mode`: on the CPU
   `torch.utils.benchmark.Timer` at the torch thread count the benchmark set (`--threads` /
   `bench.threads`, by `cpu_threads`, which restores the previous count afterwards), on the GPU one
@@ -17,7 +19,8 @@ import itertools
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +32,8 @@ from torch.utils.benchmark import Timer
 
 from lc.data.io import write_csv as write_table_csv
 
-__all__ = ["Timing", "check_threads", "cpu_threads", "measure", "node_access", "set_threads", "write_csv"]
+__all__ = ["Timing", "check_threads", "cpu_threads", "measure", "measure_interleaved", "node_access",
+           "paired_ratio", "set_threads", "write_csv"]
 
 
 # --- devices and timing -----------------------------------------------------------------------
@@ -124,6 +128,50 @@ def measure(step: Callable[[int], object], device: torch.device | str, warmup: i
             torch.cuda.synchronize(device)
             return _measure_cuda(step, device, runs)
         return _measure_cpu(step, runs)
+
+
+def measure_interleaved(steps: Mapping[str, Callable[[int], object]], device: torch.device | str,
+                        warmup: int, runs: int) -> dict[str, Timing]:
+    """Time `runs` rounds of every step, one call of each per round in turn (after `warmup` such
+    untimed rounds), under inference_mode; {name: Timing} with the calls in round order.
+
+    Interleaving puts every method's i-th call in the same stretch of time, so a ratio of two
+    methods' i-th calls is free of the drift of a shared machine (whose load moves dense IRNet's
+    time by +-20% within a minute on the 2-core machines this was built on); the models benchmark
+    reports the median of those per-round ratios. CPU: one perf_counter pair per call; CUDA: one
+    pair of events per call, synchronised after it.
+    """
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    with torch.inference_mode():
+        for i in range(warmup):
+            for step in steps.values():
+                step(i)
+        for i in range(runs):
+            for name, step in steps.items():
+                if cuda:
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    torch.cuda.synchronize(device)
+                    start.record()
+                    step(i)
+                    end.record()
+                    torch.cuda.synchronize(device)
+                    times[name].append(start.elapsed_time(end))
+                else:
+                    begin = time.perf_counter()
+                    step(i)
+                    times[name].append(1e3 * (time.perf_counter() - begin))
+    return {name: Timing(t, runs) for name, t in times.items()}
+
+
+def paired_ratio(numerator: Timing, denominator: Timing) -> float:
+    """Median over rounds of numerator[i] / denominator[i] (two timings of `measure_interleaved`)."""
+    if len(numerator.times_ms) != len(denominator.times_ms):
+        raise ValueError("paired_ratio needs two timings of the same interleaved rounds")
+    return float(np.median(np.asarray(numerator.times_ms) / np.asarray(denominator.times_ms)))
 
 
 # --- output -----------------------------------------------------------------------------------

@@ -199,9 +199,9 @@ def planned_tables(irnet: IRNet, stage: int, active: ActiveSet, dtype: torch.dty
                    source: ActiveSet | None = None, num_rows: int | None = None):
     """(plan, tables) of a stage on `active`, both cached (tables on the ActiveSet, per bucket)."""
     plan = stage_plan(irnet, stage, dtype)
-    if num_rows is None:
-        num_rows = (bucket_for(active.num_active, active.num_pixels) if _options["buckets"]
-                    else active.num_active)
+    if num_rows is None:  # buckets serve CUDA graphs; on the CPU padded rows are only extra work
+        num_rows = (bucket_for(active.num_active, active.num_pixels)
+                    if _options["buckets"] and active.mask.is_cuda else active.num_active)
     key = ("planned", tuple(plan.geometries), int(num_rows), source)
     tables = active._tables.get(key)
     if tables is None:
@@ -244,8 +244,9 @@ def run_stage_compressed(irnet: IRNet, stage: int, x: torch.Tensor, active: Acti
     x: the dense stage input (B, C, H, W), or with `source` the (M, C) compressed output of the
     previous stage on the pixels of `source` (a superset of `active`; zero elsewhere).
     planned: the planned path (default: `configure_region`); num_rows: its padded row count
-    (default: the active count's bucket); graphs: CUDA-graph replay per (stage, bucket) on CUDA
-    without autograd (default: `configure_region`). Without the plan, the per-layer path below.
+    (default: on CUDA the active count's bucket, on the CPU the count itself); graphs: CUDA-graph
+    replay per (stage, bucket) on CUDA without autograd (default: `configure_region`). Without the
+    plan, the per-layer path below.
     """
     if source is None:
         active._check_dense(x)

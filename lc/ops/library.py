@@ -14,8 +14,9 @@ c = `src_col` (the op reads a column window of `src`, so branches of a merged 1x
 A table entry outside [0, M) reads a zero row: M is the sentinel of every table we build.
 `gather_linear` is the same without a table (a compressed 1x1 conv), `weight` (Cin, Cout).
 
-Kernels: CPU, a torch gather + GEMM per tap (or the Triton kernels under the interpreter when the
-region backend is "triton" and TRITON_INTERPRET=1); CUDA, the Triton kernels of `lc.ops.triton`.
+Kernels: CPU, torch: one gather and one GEMM per conv (im2col; a GEMM per tap for convs whose
+gathered matrix would exceed `IM2COL_MAX_ELEMENTS`), or the Triton kernels under the interpreter
+when the region backend is "triton" and TRITON_INTERPRET=1; CUDA, the Triton kernels of `lc.ops.triton`.
 Fake kernels give shapes for torch.compile; autograd is `register_autograd`, whose backward calls
 the same ops: grad src is `gather_conv` on the transposed table (`transpose_table`, or the
 `table_t` the caller built once) with the transposed weight; grad weight is `gather_weight_grad`.
@@ -36,9 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["gather_conv", "gather_conv_into", "gather_linear", "gather_max", "gather_max_into",
-           "gather_weight_grad", "gemm_tiles", "pack_conv_weight", "set_library_backend", "transpose_table",
-           "uses_triton"]
+__all__ = ["IM2COL_MAX_ELEMENTS", "gather_conv", "gather_conv_into", "gather_linear", "gather_max",
+           "gather_max_into", "gather_weight_grad", "gemm_tiles", "pack_conv_weight", "set_library_backend",
+           "transpose_table", "uses_triton"]
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _cpu_backend = "torch"  # "triton": CPU tensors through Triton's interpreter (tests only)
@@ -67,8 +68,9 @@ def _triton():
 
 # --- CPU (torch) implementations ---------------------------------------------------------------
 def _epilogue(out: Tensor, residual: Tensor | None, scale: float, relu: bool) -> Tensor:
+    """In place on the GEMM's fresh output: residual + scale * out, then ReLU."""
     if residual is not None:
-        out = torch.add(residual, out, alpha=scale)
+        out = torch.add(residual, out, alpha=scale, out=out)
     elif scale != 1.0:
         out = out.mul_(scale)
     return out.relu_() if relu else out
@@ -84,24 +86,54 @@ def _safe(table: Tensor, num_src: int) -> Tensor:
     return torch.where((table >= 0) & (table < num_src), table, torch.full_like(table, num_src))
 
 
-def _tap_reader(src: Tensor, table: Tensor, src_col: int, cin: int):
-    """tap t -> the (N, Cin) rows it reads. A source larger than the gathered rows (a stage's dense
-    input at a small active fraction) is not copied to append the zero row: its taps are masked."""
+# One gather + one GEMM per conv (im2col) below this many gathered elements (16 MiB in fp32); above
+# it the conv accumulates one GEMM per tap instead of materialising the (N, K * Cin) matrix. At
+# small active counts the per-tap path was dominated by its 2K small ops per conv (2-thread CPU,
+# N = 92: a Block17's 1x7 conv 0.37 -> 0.32 ms, Mixed_6a's 3x3 1.04 -> 0.73 ms).
+IM2COL_MAX_ELEMENTS = 1 << 22
+
+
+def _gather_rows(src: Tensor, table: Tensor, src_col: int, cin: int) -> Tensor:
+    """(T, Cin) rows src[table, c:c+Cin] of a flat (T,) table, zero where an entry is outside [0, M).
+
+    A source larger than the gathered rows (a stage's dense input at a small active fraction) is
+    not copied to append the zero row: its invalid entries are masked after the gather."""
     num_src = src.shape[0]
     if num_src > table.numel():
         valid = (table >= 0) & (table < num_src)
-        rows = torch.where(valid, table, torch.zeros_like(table)).t()
-        drop = (~valid).t().unsqueeze(2)  # masked_fill, not a multiply: 0 * inf would be NaN
+        rows = src.narrow(1, src_col, cin).index_select(0, torch.where(valid, table, torch.zeros_like(table)))
+        return rows.masked_fill_(~valid.unsqueeze(1), 0)  # masked_fill, not a multiply: 0 * inf is NaN
+    return _padded(src, src_col, cin).index_select(0, _safe(table, num_src))
+
+
+def _tap_reader(src: Tensor, table: Tensor, src_col: int, cin: int):
+    """tap t -> the (N, Cin) rows it reads (the per-tap path of large convs)."""
+    num_src = src.shape[0]
+    if num_src > table.numel():
+        valid = (table >= 0) & (table < num_src)
+        rows = torch.where(valid, table, torch.zeros_like(table)).t().contiguous()
+        drop = (~valid).t().unsqueeze(2)
         window = src.narrow(1, src_col, cin)
         return lambda t: F.embedding(rows[t], window).masked_fill_(drop[t], 0)
     padded = _padded(src, src_col, cin)
-    rows = _safe(table, num_src).t()
+    rows = _safe(table, num_src).t().contiguous()
     return lambda t: F.embedding(rows[t], padded)
 
 
 def _conv_torch(src, table, weight, bias, residual, scale, relu, src_col, out=None):
     """out: a (N, Cout) view to accumulate in (no residual), else a new tensor."""
     taps, cin, cout = weight.shape
+    num_out = table.shape[0]
+    if num_out * taps * cin <= IM2COL_MAX_ELEMENTS:  # shapes only: the same branch on every call
+        cols = _gather_rows(src, table.reshape(-1), src_col, cin).view(num_out, taps * cin)
+        flat = weight.view(taps * cin, cout)
+        if out is None:
+            out = torch.addmm(bias, cols, flat) if bias is not None else cols @ flat
+        elif bias is not None:
+            torch.addmm(bias, cols, flat, out=out)
+        else:
+            torch.mm(cols, flat, out=out)
+        return _epilogue(out, residual, scale, relu)
     read = _tap_reader(src, table, src_col, cin)
     first = read(0)
     if out is None:
