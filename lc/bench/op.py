@@ -9,8 +9,10 @@ dilation 2). Implementations:
 - gather (convs): `region_conv2d(impl="gather")`, dense input to dense output;
 - compressed: stage: `ActiveSet` + `run_stage_compressed`, dense stage input to the (N, C) output
   (what the cascade passes on); convs: `compressed_conv` on (N, C) features, tables prebuilt.
-Masks hold exactly round(f * H * W) random pixels per image. Times are medians after warm-up
-(`lc.bench.timing.measure`), at `bench.threads` CPU threads (or `--threads`).
+Masks hold exactly round(f * H * W) random pixels per image. Every case of a level is timed in
+the same interleaved rounds (`lc.bench.timing.measure_interleaved`), at `bench.threads` CPU threads
+(or `--threads`); times are medians, a speedup is the median per-round ratio to the faster dense
+layout (`paired_ratio`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from lc.bench.timing import cpu_threads, measure, write_csv
+from lc.bench.timing import cpu_threads, measure_interleaved, paired_ratio, write_csv
 from lc.data.io import atomic_path
 from lc.evaluation.progress import progress
 from lc.models.irnet import IRNet, fold_batchnorm
@@ -145,15 +147,17 @@ def run_op_bench(cfg: dict, devices: Sequence[str] | None = None, warmup: int | 
                 bias = torch.randn(conv.out_channels, generator=gen).to(device)
                 levels[level] = _conv_cases(conv.weight.detach(), bias, conv.padding, conv.dilation, x,
                                             fractions, gen, device)
-            cases = [(level, *case) for level, level_cases in levels.items() for case in level_cases]
-            for level, impl, fraction, fn in progress(cases, len(cases), f"bench op ({device})",
-                                                      log_every=5, unit="case"):
-                timing = measure(lambda _i, fn=fn: fn(), device, warmup, runs)
-                rows.append({"level": level, "impl": impl, "active_fraction": fraction,
-                             "ms_median": timing.median, "device": device})
+            for level, cases in progress(list(levels.items()), len(levels), f"bench op ({device})",
+                                         log_every=1, unit="level"):
+                steps = {(impl, fraction): (lambda _i, fn=fn: fn()) for impl, fraction, fn in cases}
+                timings = measure_interleaved(steps, device, warmup, runs)
+                dense = min((key for key in timings if key[0].startswith("dense")),
+                            key=lambda key: timings[key].median)  # the faster dense layout
+                for (impl, fraction), timing in timings.items():
+                    rows.append({"level": level, "impl": impl, "active_fraction": fraction,
+                                 "ms_median": timing.median, "device": device,
+                                 "speedup": paired_ratio(timings[dense], timing)})
     df = pd.DataFrame(rows)
-    dense = df[df.impl.str.startswith("dense")].groupby(["device", "level"]).ms_median.min()
-    df["speedup"] = [dense[(d, lv)] / ms for d, lv, ms in zip(df.device, df.level, df.ms_median, strict=True)]
     df["speedup_x_fraction"] = df.speedup * df.active_fraction
     return df[COLUMNS]
 
