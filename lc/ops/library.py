@@ -88,8 +88,9 @@ def _safe(table: Tensor, num_src: int) -> Tensor:
 
 # One gather + one GEMM per conv (im2col) below this many gathered elements (16 MiB in fp32); above
 # it the conv accumulates one GEMM per tap instead of materialising the (N, K * Cin) matrix. At
-# small active counts the per-tap path was dominated by its 2K small ops per conv (2-thread CPU,
-# N = 92: a Block17's 1x7 conv 0.37 -> 0.32 ms, Mixed_6a's 3x3 1.04 -> 0.73 ms).
+# small active counts the per-tap path paid for its 2K small ops per conv and its short GEMMs
+# (2-thread CPU, paper stage 2 at 256 x 256, interleaved A/B: 15% faster at 3% and 9% active, 3%
+# at 100%; stage 3 5-7% and even).
 IM2COL_MAX_ELEMENTS = 1 << 22
 
 
@@ -126,7 +127,7 @@ def _conv_torch(src, table, weight, bias, residual, scale, relu, src_col, out=No
     num_out = table.shape[0]
     if num_out * taps * cin <= IM2COL_MAX_ELEMENTS:  # shapes only: the same branch on every call
         cols = _gather_rows(src, table.reshape(-1), src_col, cin).view(num_out, taps * cin)
-        flat = weight.view(taps * cin, cout)
+        flat = weight.reshape(taps * cin, cout)
         if out is None:
             out = torch.addmm(bias, cols, flat) if bias is not None else cols @ flat
         elif bias is not None:
