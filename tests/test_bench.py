@@ -269,6 +269,29 @@ def test_trained_masks_come_from_the_checkpoint(prepared_test_cfg, tmp_path) -> 
     assert math.isfinite(df.set_index("method").loc["lc", "ms_median"])
 
 
+@pytest.mark.slow
+def test_backbone_bench_times_dense_and_lc_in_the_same_rounds(prepared_test_cfg, tmp_path) -> None:
+    from lc.bench.backbones import BACKBONE_BENCH_COLUMNS, backbone_rhos, run_backbone_bench
+    from lc.models.cascade import LayerCascade
+    from lc.training.checkpoint import make_model_spec, save_checkpoint
+
+    cfg = copy.deepcopy(prepared_test_cfg)
+    cfg["bench"].update(FAST["bench"])
+    cfg["backbones"]["rhos"] = [0.9]
+    torch.manual_seed(0)
+    trained = LayerCascade(21, "lc", cfg["model"], rho=0.985).eval()
+    ckpt = save_checkpoint(tmp_path / "checkpoint.pt", {
+        "model": trained.state_dict(), "iteration": 0,
+        "model_spec": make_model_spec("cascade", "lc", 21, cfg["model"], 0.985, dataset="voc")})
+    out = tmp_path / "bench" / "backbone_irnet.csv"
+    df = run_backbone_bench(cfg, ckpt, out, "irnet", device="cpu")
+    assert list(pd.read_csv(out).columns) == BACKBONE_BENCH_COLUMNS
+    assert list(df["rho"]) == backbone_rhos(cfg) == [0.985, 0.9]
+    _check_times(df, BACKBONE_BENCH_COLUMNS, "dense_ms", "lc_ms", "measured_speedup", "predicted_speedup")
+    assert (df["mask_source"] == f"trained:{ckpt}").all()
+    assert (df["stage1_pct"] + df["stage2_pct"] <= 100).all()
+
+
 def _with_models(cfg: dict, models: list[str]) -> dict:
     cfg = copy.deepcopy(cfg)
     cfg["bench"]["models"] = models

@@ -3,7 +3,8 @@
 `lc bench backbone --backbone NAME --checkpoint <its LC checkpoint>`: for every rho of
 `backbones.rhos` (and evaluate.rho), LC's ms per image routed by the checkpoint's own masks on VOC
 val images (`lc.bench.masks.TrainedMasks`, as Fig. 7(a)), the dense single-loss network's ms, their
-ratio (measured speedup), and the FLOP-predicted speedup at the same stage shares. Timing weights are
+ratio (measured speedup: the median per-round ratio, both timed in the same interleaved rounds),
+and the FLOP-predicted speedup at the same stage shares. Timing weights are
 random (time does not depend on them); the network is the configured one (`model:` with the
 backbone's keys merged), not the full-size one.
 """
@@ -15,8 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from lc.bench.masks import mask_shares
-from lc.bench.models import BenchSetup, _flops, build_network, time_lc
-from lc.bench.timing import measure, write_csv
+from lc.bench.models import BenchSetup, _flops, _lc_step, build_network, prescribed_routing
+from lc.bench.timing import measure_interleaved, paired_ratio, write_csv
 from lc.models.complexity import count_parameters, predicted_cost
 
 __all__ = ["BACKBONE_BENCH_COLUMNS", "backbone_rhos", "run_backbone_bench"]
@@ -51,16 +52,18 @@ def run_backbone_bench(cfg: dict, checkpoint: str | Path, out: str | Path, backb
     shares = "/".join(f"{100 * f / sum(lc_flops):.1f}" for f in lc_flops)
     rows = []
     for rho in backbone_rhos(cfg):
-        # dense timed beside each LC timing, so a drifting machine load hits both alike
-        dense_ms = measure(lambda _i: dense(images), setup.device, setup.warmup,
-                           setup.runs).row(setup.batch_size)["ms_median"]
-        timing, mask_sets = time_lc(setup, model, rho)
+        # dense and LC in the same interleaved rounds: a drifting machine load hits both alike
+        mask_sets = setup.mask_sets_for(rho, model)
+        steps = {"dense": lambda _i: dense(images),
+                 "lc": _lc_step(model, images, prescribed_routing(mask_sets), rho)}
+        timings = measure_interleaved(steps, setup.device, setup.warmup_for(mask_sets), setup.runs)
         stage1_pct, stage2_pct = mask_shares(mask_sets)
         passed2 = 1 - stage1_pct / 100
         passed3 = max(0.0, passed2 - stage2_pct / 100)
         lc_cost = predicted_cost(lc_flops, [1.0, passed2, passed3])["flops"]
-        rows.append({"backbone": backbone, "rho": rho, "dense_ms": dense_ms, "lc_ms": timing["ms_median"],
-                     "measured_speedup": dense_ms / timing["ms_median"],
+        rows.append({"backbone": backbone, "rho": rho, "dense_ms": timings["dense"].median,
+                     "lc_ms": timings["lc"].median,
+                     "measured_speedup": paired_ratio(timings["dense"], timings["lc"]),
                      "predicted_speedup": dense_flops / lc_cost, "stage1_pct": stage1_pct,
                      "stage2_pct": stage2_pct, "dense_gflops": dense_flops / 1e9, "lc_gflops": lc_cost / 1e9,
                      "dense_params_m": count_parameters(dense) / 1e6,
