@@ -1,7 +1,7 @@
 """Speed measurement shared by every benchmark (`lc bench op|models|stages|rho|table6`).
 
-- `measure_interleaved`: several methods timed call by call in turn (the models benchmark, whose
-  speedups are per-round ratios: `paired_ratio`).
+- `measure_interleaved`: several methods timed call by call in turn (the models, op and backbone
+  benchmarks, whose speedups are per-round ratios: `paired_ratio`).
 - `measure`: warm-up, then timed runs under `torch.inference_mode`: on the CPU
   `torch.utils.benchmark.Timer` at the torch thread count the benchmark set (`--threads` /
   `bench.threads`, by `cpu_threads`, which restores the previous count afterwards), on the GPU one
@@ -31,6 +31,7 @@ import torch
 from torch.utils.benchmark import Timer
 
 from lc.data.io import write_csv as write_table_csv
+from lc.evaluation.progress import progress
 
 __all__ = ["Timing", "check_threads", "cpu_threads", "measure", "measure_interleaved", "node_access",
            "paired_ratio", "set_threads", "write_csv"]
@@ -150,7 +151,8 @@ def measure_interleaved(steps: Mapping[str, Callable[[int], object]], device: to
         for i in range(warmup):
             for step in steps.values():
                 step(i)
-        for i in range(runs):
+        for i in progress(range(runs), runs, f"timing {len(steps)} cases in turn", log_every=10,
+                          unit="round"):
             for name, step in steps.items():
                 if cuda:
                     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
