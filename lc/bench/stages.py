@@ -2,7 +2,7 @@
 
 Each stage is timed alone, fed the previous stage's precomputed output: the stage's layers on its
 active pixels (dense when all are active), its head and the routing decision. Masks and networks
-as in `lc.bench.models`.
+as in `lc.bench.models`; all nine (method, stage) steps are timed in the same interleaved rounds.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 
 from lc.bench.masks import RoutingMasks, mask_shares
 from lc.bench.models import BenchSetup, build_network
-from lc.bench.timing import measure
+from lc.bench.timing import measure_interleaved
 from lc.evaluation.progress import progress
 from lc.models.cascade import LayerCascade, undecided_mask
 from lc.models.region_irnet import run_stage_compressed
@@ -82,29 +82,32 @@ def _irnet_stage_steps(model: LayerCascade, images: torch.Tensor) -> list[Callab
 
 
 def run_stages_bench(setup: BenchSetup) -> pd.DataFrame:
-    """Fig. 7(b): ms per stage of LC at evaluate.rho and fast_rho, and of dense IRNet."""
+    """Fig. 7(b): ms per stage of LC at evaluate.rho and fast_rho, and of dense IRNet, every
+    (method, stage) timed in the same interleaved rounds (`measure_interleaved`)."""
     ev = setup.cfg["evaluate"]
     images = setup.images()
-    rows = []
+    steps, meta = {}, {}
+    warmup = setup.warmup
     cases = [("lc", float(ev["rho"])), ("lc_fast", float(ev["fast_rho"])), ("irnet", math.nan)]
-    for method, rho in progress(cases, len(cases), "bench stages", log_every=1, unit="net"):
+    for method, rho in progress(cases, len(cases), "bench stages (build)", log_every=1, unit="net"):
         model = build_network(method, setup.model_cfg, setup.device, 1.0 if math.isnan(rho) else rho)
         if method == "irnet":
-            steps, active = _irnet_stage_steps(model, images), [100.0, 100.0, 100.0]
+            method_steps, active = _irnet_stage_steps(model, images), [100.0, 100.0, 100.0]
             source = "none"
         else:
             mask_sets = setup.mask_sets_for(rho, model, method=method)
-            steps = _lc_stage_steps(model, images, mask_sets, rho)
+            method_steps = _lc_stage_steps(model, images, mask_sets, rho)
             stage1_pct, stage2_pct = mask_shares(mask_sets)
             active = [100.0, 100.0 - stage1_pct, 100.0 - stage1_pct - stage2_pct]
             source = setup.source_of(method)
-        warmup = setup.warmup if method == "irnet" else setup.warmup_for(mask_sets)
-        for stage, step in enumerate(steps, start=1):
-            timing = measure(step, setup.device, warmup, setup.runs)
-            rows.append({"method": method, "rho": rho, "stage": stage, "ms_median": timing.median,
-                         "active_pct": active[stage - 1], "device": setup.device_name, "mask_source": source})
-        del model
-        gc.collect()
+            warmup = max(warmup, setup.warmup_for(mask_sets))
+        for stage, step in enumerate(method_steps, start=1):
+            steps[(method, stage)] = step
+            meta[(method, stage)] = {"method": method, "rho": rho, "stage": stage,
+                                     "active_pct": active[stage - 1], "mask_source": source}
+    timings = measure_interleaved(steps, setup.device, warmup, setup.runs)
+    rows = [{**meta[key], "ms_median": timing.median, "device": setup.device_name}
+            for key, timing in timings.items()]
+    steps.clear()
+    gc.collect()
     return pd.DataFrame(rows)[STAGE_COLUMNS]
-
-
