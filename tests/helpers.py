@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -65,6 +67,21 @@ class LoopbackServer:
 # --- Snakemake, always on a copy of the repository -------------------------------------------------
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = ("Snakefile", "config.yaml", "workflow", "envs", "lc", "results/paper")
+
+
+# archive members for the extraction tests: 512 + 1536 bytes each in a tar
+TAR_MEMBERS = {f"set/file{i}.txt": bytes([65 + i]) * 1500 for i in range(4)}
+
+
+def tar_bytes(members: dict[str, bytes], mode: str = "w") -> bytes:
+    """A tar archive (tarfile `mode`: "w" plain, "w:gz" gzipped) holding `members` in memory."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode=mode) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
 
 
 def copy_repo(dest: Path) -> Path:

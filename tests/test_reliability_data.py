@@ -35,7 +35,8 @@ import pytest
 import requests
 import yaml
 from cityscapesscripts.download import downloader
-from helpers import LoopbackServer
+from helpers import TAR_MEMBERS as MEMBERS
+from helpers import LoopbackServer, tar_bytes
 from PIL import Image
 
 import lc.data.download as download_module
@@ -301,18 +302,6 @@ def test_half_set_environment_is_named(cityscapes_site, monkeypatch, tmp_path):
 
 
 # --- verified before use: archives placed by hand ------------------------------------------------
-def _tar_bytes(members: dict[str, bytes], mode: str = "w") -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode=mode) as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
-MEMBERS = {f"set/file{i}.txt": bytes([65 + i]) * 1500 for i in range(4)}  # 512 + 1536 bytes each
-
 
 def _hand_placed(tmp_path: Path, data: bytes, md5: str) -> tuple[dict, Path]:
     cfg = _cfg(tmp_path, archives={"blob": {"url": None, "filename": "blob.tar", "md5": md5}})
@@ -323,7 +312,7 @@ def _hand_placed(tmp_path: Path, data: bytes, md5: str) -> tuple[dict, Path]:
 
 
 def test_hand_placed_archive_is_verified_before_extraction(tmp_path, monkeypatch):
-    good = _tar_bytes(MEMBERS)
+    good = tar_bytes(MEMBERS)
     cut = good[: 2 * 2048]  # two whole members, no end-of-archive blocks
     cfg, archive = _hand_placed(tmp_path, cut, hashlib.md5(good).hexdigest())
     with pytest.raises(ChecksumError, match="blob.tar: MD5 .* differs from the expected") as info:
@@ -348,7 +337,7 @@ def test_hand_placed_archive_is_verified_before_extraction(tmp_path, monkeypatch
 
 
 def test_extraction_without_a_verified_stamp_is_redone(tmp_path):
-    good = _tar_bytes(MEMBERS)
+    good = tar_bytes(MEMBERS)
     cfg, archive = _hand_placed(tmp_path, good, hashlib.md5(good).hexdigest())
     dest = extract_archive(cfg, "blob")
     marker = dest / ".extracted_from.json"
@@ -362,7 +351,7 @@ def test_extraction_without_a_verified_stamp_is_redone(tmp_path):
 
 
 def test_tar_cut_at_a_member_boundary_is_corrupt(tmp_path):
-    cut = _tar_bytes(MEMBERS)[: 2 * 2048]
+    cut = tar_bytes(MEMBERS)[: 2 * 2048]
     (tmp_path / "cut.tar").write_bytes(cut)
     with pytest.raises(CorruptFileError, match=r"cut.tar is damaged .*end-of-archive block"):
         safe_extract(tmp_path / "cut.tar", tmp_path / "work" / "out")
@@ -370,7 +359,7 @@ def test_tar_cut_at_a_member_boundary_is_corrupt(tmp_path):
 
 
 def test_truncated_tgz_is_a_clear_error(tmp_path):
-    (tmp_path / "cut.tgz").write_bytes(_tar_bytes(MEMBERS, mode="w:gz")[:-40])
+    (tmp_path / "cut.tgz").write_bytes(tar_bytes(MEMBERS, mode="w:gz")[:-40])
     with pytest.raises(CorruptFileError, match=r"cut.tgz is damaged .*download it again"):
         safe_extract(tmp_path / "cut.tgz", tmp_path / "work" / "out")
     assert list((tmp_path / "work").iterdir()) == []
@@ -602,7 +591,7 @@ def test_temp_left_by_sigkill_is_removed_by_the_next_write(tmp_path):
 
 
 def test_extraction_temp_left_by_a_killed_run_is_removed(tmp_path):
-    good = _tar_bytes(MEMBERS)
+    good = tar_bytes(MEMBERS)
     cfg, _ = _hand_placed(tmp_path, good, hashlib.md5(good).hexdigest())
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True, check=True)

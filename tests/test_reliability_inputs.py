@@ -7,35 +7,22 @@ output folder, a netrc error on another host's line, duplicate YAML keys, `lc pr
 from __future__ import annotations
 
 import errno
-import io
 import os
-import tarfile
 from pathlib import Path
 
 import pytest
+from helpers import TAR_MEMBERS as MEMBERS
+from helpers import tar_bytes
 
 from lc.data.errors import CorruptFileError, NoSpaceError
 from lc.data.extract import safe_extract
-
-
-def _tgz(members: dict[str, bytes], mode: str = "w:gz") -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode=mode) as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
-MEMBERS = {f"set/file{i}.txt": bytes([65 + i]) * 1500 for i in range(4)}
 
 
 # --- 5: a .tgz is read to the end of its gzip stream --------------------------------------------
 @pytest.mark.parametrize("damage", ["no_trailer", "bad_crc"])
 def test_tgz_without_its_gzip_trailer_is_refused(tmp_path, damage):
     """Every member is complete, but the gzip trailer (CRC-32 and length) is missing or wrong."""
-    good = _tgz(MEMBERS)
+    good = tar_bytes(MEMBERS, "w:gz")
     bad = good[:-8] if damage == "no_trailer" else good[:-8] + bytes([good[-8] ^ 0xFF]) + good[-7:]
     (tmp_path / "cut.tgz").write_bytes(bad)
     with pytest.raises(CorruptFileError, match=r"cut.tgz is damaged .*download it again"):
@@ -255,7 +242,7 @@ def test_prepare_verify_rehashes_an_archive_damaged_in_place(tmp_path, monkeypat
     from lc.data.errors import ChecksumError
     from lc.data.extract import extract_archive
 
-    good = _tgz(MEMBERS, mode="w")  # a plain tar: no CRC of its own
+    good = tar_bytes(MEMBERS)  # a plain tar: no CRC of its own
     cfg = load_config(REPO / "config.yaml", preset="test", overrides={"data": {
         "root": str(tmp_path / "data"), "mirror": None, "synthetic": False,
         "archives": {"blob": {"url": None, "filename": "blob.tar", "md5": hashlib.md5(good).hexdigest()}}}})

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from lc.bench.masks import mask_shares
-from lc.bench.models import BenchSetup, _flops, _lc_step, build_network, prescribed_routing
+from lc.bench.models import BenchSetup, build_network, lc_step, network_flops, prescribed_routing
 from lc.bench.timing import measure_interleaved, paired_ratio, write_csv
 from lc.models.complexity import count_parameters, predicted_cost
 
@@ -46,8 +46,8 @@ def run_backbone_bench(cfg: dict, checkpoint: str | Path, out: str | Path, backb
                                    threads=threads)
     dense = build_network("irnet", setup.model_cfg, setup.device)
     images = setup.images()
-    dense_flops = sum(_flops("irnet", setup.model_cfg, setup.image_size))
-    lc_flops = _flops("lc", setup.model_cfg, setup.image_size)
+    dense_flops = sum(network_flops("irnet", setup.model_cfg, setup.image_size))
+    lc_flops = network_flops("lc", setup.model_cfg, setup.image_size)
     model = build_network("lc", setup.model_cfg, setup.device)
     shares = "/".join(f"{100 * f / sum(lc_flops):.1f}" for f in lc_flops)
     rows = []
@@ -55,7 +55,7 @@ def run_backbone_bench(cfg: dict, checkpoint: str | Path, out: str | Path, backb
         # dense and LC in the same interleaved rounds: a drifting machine load hits both alike
         mask_sets = setup.mask_sets_for(rho, model)
         steps = {"dense": lambda _i: dense(images),
-                 "lc": _lc_step(model, images, prescribed_routing(mask_sets), rho)}
+                 "lc": lc_step(model, images, prescribed_routing(mask_sets), rho)}
         timings = measure_interleaved(steps, setup.device, setup.warmup_for(mask_sets), setup.runs)
         stage1_pct, stage2_pct = mask_shares(mask_sets)
         passed2 = 1 - stage1_pct / 100

@@ -33,8 +33,8 @@ from lc.models.cascade import LayerCascade
 from lc.models.complexity import count_parameters, network_costs, predicted_cost, stage_costs
 from lc.models.irnet import fold_batchnorm
 
-__all__ = ["MODEL_COLUMNS", "BenchSetup", "build_network", "prescribed_routing", "run_models_bench",
-           "time_lc"]
+__all__ = ["MODEL_COLUMNS", "BenchSetup", "build_network", "lc_step", "network_flops", "prescribed_routing",
+           "run_models_bench", "time_lc"]
 
 MODEL_COLUMNS = ["method", "rho", "image_size", "batch_size", "ms_median", "ms_p25", "ms_p75", "fps",
                  "params_m", "stage1_pct", "stage2_pct", "mask_source", "device", "full_size", "runs",
@@ -199,8 +199,9 @@ class prescribed_routing:  # noqa: N801 (a router value, named like the function
         return self.current[stage - 2]
 
 
-def _lc_step(model: LayerCascade, images: torch.Tensor, routing: prescribed_routing,
-             rho: float) -> Callable[[int], object]:
+def lc_step(model: LayerCascade, images: torch.Tensor, routing: prescribed_routing,
+            rho: float) -> Callable[[int], object]:
+    """A timed step: LC's forward on `images` routed by mask set i of `routing`."""
     def step(i: int):
         routing.select(i)
         return model(images, rho=rho, router=routing)
@@ -212,12 +213,12 @@ def time_lc(setup: BenchSetup, model: LayerCascade, rho: float,
     """Timing row of LC's forward at rho with prescribed masks, and the mask sets it cycled through."""
     mask_sets = setup.mask_sets_for(rho, model, method=method)
     routing = prescribed_routing(mask_sets)
-    timing = measure(_lc_step(model, setup.images(), routing, rho), setup.device,
+    timing = measure(lc_step(model, setup.images(), routing, rho), setup.device,
                      setup.warmup_for(mask_sets), setup.runs)
     return timing.row(setup.batch_size), mask_sets
 
 
-def _flops(method: str, model_cfg: dict, image_size: int) -> list[float]:
+def network_flops(method: str, model_cfg: dict, image_size: int) -> list[float]:
     """Per-stage FLOPs of a cascade (three entries), or one total for a baseline, on one image."""
     with torch.device("meta"):
         model = build_network(method, model_cfg, torch.device("meta"))
@@ -243,10 +244,10 @@ def run_models_bench(setup: BenchSetup) -> pd.DataFrame:
         row = {"method": method, "rho": rho if method in rhos else math.nan,
                "params_m": count_parameters(model) / 1e6, "stage1_pct": math.nan, "stage2_pct": math.nan,
                "mask_source": "none", "full_size": setup.full_size or method in ("deeplab_v2", "segnet")}
-        flops = _flops(method, setup.model_cfg, setup.image_size)
+        flops = network_flops(method, setup.model_cfg, setup.image_size)
         if method in rhos:
             mask_sets = setup.mask_sets_for(rho, model, method=method)
-            steps[method] = _lc_step(model, images, prescribed_routing(mask_sets), rho)
+            steps[method] = lc_step(model, images, prescribed_routing(mask_sets), rho)
             warmup = max(warmup, setup.warmup_for(mask_sets))
             row["stage1_pct"], row["stage2_pct"] = mask_shares(mask_sets)
             passed2 = 1 - row["stage1_pct"] / 100
@@ -260,7 +261,7 @@ def run_models_bench(setup: BenchSetup) -> pd.DataFrame:
     log.info("timing %s in turn: %d warm-up and %d timed rounds", ", ".join(steps), warmup, setup.runs)
     timings = measure_interleaved(steps, setup.device, warmup, setup.runs)
     irnet_gflops = (rows["irnet"]["gflops"] if "irnet" in rows
-                    else sum(_flops("irnet", setup.model_cfg, setup.image_size)) / 1e9)
+                    else sum(network_flops("irnet", setup.model_cfg, setup.image_size)) / 1e9)
     table = []
     for method, row in rows.items():
         speedup = paired_ratio(timings["irnet"], timings[method]) if "irnet" in timings else math.nan

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from lc.models.irnet import freeze_batchnorm  # noqa: F401 - the one definition, re-exported
+from lc.models.timm_weights import load_checked
 from lc.ops.active_set import ActiveSet
 
 __all__ = ["REGION_STAGES", "Backbone", "check_region_stage", "check_region_modules", "freeze_batchnorm",
@@ -79,23 +80,8 @@ def load_matching(module: nn.Module, state_dict: Mapping[str, torch.Tensor], arc
                   hint: str) -> dict[str, list[str]]:
     """Load the tensors of a timm checkpoint whose names `module` has (the rest is skipped: the
     classifier, blocks or stages it lacks); every tensor of `module` must be found, with its shape."""
-    ours = module.state_dict()
-    mapped, skipped, problems = {}, [], []
-    for key, tensor in state_dict.items():
-        if key not in ours:
-            skipped.append(key)
-        elif ours[key].shape != tensor.shape:
-            problems.append(f"shape mismatch {key}: ours {tuple(ours[key].shape)}, checkpoint "
-                            f"{tuple(tensor.shape)}")
-        else:
-            mapped[key] = tensor
-    problems += [f"missing tensor {k}" for k in ours if k not in mapped]
-    if problems:
-        head = "\n  ".join(problems[:20])
-        raise ValueError(f"the ImageNet checkpoint does not fit {arch} ({len(problems)} problems; "
-                         f"same {hint} as the checkpoint?):\n  {head}")
-    module.load_state_dict(mapped, strict=True)
-    return {"loaded": sorted(mapped), "skipped": skipped}
+    return load_checked(module, state_dict, [], f"the ImageNet checkpoint does not fit {arch}", hint,
+                        skip_unknown=True)
 
 
 class Backbone(nn.Module, ABC):
@@ -111,6 +97,12 @@ class Backbone(nn.Module, ABC):
     @abstractmethod
     def from_config(cls, model_cfg: Mapping) -> Backbone:
         """Implemented by each backbone."""
+
+    def _set_checkpoint_names(self, arch: str, timm_model: str | None, weights_file: str | None) -> None:
+        """timm's architecture, its hub model (default: arch) and weights file (default: <arch>.pth)."""
+        self.arch = arch
+        self.timm_model = timm_model or arch
+        self.weights_file = weights_file or f"{arch}.pth"
 
     # --- stages -------------------------------------------------------------------------------
     def stage_modules(self, stage: int) -> list[tuple[str, nn.Module]]:

@@ -97,9 +97,7 @@ class ConvNeXtBackbone(Backbone):
         self.stage_channels = (self.stages[2].blocks[0].conv_dw.in_channels,
                                self.stages[3].blocks[0].conv_dw.in_channels,
                                self.stages[3].blocks[-1].conv_dw.in_channels)
-        self.arch = arch
-        self.timm_model = timm_model or arch
-        self.weights_file = weights_file or f"{arch}.pth"
+        self._set_checkpoint_names(arch, timm_model, weights_file)
 
     @classmethod
     def from_config(cls, model_cfg: Mapping) -> ConvNeXtBackbone:
@@ -126,14 +124,8 @@ class ConvNeXtBackbone(Backbone):
     def run_stage_region(self, stage: int, x: torch.Tensor, active: ActiveSet,
                          source: ActiveSet | None = None) -> torch.Tensor:
         self.check_region_ready(stage)
-        if source is None:
-            active._check_dense(x)
-            where: str | ActiveSet = "dense"
-        else:
-            if x.dim() != 2 or x.shape[0] != source.num_active:
-                raise ValueError(f"with a source ActiveSet x must be its ({source.num_active}, C) "
-                                 f"matrix, got {tuple(x.shape)}")
-            where = source
+        active.check_stage_input(x, source)
+        where: str | ActiveSet = "dense" if source is None else source
         for name, layer in self._layers(stage):
             if where == "dense":
                 rows = active.gather(x)

@@ -116,9 +116,7 @@ class ResNetBackbone(Backbone):
         }
         self.stage_channels = (self.layer2[-1].conv3.out_channels, self.layer3[-1].conv3.out_channels,
                                self.layer4[-1].conv3.out_channels)
-        self.arch = arch
-        self.timm_model = timm_model or arch
-        self.weights_file = weights_file or f"{arch}.pth"
+        self._set_checkpoint_names(arch, timm_model, weights_file)
 
     @classmethod
     def from_config(cls, model_cfg: Mapping) -> ResNetBackbone:
@@ -146,14 +144,8 @@ class ResNetBackbone(Backbone):
     def run_stage_region(self, stage: int, x: torch.Tensor, active: ActiveSet,
                          source: ActiveSet | None = None) -> torch.Tensor:
         self.check_region_ready(stage)
-        if source is None:
-            active._check_dense(x)
-            rows = active.gather(x)
-        else:
-            if x.dim() != 2 or x.shape[0] != source.num_active:
-                raise ValueError(f"with a source ActiveSet x must be its ({source.num_active}, C) "
-                                 f"matrix, got {tuple(x.shape)}")
-            rows = x.index_select(0, active.rows_in(source))
+        active.check_stage_input(x, source)
+        rows = active.gather(x) if source is None else x.index_select(0, active.rows_in(source))
         for _, block in self._blocks(stage):
             rows = bottleneck_region(block, rows, active)
         return rows

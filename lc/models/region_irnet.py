@@ -248,11 +248,7 @@ def run_stage_compressed(irnet: IRNet, stage: int, x: torch.Tensor, active: Acti
     replay per (stage, bucket) on CUDA without autograd (default: `configure_region`). Without the
     plan, the per-layer path below.
     """
-    if source is None:
-        active._check_dense(x)
-    elif x.dim() != 2 or x.shape[0] != source.num_active:
-        raise ValueError(f"with a source ActiveSet x must be its ({source.num_active}, C) matrix, "
-                         f"got {tuple(x.shape)}")
+    active.check_stage_input(x, source)
     if _options["planned"] if planned is None else planned:  # checked when the plan is built
         dtype = _compute_dtype(x)
         use_graphs = _options["cuda_graphs"] if graphs is None else graphs

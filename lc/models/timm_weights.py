@@ -4,6 +4,7 @@ up to timm's, blocks chosen by model.timm_blocks) and a deterministic stand-in i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -12,8 +13,8 @@ from lc.data.io import atomic_path, write_text_atomic
 from lc.data.weights import WEIGHTS_FILENAME, sha256_file
 from lc.models.irnet import STAGE_LAYERS, IRNet
 
-__all__ = ["TIMM_BLOCK_CHOICES", "TIMM_BLOCK_COUNTS", "load_timm_weights", "timm_block_indices",
-           "synthetic_statistics", "timm_layout_state_dict"]
+__all__ = ["TIMM_BLOCK_CHOICES", "TIMM_BLOCK_COUNTS", "load_checked", "load_timm_weights",
+           "timm_block_indices", "synthetic_statistics", "timm_layout_state_dict"]
 
 TIMM_BLOCK_COUNTS = (10, 20, 10)  # timm's inception_resnet_v2: Block35 / Block17 / Block8 repeats
 TIMM_BLOCK_CHOICES = ("first", "even")
@@ -61,7 +62,7 @@ def load_timm_weights(model: IRNet, state_dict: dict[str, torch.Tensor],
         for our_index, their_index in enumerate(timm_block_indices(our_counts[group], theirs_counts[group],
                                                                    blocks)):
             source_of[(group, their_index)] = our_index
-    mapped, skipped, problems = {}, [], []
+    renamed, skipped = {}, []
     our_modules = {key.split(".")[0] for key in ours}
     absent = {name for stage in STAGE_LAYERS.values() for name in stage} - our_modules
     for key, tensor in state_dict.items():
@@ -76,8 +77,27 @@ def load_timm_weights(model: IRNet, state_dict: dict[str, torch.Tensor],
                 skipped.append(key)
                 continue
             key = ".".join([parts[0], str(target), *parts[2:]])
+        renamed[key] = tensor
+    return load_checked(model, renamed, skipped, "timm checkpoint does not match IRNet", "model.width_mult",
+                        skip_unknown=False)
+
+
+def load_checked(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor], skipped: list[str],
+                 subject: str, hint: str, skip_unknown: bool) -> dict[str, list[str]]:
+    """Load `tensors` (named as `module`'s) strictly: every tensor of `module` found with its shape.
+
+    A name `module` lacks is added to `skipped` (`skip_unknown`) or is a problem; all problems raise
+    one ValueError ("<subject> (N problems; same <hint> as the checkpoint?)"). Returns
+    {"loaded": [...], "skipped": [...]}.
+    """
+    ours = module.state_dict()
+    mapped, problems = {}, []
+    for key, tensor in tensors.items():
         if key not in ours:
-            problems.append(f"unexpected tensor {key} {tuple(tensor.shape)}")
+            if skip_unknown:
+                skipped.append(key)
+            else:
+                problems.append(f"unexpected tensor {key} {tuple(tensor.shape)}")
         elif ours[key].shape != tensor.shape:
             problems.append(f"shape mismatch {key}: ours {tuple(ours[key].shape)}, "
                             f"checkpoint {tuple(tensor.shape)}")
@@ -86,9 +106,8 @@ def load_timm_weights(model: IRNet, state_dict: dict[str, torch.Tensor],
     problems += [f"missing tensor {k}" for k in ours if k not in mapped]
     if problems:
         head = "\n  ".join(problems[:20])
-        raise ValueError(f"timm checkpoint does not match IRNet ({len(problems)} problems; same "
-                         f"model.width_mult as the checkpoint?):\n  {head}")
-    model.load_state_dict(mapped, strict=True)
+        raise ValueError(f"{subject} ({len(problems)} problems; same {hint} as the checkpoint?):\n  {head}")
+    module.load_state_dict(mapped, strict=True)
     return {"loaded": sorted(mapped), "skipped": skipped}
 
 

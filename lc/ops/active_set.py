@@ -211,6 +211,15 @@ class ActiveSet:
             raise ValueError(f"expected a dense (B={self.batch_size}, C, H={self.height}, "
                              f"W={self.width}) tensor, got {tuple(x.shape)}")
 
+    def check_stage_input(self, x: torch.Tensor, source: ActiveSet | None = None) -> None:
+        """A region stage's input: dense (B, C, H, W) on this grid, or with `source` (a larger set)
+        that set's (M, C) matrix."""
+        if source is None:
+            self._check_dense(x)
+        elif x.dim() != 2 or x.shape[0] != source.num_active:
+            raise ValueError(f"with a source ActiveSet x must be its ({source.num_active}, C) matrix, "
+                             f"got {tuple(x.shape)}")
+
     def _check_same_grid(self, other: ActiveSet) -> None:
         if other.mask.shape != self.mask.shape:
             raise ValueError(f"ActiveSets on different grids: {tuple(self.mask.shape)} vs "
