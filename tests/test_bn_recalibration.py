@@ -53,6 +53,26 @@ def test_running_stats_equal_input_statistics_over_all_images():
     assert not any(p.requires_grad for m in layers for p in m.parameters())
 
 
+def test_recalibration_refolds_the_stage_plans():
+    """The planned region stages fold BN statistics: after a recalibration they use the new ones."""
+    from lc.models.region_irnet import run_stage_compressed
+    from lc.ops.active_set import ActiveSet
+
+    torch.manual_seed(0)
+    net = IRNet(width_mult=WIDTH, block_counts=(1, 2, 1), output_stride=8)
+    freeze_batchnorm(net)
+    x = torch.randn(1, net.stage_channels[0], 6, 6).relu()
+    active = ActiveSet(torch.rand(1, 6, 6, generator=torch.Generator().manual_seed(2)) < 0.5)
+    with torch.no_grad():
+        before = run_stage_compressed(net, 2, x, active)  # builds and caches the stage-2 plan
+    recalibrate_bn(net, _images(1, 2))
+    with torch.no_grad():
+        planned = run_stage_compressed(net, 2, x, active)
+        per_layer = run_stage_compressed(net, 2, x, active, planned=False)
+    assert not torch.allclose(before, planned)
+    torch.testing.assert_close(planned, per_layer, rtol=1e-4, atol=1e-5)
+
+
 def _stage_stats(net: IRNet, batches: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per stage: per-channel mean and std of its output over the batches (eval mode)."""
     net.eval()

@@ -58,3 +58,19 @@ def test_bench_train_refuses_a_crop_off_the_stride(tmp_path, capsys) -> None:
     assert main(["bench", "train", "--config", str(CONFIG), "--device", "cpu", "--quick", "--crop", "60",
                  "--out", str(tmp_path / "t.csv")]) == 2
     assert "multiple of 8" in capsys.readouterr().err
+
+
+def test_gpu_tests_past_their_time_report_a_failure_and_the_check_goes_on(tmp_path, monkeypatch) -> None:
+    import subprocess
+    from types import SimpleNamespace
+
+    import lc.bench.gpu_check as gpu_check
+
+    def too_slow(cmd, **kwargs):
+        raise subprocess.TimeoutExpired(cmd, kwargs["timeout"], output=b"collected 9 items", stderr=None)
+
+    monkeypatch.setattr(gpu_check.subprocess, "run", too_slow)
+    row = gpu_check.gpu_tests(SimpleNamespace(device=torch.device("cuda")), tmp_path).iloc[0]
+    assert row["passed"] is not None and not row["passed"]  # a failure, not "not run"
+    assert f"timed out after {gpu_check.GPU_TESTS_TIMEOUT_S} s" in row["detail"]
+    assert "collected 9 items" in (tmp_path / "pytest_gpu.log").read_text()

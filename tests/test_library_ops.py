@@ -210,14 +210,20 @@ def _interpreter_errors() -> dict:
 
     errors = {}
     for name, kw in {"conv3x3": {}, "conv1x7_col": dict(kernel=(1, 7), dilation=(2, 2), src_col=3),
-                     "int64": dict(int32=False)}.items():
+                     "int64": dict(int32=False), "strided": dict(src_col=2)}.items():
         c = _case(dtype=torch.float32, cin=20, cout=18, **kw)
+        if name == "strided":  # channels not unit-stride (a batch-1 NCHW map read as rows), residual too
+            c["src"] = c["src"].t().contiguous().t()
+            c["residual"] = c["residual"].t().contiguous().t()
         results = {}
         for backend in ("torch", "triton"):
             set_library_backend(backend)
             args = _conv_args(c, scale=0.5, relu=True, grad=True)
             out = torch.ops.lc.gather_conv(*args)
-            grads = torch.autograd.grad(out, [args[0], args[2], args[3], args[4]], torch.ones_like(out))
+            if name == "strided":  # the gradient of a sum: expanded, strides (0, 0)
+                grads = torch.autograd.grad(out.sum(), [args[0], args[2], args[3], args[4]])
+            else:
+                grads = torch.autograd.grad(out, [args[0], args[2], args[3], args[4]], torch.ones_like(out))
             w = args[2].detach()[0].requires_grad_()
             lin = torch.ops.lc.gather_linear(args[0], w, args[3], None, 1.0, True, c["src_col"])
             results[backend] = [out, *grads, lin, *torch.autograd.grad(lin.sum(), [w])]
@@ -238,7 +244,7 @@ def interpreter_errors() -> dict:
 
 @pytest.mark.slow
 def test_triton_interpreter_matches_torch(interpreter_errors: dict) -> None:
-    assert set(interpreter_errors) == {"conv3x3", "conv1x7_col", "int64"}
+    assert set(interpreter_errors) == {"conv3x3", "conv1x7_col", "int64", "strided"}
     for name, err in interpreter_errors.items():
         assert err < 1e-4, (name, err)
 

@@ -256,5 +256,53 @@ def test_planned_path_follows_the_new_weights_after_a_step() -> None:
     torch.testing.assert_close(after, legacy, rtol=1e-4, atol=1e-4)
 
 
+# --- the CUDA-graph cache, its bookkeeping proven on the CPU (capture stood in by an eager call) ---
+class _EagerCall:
+    """Stands in for `GraphedCall` off CUDA: runs fn on the statics at "capture" and per call."""
+
+    captures = 0
+
+    def __init__(self, fn, static):
+        type(self).captures += 1
+        self.fn, self.static = fn, static
+
+    def __call__(self, *inputs):
+        for buffer, value in zip(self.static, inputs, strict=True):
+            buffer.copy_(value)
+        return self.fn(*self.static)
+
+
+def test_graphs_are_kept_per_plan_and_dropped_with_it(monkeypatch) -> None:
+    import lc.models.region_graphs as graphs
+    from lc.models.region_irnet import _run_graphed
+
+    monkeypatch.setattr(graphs, "GraphedCall", _EagerCall)
+    _EagerCall.captures = 0
+    net = _net()
+    x, active = _inputs(net)
+    with torch.no_grad():
+        feat2 = _run_graphed(net, 2, x, active, None, torch.float32, None)
+        keep = torch.rand(active.mask.shape, generator=torch.Generator().manual_seed(4)) < 0.6
+        active3 = ActiveSet(active.mask & keep)
+        for _ in range(3):  # stage 2 then 3, as a forward does: each captured once, not per call
+            feat2 = _run_graphed(net, 2, x, active, None, torch.float32, None)
+            feat3 = _run_graphed(net, 3, feat2, active3, active, torch.float32, None)
+        assert _EagerCall.captures == 2
+        torch.testing.assert_close(feat2, run_stage_compressed(net, 2, x, active, graphs=False))
+        torch.testing.assert_close(feat3, run_stage_compressed(net, 3, feat2, active3, active, graphs=False))
+        plan2 = stage_plan(net, 2, torch.float32)
+        assert len(plan2.graphs) == 1
+        with torch.inference_mode():  # statics made under inference mode are a graph of their own
+            _run_graphed(net, 2, x, active, None, torch.float32, None)
+        assert len(plan2.graphs) == 2 and _EagerCall.captures == 3
+        invalidate_plans()  # new weights: the old plan's graphs go with it, the new plan starts empty
+        plan2_new = stage_plan(net, 2, torch.float32)
+        assert plan2_new is not plan2 and not plan2.graphs and not plan2_new.graphs
+        _run_graphed(net, 2, x, active, None, torch.float32, None)
+        assert _EagerCall.captures == 4
+    graphs.clear_graphs()
+    assert not plan2_new.graphs
+
+
 if __name__ == "__main__":
     _interpreter_main()

@@ -8,9 +8,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 __all__ = ["SYNCING_OPS", "OpCounter"]
 
-# ops that make the host wait for the device
+# ops that make the host wait for the device: a scalar read, or an output whose size depends on the data
 SYNCING_OPS = frozenset({"aten._local_scalar_dense.default", "aten.nonzero.default",
-                         "aten.is_nonzero.default", "aten.item.default"})
+                         "aten.is_nonzero.default", "aten.item.default", "aten.equal.default",
+                         "aten.masked_select.default", "aten.bincount.default", "aten._unique2.default",
+                         "aten.unique_consecutive.default", "aten.unique_dim.default"})
 
 
 class OpCounter(TorchDispatchMode):

@@ -1,4 +1,4 @@
-"""CUDA-graph replay of the planned region stages, one graph per (plan, stage, row bucket).
+"""CUDA-graph replay of the planned region stages, one graph per (plan, row bucket, input shape).
 
 A graph captures the whole planned stage, neighbour tables included: its static inputs are the
 stage's mask, the stage input (dense (B, C, H, W), or the previous stage's (R2, C) rows padded to
@@ -8,6 +8,11 @@ no sync: the bucket R is part of the key). Graphs are captured at first use of a
 two eager runs on a side stream, then the capture), each with its own memory pool (they replay
 in any order, so sharing one would be unsafe). Inference only
 (no autograd); on CPU, or with the switch off (`region.cuda_graphs: false`), the eager path runs.
+
+The graphs of a stage live on its `StagePlan` (`plan.graphs`), whose packed weights they read: a
+plan rebuilt (new weights, dtype, TF32 flags) starts with no graph, the old plan's are dropped
+with it (`stage_plan` clears them), and a graph never outlives the weights it replays. At most
+`MAX_GRAPHS_PER_PLAN` per plan (the oldest is dropped): stage 3's key holds two buckets.
 """
 
 from __future__ import annotations
@@ -16,19 +21,20 @@ import weakref
 from collections.abc import Callable
 
 import torch
-import torch.nn as nn
 
 from lc.models.region_plan import StagePlan, run_planned, stage_tables
 from lc.ops.region_tables import RegionTables
 
-__all__ = ["GraphedCall", "clear_graphs", "graphed_stage"]
+__all__ = ["MAX_GRAPHS_PER_PLAN", "GraphedCall", "clear_graphs", "graphed_stage"]
 
-_graphs: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
+MAX_GRAPHS_PER_PLAN = 48
+_with_graphs: weakref.WeakSet[StagePlan] = weakref.WeakSet()
 
 
 def clear_graphs() -> None:
-    """Drop every captured graph (they hold their plan's weights and static buffers)."""
-    _graphs.clear()
+    """Drop every captured graph (each holds its static buffers and memory pool)."""
+    for plan in list(_with_graphs):
+        plan.graphs.clear()
 
 
 class GraphedCall:
@@ -54,29 +60,35 @@ class GraphedCall:
         return self.out
 
 
-def graphed_stage(irnet: nn.Module, plan: StagePlan, x: torch.Tensor, mask: torch.Tensor, num_rows: int,
+def graphed_stage(plan: StagePlan, x: torch.Tensor, mask: torch.Tensor, num_rows: int,
                   source_mask: torch.Tensor | None = None, source_rows: int | None = None) -> torch.Tensor:
     """The planned stage replayed from its graph -> the static (num_rows, C_out) output.
 
     x: dense (B, C, H, W), or (source_rows, C) rows of the previous stage's bucket. The returned
     tensor is overwritten by the next replay of the same key: copy it to keep it.
     """
-    entries = _graphs.setdefault(irnet, {})
-    key = (plan.key, plan.stage, plan.dtype, int(num_rows), tuple(x.shape), x.dtype, tuple(mask.shape),
-           source_rows)
+    # inference mode is in the key: statics made under it cannot be written outside it
+    key = (int(num_rows), tuple(x.shape), x.dtype, tuple(mask.shape), source_rows,
+           torch.is_inference_mode_enabled())
+    entries = plan.graphs
     graphed = entries.get(key)
     if graphed is None:
-        for stale in [k for k in entries if k[0] != plan.key]:
-            del entries[stale]
+        while len(entries) >= MAX_GRAPHS_PER_PLAN:
+            del entries[next(iter(entries))]
 
         def fn(static_mask, static_x, *static_source):
             source = RegionTables(static_source[0], source_rows) if static_source else None
             tables = stage_tables(plan, static_mask, num_rows, num_rows, source)
-            rows = static_x if source is not None else static_x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+            if source is not None:
+                rows = static_x
+            else:  # channels_last first: unit channel stride for the kernels (a no-op when it is already)
+                rows = static_x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+                rows = rows.reshape(-1, x.shape[1])
             return run_planned(plan, rows.to(plan.dtype), tables)
 
         static = [mask.clone(), x.clone()] + ([source_mask.clone()] if source_mask is not None else [])
         graphed = GraphedCall(fn, static)
         entries[key] = graphed
+        _with_graphs.add(plan)
     inputs = [mask, x] + ([source_mask] if source_mask is not None else [])
     return graphed(*inputs)

@@ -216,9 +216,15 @@ def planned_tables(irnet: IRNet, stage: int, active: ActiveSet, dtype: torch.dty
     return plan, tables
 
 
+def _as_rows(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B*H*W, C) with unit channel stride (a view when x is channels_last)."""
+    return x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
 def stage_rows(x: torch.Tensor, source: ActiveSet | None, dtype: torch.dtype) -> torch.Tensor:
     """The stage input as a matrix: dense (B, C, H, W) flattened NHWC, or the source's rows."""
-    rows = x if source is not None else x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+    # channels_last first: the rows of a batch-1 NCHW map would otherwise be a strided view
+    rows = x if source is not None else _as_rows(x)
     return rows if rows.dtype == dtype else rows.to(dtype)
 
 
@@ -232,7 +238,7 @@ def _run_graphed(irnet: IRNet, stage: int, x: torch.Tensor, active: ActiveSet, s
         source_rows = bucket_for(source.num_active, source.num_pixels)
         x = F.pad(x, (0, 0, 0, source_rows - x.shape[0]))
         source_mask = source.mask
-    out = graphed_stage(irnet, plan, x, active.mask, int(num_rows), source_mask, source_rows)
+    out = graphed_stage(plan, x, active.mask, int(num_rows), source_mask, source_rows)
     return out[: active.num_active].clone()  # the graph's output buffer is reused by its next replay
 
 

@@ -192,6 +192,7 @@ class StagePlan:
         # Triton tiles: row bucket -> {(Cin, Cout): [BLOCK_N, BLOCK_CO, BLOCK_CI]}; None off Triton
         self.device = key[3]
         self.tiles: dict[int, dict[tuple[int, int], list[int]]] | None = {} if key[-1] else None
+        self.graphs: dict[tuple, object] = {}  # CUDA graphs of this plan (`lc.models.region_graphs`)
 
     def bucket_tiles(self, num_rows: int) -> dict[tuple[int, int], list[int]] | None:
         """The tiles of every GEMM of the stage at `num_rows` rows, fixed on first use (None off Triton)."""
@@ -236,6 +237,8 @@ def stage_plan(irnet: IRNet, stage: int, dtype: torch.dtype) -> StagePlan:
     entries = _plans.setdefault(irnet, {})
     plan = entries.get((stage, dtype))
     if plan is None or plan.key != key:
+        if plan is not None:
+            plan.graphs.clear()  # they replay the old plan's weights
         plan = StagePlan(irnet, stage, dtype, key)
         entries[(stage, dtype)] = plan
     return plan

@@ -67,13 +67,31 @@ def _triton():
 
 
 # --- CPU (torch) implementations ---------------------------------------------------------------
-def _epilogue(out: Tensor, residual: Tensor | None, scale: float, relu: bool) -> Tensor:
-    """In place on the GEMM's fresh output: residual + scale * out, then ReLU."""
+def _gemm(rows: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor | None, scale: float,
+          relu: bool, out: Tensor | None = None) -> Tensor:
+    """relu?(residual + scale * (rows @ weight + bias)) in one GEMM and at most one pass after it:
+    the residual (or the bias, without a residual) is the GEMM's C input, a bias after a residual
+    is added together with the ReLU (`_finish`). `out`: write there (no residual)."""
     if residual is not None:
-        out = torch.add(residual, out, alpha=scale, out=out)
-    elif scale != 1.0:
-        out = out.mul_(scale)
-    return out.relu_() if relu else out
+        gemm = torch.addmm(residual, rows, weight, alpha=scale)
+        return _finish(gemm, bias, scale, relu)
+    if bias is not None:
+        gemm = (torch.addmm(bias, rows, weight, beta=scale, alpha=scale) if out is None else
+                torch.addmm(bias, rows, weight, beta=scale, alpha=scale, out=out))
+    else:
+        gemm = torch.mm(rows, weight) if out is None else torch.mm(rows, weight, out=out)
+        if scale != 1.0:
+            gemm = gemm.mul_(scale)
+    return gemm.relu_() if relu else gemm
+
+
+def _finish(acc: Tensor, bias: Tensor | None, scale: float, relu: bool) -> Tensor:
+    """In place: acc + scale * bias, then ReLU, in one pass."""
+    if bias is None:
+        return acc.relu_() if relu else acc
+    if relu:
+        return torch.ops.aten._add_relu_.Tensor(acc, bias, alpha=scale)
+    return acc.add_(bias, alpha=scale)
 
 
 def _padded(src: Tensor, src_col: int, cin: int) -> Tensor:
@@ -82,8 +100,8 @@ def _padded(src: Tensor, src_col: int, cin: int) -> Tensor:
 
 
 def _safe(table: Tensor, num_src: int) -> Tensor:
-    """Every entry outside [0, M) becomes M (the zero row)."""
-    return torch.where((table >= 0) & (table < num_src), table, torch.full_like(table, num_src))
+    """Every entry outside [0, M) becomes M (the zero row): -1 and M + 1 both land on M."""
+    return torch.remainder(table.clamp(-1, num_src), num_src + 1)
 
 
 # One gather + one GEMM per conv (im2col) below this many gathered elements (16 MiB in fp32); above
@@ -122,36 +140,28 @@ def _tap_reader(src: Tensor, table: Tensor, src_col: int, cin: int):
 
 
 def _conv_torch(src, table, weight, bias, residual, scale, relu, src_col, out=None):
-    """out: a (N, Cout) view to accumulate in (no residual), else a new tensor."""
+    """out: a (N, Cout) view to write in (no residual), else a new tensor."""
     taps, cin, cout = weight.shape
     num_out = table.shape[0]
     if num_out * taps * cin <= IM2COL_MAX_ELEMENTS:  # shapes only: the same branch on every call
         cols = _gather_rows(src, table.reshape(-1), src_col, cin).view(num_out, taps * cin)
-        flat = weight.reshape(taps * cin, cout)
-        if out is None:
-            out = torch.addmm(bias, cols, flat) if bias is not None else cols @ flat
-        elif bias is not None:
-            torch.addmm(bias, cols, flat, out=out)
-        else:
-            torch.mm(cols, flat, out=out)
-        return _epilogue(out, residual, scale, relu)
+        return _gemm(cols, weight.reshape(taps * cin, cout), bias, residual, scale, relu, out)
     read = _tap_reader(src, table, src_col, cin)
-    first = read(0)
-    if out is None:
-        out = torch.addmm(bias, first, weight[0]) if bias is not None else first @ weight[0]
-    elif bias is not None:
-        torch.addmm(bias, first, weight[0], out=out)
-    else:
-        torch.mm(first, weight[0], out=out)
+    acc = _gemm(read(0), weight[0], None, residual, scale, False, out)
     for t in range(1, taps):
-        out.addmm_(read(t), weight[t])
-    return _epilogue(out, residual, scale, relu)
+        acc.addmm_(read(t), weight[t], alpha=scale)
+    return _finish(acc, bias, scale, relu)
 
 
 def _linear_torch(src, weight, bias, residual, scale, relu, src_col):
-    window = src.narrow(1, src_col, weight.shape[0])
-    out = torch.addmm(bias, window, weight) if bias is not None else window @ weight
-    return _epilogue(out, residual, scale, relu)
+    return _gemm(src.narrow(1, src_col, weight.shape[0]), weight, bias, residual, scale, relu)
+
+
+def _unit(t: Tensor | None) -> Tensor | None:
+    """`t` when its last dim is unit-stride (the Triton kernels take one row stride and read
+    channels contiguously), else a contiguous copy: a batch-1 NCHW map read as (H*W, C) rows, an
+    expanded gradient. Metadata only on the planned path, whose tensors already qualify."""
+    return t if t is None or t.stride(-1) == 1 else t.contiguous()
 
 
 def _use_triton(src: Tensor) -> bool:
@@ -179,9 +189,9 @@ def gather_conv(src: Tensor, table: Tensor, weight: Tensor, bias: Tensor | None 
     """
     if _use_triton(src):
         taps, cin, cout = weight.shape
-        return _triton().launch_gather_gemm(src.narrow(1, src_col, cin), table,
-                                            weight.view(taps * cin, cout), bias, residual, scale, relu,
-                                            num_out=table.shape[0], tiles=tiles)
+        flat, window = weight.reshape(taps * cin, cout).contiguous(), _unit(src.narrow(1, src_col, cin))
+        return _triton().launch_gather_gemm(window, _unit(table), flat, _unit(bias), _unit(residual), scale,
+                                            relu, num_out=table.shape[0], tiles=tiles)
     return _conv_torch(src, table, weight, bias, residual, scale, relu, src_col)
 
 
@@ -198,8 +208,9 @@ def gather_conv_into(src: Tensor, table: Tensor, weight: Tensor, bias: Tensor | 
     taps, cin, cout = weight.shape
     target = out.narrow(1, out_col, cout)
     if _use_triton(src):
-        _triton().launch_gather_gemm(src.narrow(1, src_col, cin), table, weight.view(taps * cin, cout), bias,
-                                     None, 1.0, relu, num_out=table.shape[0], out=target, tiles=tiles)
+        flat, window = weight.reshape(taps * cin, cout).contiguous(), _unit(src.narrow(1, src_col, cin))
+        _triton().launch_gather_gemm(window, _unit(table), flat, _unit(bias), None, 1.0, relu,
+                                     num_out=table.shape[0], out=target, tiles=tiles)
     else:
         _conv_torch(src, table, weight, bias, None, 1.0, relu, src_col, out=target)
 
@@ -216,8 +227,9 @@ def gather_linear(src: Tensor, weight: Tensor, bias: Tensor | None = None,
                   src_col: int = 0, tiles: list[int] | None = None) -> Tensor:
     """(N, C) rows, (Cin, Cout) weight -> (N, Cout) = relu?(residual + scale * (rows @ w + bias))."""
     if _use_triton(src):
-        return _triton().launch_gather_gemm(src.narrow(1, src_col, weight.shape[0]), None, weight, bias,
-                                            residual, scale, relu, num_out=src.shape[0], tiles=tiles)
+        return _triton().launch_gather_gemm(_unit(src.narrow(1, src_col, weight.shape[0])), None,
+                                            weight.contiguous(), _unit(bias), _unit(residual), scale, relu,
+                                            num_out=src.shape[0], tiles=tiles)
     return _linear_torch(src, weight, bias, residual, scale, relu, src_col)
 
 
@@ -261,7 +273,7 @@ def gather_weight_grad(src: Tensor, table: Tensor, grad: Tensor, src_col: int = 
     taps = table.shape[1]
     cin = src.shape[1] - src_col
     if _use_triton(src):
-        dw = _triton().launch_weight_grad(src.narrow(1, src_col, cin), table, grad, taps)
+        dw = _triton().launch_weight_grad(_unit(src.narrow(1, src_col, cin)), _unit(table), _unit(grad), taps)
         return dw.permute(0, 2, 1).contiguous().to(src.dtype)  # (K, Cout, Cin) -> (K, Cin, Cout)
     src_p = _accumulate(_padded(src, src_col, cin))
     rows = _safe(table, src.shape[0]).t()

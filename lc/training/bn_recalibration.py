@@ -32,6 +32,7 @@ import torch.nn as nn
 
 from lc.data import NUM_CLASSES, build_dataset
 from lc.data.paths import canonical_split
+from lc.models.region_plan import invalidate_plans
 from lc.models.variants import VARIANTS
 from lc.training.checkpoint import build_model_from_spec, make_model_spec, save_checkpoint
 from lc.training.distributed import SeededSamples
@@ -90,6 +91,7 @@ def recalibrate_bn(module: nn.Module, batches: Iterable[torch.Tensor]) -> int:
         var = (squares / count - mean * mean).clamp_min(0) * (count / max(count - 1, 1))
         m.running_mean.copy_(mean.to(m.running_mean.dtype))
         m.running_var.copy_(var.to(m.running_var.dtype))
+    invalidate_plans()  # the stage plans fold BN statistics: refold from the new ones
     return images
 
 
