@@ -210,6 +210,11 @@ def test_stages_bench_columns() -> None:
     fast = df[df["method"] == "lc_fast"].set_index("stage")["active_pct"]
     assert fast[1] == 100 and fast[1] > fast[2] > fast[3] > 0
     assert (df[df["method"] == "irnet"]["active_pct"] == 100).all()
+    # the GEMM floor: timed for the routed stages of LC only
+    floor = df.dropna(subset=["gemm_floor_ms"])
+    routed = set(zip(floor["method"], floor["stage"], strict=True))
+    assert routed == {("lc", 2), ("lc", 3), ("lc_fast", 2), ("lc_fast", 3)}
+    assert (floor["gemm_floor_ms"] > 0).all()
 
 
 @pytest.mark.slow

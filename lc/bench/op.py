@@ -8,7 +8,9 @@ dilation 2). Implementations:
 - masked_dense: the dense reference, every output multiplied by the mask;
 - gather (convs): `region_conv2d(impl="gather")`, dense input to dense output;
 - compressed: stage: `ActiveSet` + `run_stage_compressed`, dense stage input to the (N, C) output
-  (what the cascade passes on); convs: `compressed_conv` on (N, C) features, tables prebuilt.
+  (what the cascade passes on); convs: `compressed_conv` on (N, C) features, tables prebuilt;
+- gemm_floor (stage): the planned stage's GEMMs alone, same shapes and weights (`lc.bench.gemm_floor`):
+  its speedup_x_fraction is the most the stage could reach with this BLAS and no other cost.
 Masks hold exactly round(f * H * W) random pixels per image. Every case of a level is timed in
 the same interleaved rounds (`lc.bench.timing.measure_interleaved`), at `bench.threads` CPU threads
 (or `--threads`); times are medians, a speedup is the median per-round ratio to the faster dense
@@ -25,6 +27,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from lc.bench.gemm_floor import gemm_floor, record_region_ops
 from lc.bench.timing import cpu_threads, measure_interleaved, paired_ratio, write_csv
 from lc.data.io import atomic_path
 from lc.evaluation.progress import progress
@@ -72,6 +75,9 @@ def _stage_cases(net: IRNet, x: torch.Tensor, fractions: Sequence[float], gen: t
         mask = random_mask(x.shape[0], x.shape[2], x.shape[3], f, gen, device)
         cases.append(("masked_dense", f, lambda m=mask: run_stage_masked_dense(net, 2, x, m)))
         cases.append(("compressed", f, lambda m=mask: run_stage_compressed(net, 2, x, ActiveSet(m))))
+        calls = record_region_ops(lambda m=mask: run_stage_compressed(net, 2, x, ActiveSet(m)))
+        if calls:  # the planned path (the per-layer path calls no registered op on the CPU)
+            cases.append(("gemm_floor", f, gemm_floor(calls)))
     return cases
 
 
@@ -176,7 +182,7 @@ def save_op_bench(df: pd.DataFrame, out_csv: str | Path, out_png: str | Path | N
     titles = titles or {}
 
     out_png = Path(out_png) if out_png is not None else out_csv.with_suffix(".png")
-    region = df[df.impl.isin(["compressed", "gather"])]
+    region = df[df.impl.isin(["compressed", "gather", "gemm_floor"])]
     levels = list(dict.fromkeys(df.level))
     fig, axes = plt.subplots(1, len(levels), figsize=(4.2 * len(levels), 3.6), squeeze=False)
     fractions = sorted(df.active_fraction.unique())
@@ -184,7 +190,8 @@ def save_op_bench(df: pd.DataFrame, out_csv: str | Path, out_png: str | Path | N
         ax.plot(fractions, [1 / f for f in fractions], "k--", lw=1, label="ideal 1/f")
         for (device, impl), part in region[region.level == level].groupby(["device", "impl"]):
             part = part.sort_values("active_fraction")
-            ax.plot(part.active_fraction, part.speedup, "o-", ms=3, label=f"{impl} ({device})")
+            style = ":" if impl == "gemm_floor" else "-"
+            ax.plot(part.active_fraction, part.speedup, "o" + style, ms=3, label=f"{impl} ({device})")
         ax.axhline(1.0, color="grey", lw=0.5)
         ax.set(xscale="log", yscale="log", xlabel="share of pixels computed (active fraction)",
                ylabel="speedup over the fastest dense conv")

@@ -3,6 +3,9 @@
 Each stage is timed alone, fed the previous stage's precomputed output: the stage's layers on its
 active pixels (dense when all are active), its head and the routing decision. Masks and networks
 as in `lc.bench.models`; all nine (method, stage) steps are timed in the same interleaved rounds.
+With them, for LC's region stages, their GEMM floor (`gemm_floor_ms`: the planned stage's GEMMs
+alone at the same mask sets, `lc.bench.gemm_floor`; the head not included): what the stage would
+cost if BLAS were its only cost.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections.abc import Callable, Sequence
 import pandas as pd
 import torch
 
+from lc.bench.gemm_floor import gemm_floor, record_region_ops
 from lc.bench.masks import RoutingMasks, mask_shares
 from lc.bench.models import BenchSetup, build_network
 from lc.bench.timing import measure_interleaved
@@ -24,12 +28,14 @@ from lc.ops.active_set import ActiveSet
 
 __all__ = ["STAGE_COLUMNS", "run_stages_bench"]
 
-STAGE_COLUMNS = ["method", "rho", "stage", "ms_median", "active_pct", "device", "mask_source"]
+STAGE_COLUMNS = ["method", "rho", "stage", "ms_median", "gemm_floor_ms", "active_pct", "device",
+                 "mask_source"]
 
 
 def _lc_stage_steps(model: LayerCascade, images: torch.Tensor, mask_sets: Sequence[RoutingMasks],
-                    rho: float) -> list[Callable[[int], object]]:
-    """One step per stage of LC's forward, each fed the previous stage's precomputed output.
+                    rho: float) -> tuple[list[Callable[[int], object]], dict[int, Callable[[int], object]]]:
+    """One step per stage of LC's forward, each fed the previous stage's precomputed output, and
+    {stage: its GEMM floor step} for the stages that run on a region in every mask set.
 
     Stage k: the stage's layers on its active pixels (dense when all are active), its head and the
     routing decision; fresh ActiveSets per call, so building neighbour tables is counted.
@@ -66,7 +72,22 @@ def _lc_stage_steps(model: LayerCascade, images: torch.Tensor, mask_sets: Sequen
         active2, feat2 = stage2_out[i % len(mask_sets)]
         return region_stage(3, mask_sets[i % len(mask_sets)][1], feat2, active2)
 
-    return [stage1, stage2, stage3]
+    inputs = {2: lambda k: (f1, None), 3: lambda k: (stage2_out[k][1], stage2_out[k][0])}
+    floors = {}
+    for stage in (2, 3):
+        per_set = []
+        for k, masks in enumerate(mask_sets):
+            mask, (x, source) = masks[stage - 2], inputs[stage](k)
+            if bool(mask.all()) or not bool(mask.any()):
+                break  # a dense or empty stage has no region GEMMs
+            calls = record_region_ops(lambda st=stage, m=mask, x=x, s=source: run_stage_compressed(
+                backbone, st, x, ActiveSet(m), source=s))
+            if not calls:  # not the planned path
+                break
+            per_set.append(gemm_floor(calls))
+        if len(per_set) == len(mask_sets):
+            floors[stage] = lambda i, steps=per_set: steps[i % len(steps)]()
+    return [stage1, stage2, stage3], floors
 
 
 def _irnet_stage_steps(model: LayerCascade, images: torch.Tensor) -> list[Callable[[int], object]]:
@@ -96,7 +117,8 @@ def run_stages_bench(setup: BenchSetup) -> pd.DataFrame:
             source = "none"
         else:
             mask_sets = setup.mask_sets_for(rho, model, method=method)
-            method_steps = _lc_stage_steps(model, images, mask_sets, rho)
+            method_steps, floors = _lc_stage_steps(model, images, mask_sets, rho)
+            steps.update({(method, stage, "gemm_floor"): step for stage, step in floors.items()})
             stage1_pct, stage2_pct = mask_shares(mask_sets)
             active = [100.0, 100.0 - stage1_pct, 100.0 - stage1_pct - stage2_pct]
             source = setup.source_of(method)
@@ -106,8 +128,10 @@ def run_stages_bench(setup: BenchSetup) -> pd.DataFrame:
             meta[(method, stage)] = {"method": method, "rho": rho, "stage": stage,
                                      "active_pct": active[stage - 1], "mask_source": source}
     timings = measure_interleaved(steps, setup.device, warmup, setup.runs)
-    rows = [{**meta[key], "ms_median": timing.median, "device": setup.device_name}
-            for key, timing in timings.items()]
+    rows = [{**meta[key], "ms_median": timing.median, "device": setup.device_name,
+             "gemm_floor_ms": timings[(*key, "gemm_floor")].median if (*key, "gemm_floor") in timings
+             else math.nan}
+            for key, timing in timings.items() if key in meta]
     steps.clear()
     gc.collect()
     return pd.DataFrame(rows)[STAGE_COLUMNS]
