@@ -69,6 +69,22 @@ def test_gather_conv_is_the_masked_conv(kernel, dilation) -> None:
     torch.testing.assert_close(got, want)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_the_cpu_kernels_run_half_types(dtype: torch.dtype) -> None:
+    """The epilogue (residual, bias, ReLU) on the CPU in fp16/bf16, as CPU autocast would run it."""
+    c = _case(cin=16, cout=12, src_col=1)
+    half = {**c, **{k: c[k].to(dtype) for k in ("src", "weight", "bias", "residual")}}
+    got = torch.ops.lc.gather_conv(*_conv_args(half, scale=0.5, relu=True))
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.double(), _reference(half, scale=0.5, relu=True, with_residual=True),
+                               rtol=3e-2, atol=3e-2)
+    w = half["weight"][:, :, 1, 1].t().contiguous()
+    lin = torch.ops.lc.gather_linear(half["src"], w, half["bias"], half["residual"], 0.5, True, 1)
+    conv = half["src"][:, 1:].double() @ w.double() + half["bias"].double()
+    want = half["residual"].double() + 0.5 * conv
+    torch.testing.assert_close(lin.double(), want.relu(), rtol=3e-2, atol=3e-2)
+
+
 def test_a_large_source_reads_the_same_rows() -> None:
     """Rows the table never reads (a stage's dense input at a small fraction) change nothing."""
     c = _case(src_col=1)

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from lc.ops.active_set import ActiveSet
@@ -57,6 +58,29 @@ def test_torch_path_equals_dense_depthwise_conv():
     torch.testing.assert_close(got, active.gather(dense))
     empty = ActiveSet(torch.zeros_like(mask))
     assert depthwise_gather(x[:0, :, 0, 0], empty.neighbour_table(3, 1, 1), w[:, :, :3, :3]).shape == (0, 4)
+
+
+def test_backward_takes_a_half_src_beside_fp32_taps():
+    """Under autocast the taps stay fp32 beside a bf16 src: the input gradient accumulates in fp32."""
+    from types import SimpleNamespace
+
+    pytest.importorskip("triton")
+    from lc.ops.depthwise import _depthwise_torch
+    from lc.ops.triton.depthwise import _DepthwiseGather
+
+    g = torch.Generator().manual_seed(3)
+    src = torch.randn(7, 4, generator=g)
+    table = torch.randint(0, 8, (6, 9), generator=g)  # entry 7 reads zero
+    taps, grad = torch.randn(4, 9, generator=g), torch.randn(6, 4, generator=g)
+    ctx = SimpleNamespace(saved_tensors=(src.bfloat16(), table, taps),
+                          needs_input_grad=(True, False, True, False), has_bias=False)
+    grad_src, _, grad_taps, _ = _DepthwiseGather.backward(ctx, grad.bfloat16())
+    src64, taps64 = src.bfloat16().double().requires_grad_(), taps.double().requires_grad_()
+    want_src, want_taps = torch.autograd.grad(_depthwise_torch(src64, table, taps64, None), [src64, taps64],
+                                              grad.bfloat16().double())
+    assert grad_src.dtype == torch.bfloat16
+    torch.testing.assert_close(grad_src.double(), want_src, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(grad_taps.double(), want_taps, rtol=3e-2, atol=3e-2)
 
 
 def test_triton_kernel_in_the_interpreter_equals_torch_path():

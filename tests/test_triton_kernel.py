@@ -273,19 +273,27 @@ def test_gpu_half_precision(dtype: torch.dtype) -> None:
 @pytest.mark.gpu
 @gpu
 def test_gpu_region_conv_dispatches_to_triton() -> None:
+    import lc.ops.triton.region_gemm as region_gemm
     from lc.ops.region_conv import gather_conv, set_region_backend
 
     src = torch.randn(500, 64, device="cuda")
     table = torch.randint(0, 501, (400, 9), device="cuda")
     w = torch.randn(32, 64, 3, 3, device="cuda")
+    launches = []
+    launch = region_gemm.launch_gather_gemm
     try:
+        region_gemm.launch_gather_gemm = lambda *a, **k: launches.append(1) or launch(*a, **k)
+        set_region_backend("auto")
+        auto = gather_conv(src, table, w, None)
+        assert launches, "auto did not reach the Triton kernel on CUDA"
         set_region_backend("triton")
         got = gather_conv(src, table, w, None)
         set_region_backend("torch")
         want = gather_conv(src, table, w, None)
     finally:
+        region_gemm.launch_gather_gemm = launch
         set_region_backend("auto")
-    assert _rel_err(got, want) < 1e-3  # torch's GEMM may use TF32 here
+    assert _rel_err(got, want) < 1e-3 and _rel_err(auto, want) < 1e-3  # torch's GEMM may use TF32 here
 
 
 if __name__ == "__main__":  # the interpreter subprocess: one JSON line of errors per case

@@ -89,9 +89,10 @@ def _finish(acc: Tensor, bias: Tensor | None, scale: float, relu: bool) -> Tenso
     """In place: acc + scale * bias, then ReLU, in one pass."""
     if bias is None:
         return acc.relu_() if relu else acc
-    if relu:
+    if relu and acc.dtype in (torch.float32, torch.float64):  # aten's fused kernel has no half types
         return torch.ops.aten._add_relu_.Tensor(acc, bias, alpha=scale)
-    return acc.add_(bias, alpha=scale)
+    acc = acc.add_(bias, alpha=scale)
+    return acc.relu_() if relu else acc
 
 
 def _padded(src: Tensor, src_col: int, cin: int) -> Tensor:

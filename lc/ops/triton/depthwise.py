@@ -68,10 +68,12 @@ class _DepthwiseGather(torch.autograd.Function):
         padded = torch.cat((src, src.new_zeros(1, src.shape[1])))
         grad_src = grad_taps = grad_bias = None
         if ctx.needs_input_grad[0]:
-            contrib = grad_out[:, None, :] * taps.t()[None]  # (N, T, C)
-            grad_padded = torch.zeros_like(padded).index_add_(0, table.reshape(-1),
-                                                              contrib.reshape(-1, src.shape[1]))
-            grad_src = grad_padded[:-1]
+            # accumulated in fp32: taps may be fp32 beside an fp16/bf16 src (autocast), and the
+            # index_add_ sums up to T contributions per row
+            contrib = grad_out.float()[:, None, :] * taps.float().t()[None]  # (N, T, C)
+            grad_padded = padded.new_zeros(padded.shape, dtype=torch.float32).index_add_(
+                0, table.reshape(-1), contrib.reshape(-1, src.shape[1]))
+            grad_src = grad_padded[:-1].to(src.dtype)
         if ctx.needs_input_grad[2]:
             grad_taps = torch.einsum("ntc,nc->ct", padded[table], grad_out)
         if ctx.has_bias and ctx.needs_input_grad[3]:
