@@ -74,3 +74,25 @@ def test_gpu_tests_past_their_time_report_a_failure_and_the_check_goes_on(tmp_pa
     assert row["passed"] is not None and not row["passed"]  # a failure, not "not run"
     assert f"timed out after {gpu_check.GPU_TESTS_TIMEOUT_S} s" in row["detail"]
     assert "collected 9 items" in (tmp_path / "pytest_gpu.log").read_text()
+
+
+def test_a_failing_or_late_section_costs_only_its_own_figures(tmp_path, monkeypatch) -> None:
+    """An error in one section is written beside the others and summarised as n/a; sections past the
+    time budget are skipped; the summary is written either way."""
+    import lc.bench.gpu_check as gpu_check
+
+    def broken(setup):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(gpu_check, "stage_grid", broken)
+    tables = gpu_check.run_gpu_check(tmp_path, device="cpu", quick=True)
+    assert "CUDA out of memory" in tables["stage_grid"]["error"].iloc[0]
+    assert "RuntimeError" in (tmp_path / "stage_grid.error.txt").read_text()
+    assert not tables["end_to_end"].empty and "error" not in tables["end_to_end"]  # later sections ran
+    summary = (tmp_path / "summary.txt").read_text()
+    assert "n/a   stage_grid: error: RuntimeError: CUDA out of memory" in summary
+    assert "LC >= 1.43x dense IRNet" in summary  # the end-to-end lines are still there
+
+    late = gpu_check.run_gpu_check(tmp_path / "late", device="cpu", quick=True, budget_s=0.0)
+    assert "skipped" in late["train"].columns
+    assert "n/a   train: skipped" in (tmp_path / "late" / "summary.txt").read_text()

@@ -22,30 +22,41 @@ def _verdict(ok) -> str:
     return "n/a " if ok is None else ("PASS" if ok else "FAIL")
 
 
-def _lines(tables: dict[str, pd.DataFrame]) -> list[tuple[str, bool | None, str]]:
-    out: list[tuple[str, bool | None, str]] = []
-    tests = tables["tests"].iloc[0]
+Line = tuple[str, bool | None, str]
+
+
+def _tests(t: pd.DataFrame) -> list[Line]:
+    tests = t.iloc[0]
     ran = None if pd.isna(tests["passed"]) else bool(tests["passed"])
-    out.append(("gpu tests", ran, str(tests["detail"])))
-    eq = tables["equality"]
-    out.append((f"{eq['compared'].iloc[0]} equal", bool(eq["passed"].all()),
-                f"max |diff| {eq['max_abs_diff'].max():.3g}"))
-    ln = tables["launches"]
+    return [("gpu tests", ran, str(tests["detail"]))]
+
+
+def _equality(eq: pd.DataFrame) -> list[Line]:
+    return [(f"{eq['compared'].iloc[0]} equal", bool(eq["passed"].all()),
+             f"max |diff| {eq['max_abs_diff'].max():.3g}")]
+
+
+def _launches(ln: pd.DataFrame) -> list[Line]:
     eager = ln[ln["path"] == "eager"]
-    out.append(("launch budget (60 / 45)", bool((eager["ops"] <= eager["budget"]).all()),
-                ", ".join(f"stage {r.stage} {r.path}: {r.ops} ops" for r in ln.itertuples())))
-    out.append(("no syncing op", bool((eager["syncing_ops"].fillna("") == "").all()), ""))
     host = float(eager[eager["stage"] == 2]["host_ms"].iloc[0])
-    out.append((f"host time eager stage 2 <= {TARGETS['host_ms']} ms", host <= TARGETS["host_ms"],
-                f"{host:.2f} ms"))
-    grid = tables["stage_grid"]
+    return [("launch budget (60 / 45)", bool((eager["ops"] <= eager["budget"]).all()),
+             ", ".join(f"stage {r.stage} {r.path}: {r.ops} ops" for r in ln.itertuples())),
+            ("no syncing op", bool((eager["syncing_ops"].fillna("") == "").all()), ""),
+            (f"host time eager stage 2 <= {TARGETS['host_ms']} ms", host <= TARGETS["host_ms"],
+             f"{host:.2f} ms")]
+
+
+def _stage_grid(grid: pd.DataFrame) -> list[Line]:
     judged = grid[grid["fraction"] >= 0.25]
     worst = judged.loc[judged["efficiency"].idxmin()]
-    out.append((f"stage efficiency >= {TARGETS['stage_efficiency']} (f >= 0.25)",
-                bool((judged["efficiency"] >= TARGETS["stage_efficiency"]).all()),
-                f"min {worst['efficiency']:.2f} ({worst['mode']}, batch {worst['batch']}, "
-                f"stage {worst['stage']}, f={worst['fraction']})"))
-    e2e = tables["end_to_end"]
+    return [(f"stage efficiency >= {TARGETS['stage_efficiency']} (f >= 0.25)",
+             bool((judged["efficiency"] >= TARGETS["stage_efficiency"]).all()),
+             f"min {worst['efficiency']:.2f} ({worst['mode']}, batch {worst['batch']}, "
+             f"stage {worst['stage']}, f={worst['fraction']})")]
+
+
+def _end_to_end(e2e: pd.DataFrame) -> list[Line]:
+    out: list[Line] = []
     best = e2e[e2e["method"] != "irnet_dense"].sort_values("ms").groupby("method").first()
     if "lc" in best.index:
         lc = best.loc["lc"]
@@ -59,10 +70,41 @@ def _lines(tables: dict[str, pd.DataFrame]) -> list[tuple[str, bool | None, str]
         out.append((f"LC fast >= {TARGETS['lc_fast_speedup']}x",
                     fast["speedup"] >= TARGETS["lc_fast_speedup"],
                     f"x{fast['speedup']:.2f} (predicted x{fast['predicted']:.2f})"))
-    tr = tables["train"].set_index("variant")
-    out.append(("train s/iter (dsn, lc)", None,
-                f"dsn {tr.loc['dsn', 's_per_iter']:.3f} s, lc {tr.loc['lc', 's_per_iter']:.3f} s; first "
-                f"iteration {tr.loc['dsn', 'first_iter_s']:.1f} / {tr.loc['lc', 'first_iter_s']:.1f} s"))
+    return out
+
+
+def _train(t: pd.DataFrame) -> list[Line]:
+    tr = t.set_index("variant")
+    return [("train s/iter (dsn, lc)", None,
+             f"dsn {tr.loc['dsn', 's_per_iter']:.3f} s, lc {tr.loc['lc', 's_per_iter']:.3f} s; first "
+             f"iteration {tr.loc['dsn', 'first_iter_s']:.1f} / {tr.loc['lc', 'first_iter_s']:.1f} s")]
+
+
+SECTION_LINES = {"tests": _tests, "equality": _equality, "launches": _launches, "stage_grid": _stage_grid,
+                 "end_to_end": _end_to_end, "train": _train}
+
+
+def _no_figures(table: pd.DataFrame | None) -> str | None:
+    """Why a section has no figures (not run, its error, skipped for time), else None."""
+    if table is None:
+        return "not run"
+    for column in ("error", "skipped"):
+        if column in table.columns:
+            return f"{column}: {table[column].iloc[0]}"
+    return None
+
+
+def _lines(tables: dict[str, pd.DataFrame]) -> list[Line]:
+    out: list[Line] = []
+    for name, lines in SECTION_LINES.items():
+        why = _no_figures(tables.get(name))
+        if why is None:
+            try:
+                out += lines(tables[name])
+                continue
+            except (KeyError, IndexError, ValueError) as exc:  # a table without what its lines read
+                why = f"unreadable table ({type(exc).__name__}: {exc})"
+        out.append((name, None, why))
     return out
 
 
@@ -95,6 +137,7 @@ def summarise(tables: dict[str, pd.DataFrame], setup, out: Path) -> str:
     body = [f"{_verdict(ok)}  {name}{': ' + detail if detail else ''}" for name, ok, detail in _lines(tables)]
     text = "\n".join(head + body) + "\n"
     (out / "summary.txt").write_text(text)
-    _plot(tables["stage_grid"], out / "stage_efficiency.png")
+    if _no_figures(tables.get("stage_grid")) is None:
+        _plot(tables["stage_grid"], out / "stage_efficiency.png")
     print(text, end="")
     return text

@@ -81,7 +81,7 @@ def _lc_stage_steps(model: LayerCascade, images: torch.Tensor, mask_sets: Sequen
             if bool(mask.all()) or not bool(mask.any()):
                 break  # a dense or empty stage has no region GEMMs
             calls = record_region_ops(lambda st=stage, m=mask, x=x, s=source: run_stage_compressed(
-                backbone, st, x, ActiveSet(m), source=s))
+                backbone, st, x, ActiveSet(m), source=s, graphs=False))
             if not calls:  # not the planned path
                 break
             per_set.append(gemm_floor(calls))

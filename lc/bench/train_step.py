@@ -2,12 +2,14 @@
 
 A step is forward, the cascade loss, backward and an SGD update; LC is routed by prescribed masks
 at the paper's stage shares as measured on the H100 (`SHARES`), DSN runs every stage densely. AMP
-(bf16 autocast) on CUDA. The first iteration (Triton JIT compile, cuDNN autotuning, allocator warm-up)
+(bf16 autocast, so no loss scaling; `lc train` uses fp16 with a GradScaler) on CUDA, model and
+images channels_last. The first iteration (Triton JIT compile, cuDNN autotuning, allocator warm-up)
 is reported apart from the steady s/iter. `lc bench gpu-check` runs the same code (its train section).
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +57,8 @@ class TrainBench:
 
 
 def train_step_times(bench: TrainBench) -> pd.DataFrame:
-    """One row per variant: first_iter_s (compile and warm-up), s_per_iter (mean of the others)."""
+    """One row per variant: first_iter_s (Triton JIT compiles and warm-up), s_per_iter (median of the
+    others), compile_s (the first iteration's excess over the median)."""
     from lc.models.cascade import LayerCascade
     from lc.training.losses import cascade_loss
 
@@ -71,10 +74,13 @@ def train_step_times(bench: TrainBench) -> pd.DataFrame:
     rows = []
     for variant in VARIANTS:
         torch.manual_seed(0)
-        model = LayerCascade(21, variant, model_cfg).to(bench.device).train()
+        # channels_last on both sides, as the inference benchmarks run (cuDNN's faster layout)
+        model = LayerCascade(21, variant, model_cfg).to(bench.device, memory_format=torch.channels_last)
+        model.train()
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
         gen = torch.Generator().manual_seed(5)
         images = torch.randn(bench.batch, 3, bench.crop, bench.crop, generator=gen).to(bench.device)
+        images = images.contiguous(memory_format=torch.channels_last)
         labels = torch.randint(0, 21, (bench.batch, bench.crop, bench.crop), generator=gen).to(bench.device)
         shape = (bench.batch, size, size)
         m2 = fraction_mask(shape, SHARES["lc"][0], gen, bench.device)
@@ -94,7 +100,7 @@ def train_step_times(bench: TrainBench) -> pd.DataFrame:
             if cuda:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
-        steady = sum(times[1:]) / len(times[1:])
+        steady = statistics.median(times[1:])
         rows.append({"variant": variant, "device": str(bench.device), "batch": bench.batch,
                      "crop": bench.crop, "amp": amp, "iterations": len(times) - 1,
                      "first_iter_s": times[0], "s_per_iter": steady, "compile_s": max(times[0] - steady, 0)})

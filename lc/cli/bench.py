@@ -62,7 +62,8 @@ def _cmd_gpu_check(args: argparse.Namespace) -> None:
     from lc.bench.gpu_check import run_gpu_check
     from lc.device import resolve_device
 
-    run_gpu_check(args.out, device=str(resolve_device(args.device)), quick=args.quick)
+    run_gpu_check(args.out, device=str(resolve_device(args.device)), quick=args.quick,
+                  budget_s=args.budget_s if args.budget_s > 0 else None)
     print(f"wrote {args.out}")
 
 
@@ -130,6 +131,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                          "to end, train s/iter; CSVs, a plot and summary.txt with pass/fail")
     q.add_argument("--out", required=True, help="folder to write")
     q.add_argument("--quick", action="store_true", help="tiny network and map (CI: --device cpu --quick)")
+    q.add_argument("--budget-s", type=float, default=330.0,
+                   help="skip the sections that would start after this many seconds (n/a in the summary), "
+                        "so the check ends near 6 minutes (default 330; 0: no limit)")
     add_device_argument(q, default="cuda")
     q.set_defaults(func=_cmd_gpu_check)
     q = kinds.add_parser("train", parents=[common], help="s/iter of a training step (forward, cascade loss, "

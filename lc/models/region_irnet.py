@@ -31,6 +31,7 @@ from lc.models.region_plan import (
     stage_tables,
 )
 from lc.ops.active_set import ActiveSet
+from lc.ops.library import uses_triton
 from lc.ops.region_conv import compressed_conv, dense_input_conv, linear_rows, region_max_pool
 from lc.ops.region_tables import RegionTables, bucket_for
 
@@ -216,16 +217,16 @@ def planned_tables(irnet: IRNet, stage: int, active: ActiveSet, dtype: torch.dty
     return plan, tables
 
 
-def _as_rows(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B*H*W, C) with unit channel stride (a view when x is channels_last)."""
-    return x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(-1, x.shape[1])
-
-
 def stage_rows(x: torch.Tensor, source: ActiveSet | None, dtype: torch.dtype) -> torch.Tensor:
-    """The stage input as a matrix: dense (B, C, H, W) flattened NHWC, or the source's rows."""
-    # channels_last first: the rows of a batch-1 NCHW map would otherwise be a strided view
-    rows = x if source is not None else _as_rows(x)
-    return rows if rows.dtype == dtype else rows.to(dtype)
+    """The stage input as a matrix: dense (B, C, H, W) flattened NHWC, or the source's rows.
+
+    For the Triton kernels the dense input goes channels_last first (they read channels
+    contiguously; a no-op when it already is); the CPU kernels read a strided view as it is."""
+    if source is None:
+        if uses_triton(x.device):
+            x = x.to(dtype, memory_format=torch.channels_last)
+        x = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+    return x if x.dtype == dtype else x.to(dtype)
 
 
 def _run_graphed(irnet: IRNet, stage: int, x: torch.Tensor, active: ActiveSet, source: ActiveSet | None,

@@ -72,8 +72,8 @@ def _gemm(rows: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor | 
     """relu?(residual + scale * (rows @ weight + bias)) in one GEMM and at most one pass after it:
     the residual (or the bias, without a residual) is the GEMM's C input, a bias after a residual
     is added together with the ReLU (`_finish`). `out`: write there (no residual)."""
-    if residual is not None:
-        gemm = torch.addmm(residual, rows, weight, alpha=scale)
+    if residual is not None:  # (a residual in another dtype is rounded to the GEMM's, as on Triton)
+        gemm = torch.addmm(residual.to(rows.dtype), rows, weight, alpha=scale)
         return _finish(gemm, bias, scale, relu)
     if bias is not None:
         gemm = (torch.addmm(bias, rows, weight, beta=scale, alpha=scale) if out is None else

@@ -75,7 +75,7 @@ class _DepthwiseGather(torch.autograd.Function):
                 0, table.reshape(-1), contrib.reshape(-1, src.shape[1]))
             grad_src = grad_padded[:-1].to(src.dtype)
         if ctx.needs_input_grad[2]:
-            grad_taps = torch.einsum("ntc,nc->ct", padded[table], grad_out)
+            grad_taps = torch.einsum("ntc,nc->ct", padded[table].float(), grad_out.float()).to(taps.dtype)
         if ctx.has_bias and ctx.needs_input_grad[3]:
             grad_bias = grad_out.sum(0)
         return grad_src, None, grad_taps, grad_bias
