@@ -22,19 +22,22 @@ CASES = [  # (kernel, dilation, padding, source)
 ]
 
 
-def _case(kernel, dilation, padding, source, backend, seed=0):
+def _case(kernel, dilation, padding, source, backend, seed=0, device="cpu", channels=5, size=(2, 9, 11),
+          dtype=torch.float32, rounded=None):
+    """Outputs and gradients of one depthwise region conv; the input in `dtype` (after rounding its
+    values to `rounded`: an fp32 reference of a bf16 run), the weights fp32 as autocast leaves them."""
     g = torch.Generator().manual_seed(seed)
-    channels, size = 5, (2, 9, 11)
     mask = torch.rand(size, generator=g) < 0.5
     outer = mask | (torch.rand(size, generator=g) < 0.5)
-    active, big = ActiveSet(mask), ActiveSet(outer)
-    x = torch.randn(size[0], channels, *size[1:], generator=g)
+    active, big = ActiveSet(mask.to(device)), ActiveSet(outer.to(device))
+    x = torch.randn(size[0], channels, *size[1:], generator=g).to(device, rounded or dtype).to(dtype)
     rows = {"dense": x, "active": active.gather(x), "source": big.gather(x)}[source].clone().requires_grad_()
-    w = torch.randn(channels, 1, *kernel, generator=g).requires_grad_()
-    b = torch.randn(channels, generator=g).requires_grad_()
+    w = torch.randn(channels, 1, *kernel, generator=g).to(device).requires_grad_()  # fp32, as under autocast
+    b = torch.randn(channels, generator=g).to(device).requires_grad_()
     where = big if source == "source" else source
     out = depthwise_conv(rows, active, w, b, padding, dilation, source=where, backend=backend)
-    grads = torch.autograd.grad((out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum(), [rows, w, b])
+    weights = torch.linspace(-1, 1, out.numel(), device=device).view_as(out)
+    grads = torch.autograd.grad((out.float() * weights).sum(), [rows, w, b])
     return [out, *grads]
 
 
@@ -90,6 +93,26 @@ def test_triton_kernel_in_the_interpreter_equals_torch_path():
     errors = json.loads(result.stdout.strip().splitlines()[-1])
     assert len(errors) == 4 * len(CASES)
     assert max(errors) < 1e-5, errors
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_triton_depthwise_equals_torch_path(dtype: torch.dtype) -> None:
+    """The kernel on CUDA against the torch path on the same rounded inputs: forward and every gradient,
+    64 channels (several channel tiles), a bf16 src beside fp32 taps as autocast gives them."""
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        for case in CASES:
+            kw = dict(device="cuda", channels=64, size=(2, 24, 20))
+            got = _case(*case, backend="triton", dtype=dtype, **kw)
+            want = _case(*case, backend="torch", rounded=dtype, **kw)  # fp32 on the same rounded input
+            for a, b in zip(got, want, strict=True):
+                err = float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp(min=1e-6))
+                assert err < (2e-2 if dtype == torch.bfloat16 else 1e-4), (case, dtype, err)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
 
 
 if __name__ == "__main__":

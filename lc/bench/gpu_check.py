@@ -39,7 +39,7 @@ from lc.ops.active_set import ActiveSet
 __all__ = ["CheckSetup", "run_gpu_check"]
 
 GPU_TEST_FILES = ("tests/test_gpu_region.py", "tests/test_library_ops.py", "tests/test_triton_kernel.py",
-                  "tests/test_cli.py")
+                  "tests/test_triton_depthwise.py", "tests/test_cli.py")
 # of the 6-minute budget (~60-80 Triton compiles on an empty cache, which warm the on-disk cache
 # for the sections after it); past it the check reports a failure and goes on
 GPU_TESTS_TIMEOUT_S = 240

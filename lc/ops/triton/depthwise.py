@@ -16,7 +16,7 @@ import triton.language as tl
 __all__ = ["depthwise_gather"]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_rows", "m_rows"])  # row counts vary with every mask
 def _depthwise_kernel(src_ptr, table_ptr, w_ptr, bias_ptr, out_ptr, n_rows, m_rows, channels,
                       taps: tl.constexpr, has_bias: tl.constexpr, block_n: tl.constexpr,
                       block_c: tl.constexpr):

@@ -22,7 +22,9 @@ import triton.language as tl
 __all__ = ["gather_gemm_kernel", "gather_weight_grad_kernel"]
 
 
-@triton.jit
+# Row counts vary with every mask (or bucket): not specialised (Triton would compile a variant for
+# counts divisible by 16 and for 1), which halves the compiles of a run; strides keep theirs.
+@triton.jit(do_not_specialize=["N", "M"])
 def gather_gemm_kernel(
     src_ptr, table_ptr, w_ptr, bias_ptr, res_ptr, out_ptr,
     N, M, CIN, COUT,
@@ -68,7 +70,7 @@ def gather_gemm_kernel(
              mask=out_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N", "M", "ROWS_PER_SPLIT"])
 def gather_weight_grad_kernel(
     src_ptr, table_ptr, g_ptr, dw_ptr,
     N, M, CIN, COUT, ROWS_PER_SPLIT,
