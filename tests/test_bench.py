@@ -330,6 +330,22 @@ def test_rho_bench_times_each_rho_with_its_own_model():
     assert setup.source_of("lc", 0.9) == table.loc[0.9, "mask_source"]
 
 
+def test_rho_bench_times_every_rho_in_the_same_rounds(monkeypatch):
+    import lc.bench.rho as rho_bench
+
+    calls = []
+
+    def recording(steps, device, warmup, runs):
+        calls.append(list(steps))
+        return measure_interleaved(steps, device, warmup, runs)
+
+    monkeypatch.setattr(rho_bench, "measure_interleaved", recording)
+    cfg = _cfg()
+    table = run_rho_bench(_setup(cfg))
+    assert calls == [[float(r) for r in cfg["evaluate"]["rho_sweep"]]]  # one interleaved timing, every rho
+    assert list(table["rho"]) == calls[0]
+
+
 def test_rho_checkpoint_argument():
     from lc.cli.main import build_parser
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from lc.bench.masks import MASK_SOURCE_PAPER, RoutingMasks, TrainedMasks, mask_shares, routing_mask_sets
-from lc.bench.timing import check_threads, measure, measure_interleaved, paired_ratio
+from lc.bench.timing import check_threads, measure_interleaved, paired_ratio
 from lc.device import device_name, resolve_device
 from lc.evaluation.progress import progress
 from lc.models.cascade import LayerCascade
@@ -34,7 +34,7 @@ from lc.models.complexity import count_parameters, network_costs, predicted_cost
 from lc.models.irnet import fold_batchnorm
 
 __all__ = ["MODEL_COLUMNS", "BenchSetup", "build_network", "lc_step", "network_flops", "prescribed_routing",
-           "run_models_bench", "time_lc"]
+           "run_models_bench"]
 
 MODEL_COLUMNS = ["method", "rho", "image_size", "batch_size", "ms_median", "ms_p25", "ms_p75", "fps",
                  "params_m", "stage1_pct", "stage2_pct", "mask_source", "device", "full_size", "runs",
@@ -206,16 +206,6 @@ def lc_step(model: LayerCascade, images: torch.Tensor, routing: prescribed_routi
         routing.select(i)
         return model(images, rho=rho, router=routing)
     return step
-
-
-def time_lc(setup: BenchSetup, model: LayerCascade, rho: float,
-            method: str = "lc") -> tuple[dict, list[RoutingMasks]]:
-    """Timing row of LC's forward at rho with prescribed masks, and the mask sets it cycled through."""
-    mask_sets = setup.mask_sets_for(rho, model, method=method)
-    routing = prescribed_routing(mask_sets)
-    timing = measure(lc_step(model, setup.images(), routing, rho), setup.device,
-                     setup.warmup_for(mask_sets), setup.runs)
-    return timing.row(setup.batch_size), mask_sets
 
 
 def network_flops(method: str, model_cfg: dict, image_size: int) -> list[float]:
