@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import lc.ops.library  # noqa: F401  (registers torch.ops.lc.*)
+import lc.ops.torch_kernels
 from lc.ops.active_set import ActiveSet
 from lc.ops.library import pack_conv_weight
 
@@ -111,7 +112,7 @@ def test_im2col_and_per_tap_paths_agree(monkeypatch, large_source: bool) -> None
         args[0] = torch.cat((c["src"], torch.randn(500, c["src"].shape[1], dtype=c["src"].dtype)))
         args[1] = torch.where(c["table"] == c["src"].shape[0], args[0].shape[0], c["table"]).to(torch.int32)
     im2col = torch.ops.lc.gather_conv(*args)
-    monkeypatch.setattr(lc.ops.library, "IM2COL_MAX_ELEMENTS", 0)
+    monkeypatch.setattr(lc.ops.torch_kernels, "IM2COL_MAX_ELEMENTS", 0)
     per_tap = torch.ops.lc.gather_conv(*args)
     torch.testing.assert_close(im2col, per_tap)
     torch.testing.assert_close(per_tap, _reference(c, scale=0.5, relu=True, with_residual=True))

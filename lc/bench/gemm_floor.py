@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["GemmCall", "gemm_floor", "record_region_ops"]
+__all__ = ["GemmCall", "gemm_floor", "record_region_ops", "stage_floor"]
 
 _CONV_OPS = ("lc.gather_conv.default", "lc.gather_conv_into.default")
 _LINEAR_OPS = ("lc.gather_linear.default",)
@@ -68,12 +68,13 @@ def gemm_floor(calls: list[GemmCall], seed: int = 0) -> Callable[[], None]:
                          "path? `configure_region(planned=True)`)")
     gen = torch.Generator().manual_seed(seed)
     inputs: dict[tuple, torch.Tensor] = {}
+    plan = []
     for call in calls:
-        key = (call.rows, call.weight.shape[0], call.weight.dtype, call.weight.device)
+        weight = call.weight
+        key = (call.rows, weight.shape[0], weight.dtype, weight.device)
         if key not in inputs:
-            inputs[key] = torch.randn(key[:2], generator=gen).to(call.weight.device, call.weight.dtype)
-    plan = [(inputs[(c.rows, c.weight.shape[0], c.weight.dtype, c.weight.device)], c.weight, c.bias)
-            for c in calls]
+            inputs[key] = torch.randn(key[:2], generator=gen).to(weight.device, weight.dtype)
+        plan.append((inputs[key], weight, call.bias))
 
     def step() -> None:
         for rows, weight, bias in plan:
@@ -83,3 +84,11 @@ def gemm_floor(calls: list[GemmCall], seed: int = 0) -> Callable[[], None]:
                 torch.addmm(bias, rows, weight)
 
     return step
+
+
+def stage_floor(run_stage: Callable[[], object]) -> Callable[[], None] | None:
+    """The GEMM floor of the stage `run_stage()` runs (call it eagerly: a CUDA-graph replay would
+    hide its ops, a capture repeat them), or None when it calls no registered op (the per-layer
+    path)."""
+    calls = record_region_ops(run_stage)
+    return gemm_floor(calls) if calls else None

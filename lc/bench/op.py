@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from lc.bench.gemm_floor import gemm_floor, record_region_ops
+from lc.bench.gemm_floor import stage_floor
 from lc.bench.timing import cpu_threads, measure_interleaved, paired_ratio, write_csv
 from lc.data.io import atomic_path
 from lc.evaluation.progress import progress
@@ -75,10 +75,9 @@ def _stage_cases(net: IRNet, x: torch.Tensor, fractions: Sequence[float], gen: t
         mask = random_mask(x.shape[0], x.shape[2], x.shape[3], f, gen, device)
         cases.append(("masked_dense", f, lambda m=mask: run_stage_masked_dense(net, 2, x, m)))
         cases.append(("compressed", f, lambda m=mask: run_stage_compressed(net, 2, x, ActiveSet(m))))
-        calls = record_region_ops(  # eager: a graph replay would hide the ops, a capture repeat them
-            lambda m=mask: run_stage_compressed(net, 2, x, ActiveSet(m), graphs=False))
-        if calls:  # the planned path (the per-layer path calls no registered op on the CPU)
-            cases.append(("gemm_floor", f, gemm_floor(calls)))
+        floor = stage_floor(lambda m=mask: run_stage_compressed(net, 2, x, ActiveSet(m), graphs=False))
+        if floor is not None:
+            cases.append(("gemm_floor", f, floor))
     return cases
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import pandas as pd
 import torch
 
-from lc.bench.gemm_floor import gemm_floor, record_region_ops
+from lc.bench.gemm_floor import stage_floor
 from lc.bench.masks import RoutingMasks, mask_shares
 from lc.bench.models import BenchSetup, build_network
 from lc.bench.timing import measure_interleaved
@@ -72,21 +72,17 @@ def _lc_stage_steps(model: LayerCascade, images: torch.Tensor, mask_sets: Sequen
         active2, feat2 = stage2_out[i % len(mask_sets)]
         return region_stage(3, mask_sets[i % len(mask_sets)][1], feat2, active2)
 
-    inputs = {2: lambda k: (f1, None), 3: lambda k: (stage2_out[k][1], stage2_out[k][0])}
-    floors = {}
-    for stage in (2, 3):
-        per_set = []
-        for k, masks in enumerate(mask_sets):
-            mask, (x, source) = masks[stage - 2], inputs[stage](k)
-            if bool(mask.all()) or not bool(mask.any()):
-                break  # a dense or empty stage has no region GEMMs
-            calls = record_region_ops(lambda st=stage, m=mask, x=x, s=source: run_stage_compressed(
-                backbone, st, x, ActiveSet(m), source=s, graphs=False))
-            if not calls:  # not the planned path
-                break
-            per_set.append(gemm_floor(calls))
-        if len(per_set) == len(mask_sets):
-            floors[stage] = lambda i, steps=per_set: steps[i % len(steps)]()
+    def floor(stage: int, mask: torch.Tensor, x: torch.Tensor, source: ActiveSet | None):
+        if bool(mask.all()) or not bool(mask.any()):
+            return None  # a dense or empty stage has no region GEMMs
+        return stage_floor(lambda: run_stage_compressed(backbone, stage, x, ActiveSet(mask), source=source,
+                                                        graphs=False))
+
+    per_set = {2: [floor(2, masks[0], f1, None) for masks in mask_sets],
+               3: [floor(3, masks[1], feat2, active2)
+                   for masks, (active2, feat2) in zip(mask_sets, stage2_out, strict=True)]}
+    floors = {stage: (lambda i, steps=steps: steps[i % len(steps)]())
+              for stage, steps in per_set.items() if None not in steps}
     return [stage1, stage2, stage3], floors
 
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import torch
 
-from lc.models.region_plan import StagePlan, run_planned, stage_tables
+from lc.models.region_plan import StagePlan, run_planned, stage_rows, stage_tables
 from lc.ops.region_tables import RegionTables
 
 __all__ = ["MAX_GRAPHS_PER_PLAN", "GraphedCall", "clear_graphs", "graphed_stage"]
@@ -79,12 +79,7 @@ def graphed_stage(plan: StagePlan, x: torch.Tensor, mask: torch.Tensor, num_rows
         def fn(static_mask, static_x, *static_source):
             source = RegionTables(static_source[0], source_rows) if static_source else None
             tables = stage_tables(plan, static_mask, num_rows, num_rows, source)
-            if source is not None:
-                rows = static_x
-            else:  # channels_last first: unit channel stride for the kernels (a no-op when it is already)
-                rows = static_x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
-                rows = rows.reshape(-1, x.shape[1])
-            return run_planned(plan, rows.to(plan.dtype), tables)
+            return run_planned(plan, stage_rows(static_x, source, plan.dtype), tables)
 
         static = [mask.clone(), x.clone()] + ([source_mask.clone()] if source_mask is not None else [])
         graphed = GraphedCall(fn, static)

@@ -28,10 +28,10 @@ from lc.models.region_plan import (
     check_region_ready,
     run_planned,
     stage_plan,
+    stage_rows,
     stage_tables,
 )
 from lc.ops.active_set import ActiveSet
-from lc.ops.library import uses_triton
 from lc.ops.region_conv import compressed_conv, dense_input_conv, linear_rows, region_max_pool
 from lc.ops.region_tables import RegionTables, bucket_for
 
@@ -215,18 +215,6 @@ def planned_tables(irnet: IRNet, stage: int, active: ActiveSet, dtype: torch.dty
         tables = stage_tables(plan, active.mask, int(num_rows), active.num_active, src_rows)
         active._tables[key] = tables
     return plan, tables
-
-
-def stage_rows(x: torch.Tensor, source: ActiveSet | None, dtype: torch.dtype) -> torch.Tensor:
-    """The stage input as a matrix: dense (B, C, H, W) flattened NHWC, or the source's rows.
-
-    For the Triton kernels the dense input goes channels_last first (they read channels
-    contiguously; a no-op when it already is); the CPU kernels read a strided view as it is."""
-    if source is None:
-        if uses_triton(x.device):
-            x = x.to(dtype, memory_format=torch.channels_last)
-        x = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
-    return x if x.dtype == dtype else x.to(dtype)
 
 
 def _run_graphed(irnet: IRNet, stage: int, x: torch.Tensor, active: ActiveSet, source: ActiveSet | None,

@@ -39,7 +39,7 @@ from lc.ops.region_tables import RegionTables
 REGION_STAGES = (2, 3)  # the stages that can run on a region; stage 1 always sees every pixel
 
 __all__ = ["REGION_STAGES", "StagePlan", "StageTables", "check_region_ready", "invalidate_plans", "plan_key",
-           "stage_plan", "stage_tables"]
+           "stage_plan", "stage_rows", "stage_tables"]
 
 _generation = itertools.count()
 _current = [next(_generation)]
@@ -278,6 +278,19 @@ def stage_tables(plan: StagePlan, mask: torch.Tensor, num_rows: int, num_active:
 
 
 # --- the planned forward ------------------------------------------------------------------------
+def stage_rows(x: torch.Tensor, source: object | None, dtype: torch.dtype) -> torch.Tensor:
+    """The stage input as a matrix: dense (B, C, H, W) flattened NHWC, or, with a source (the
+    previous stage's ActiveSet or RegionTables), its rows as they are.
+
+    For the Triton kernels the dense input goes channels_last first (they read channels
+    contiguously; a no-op when it already is); the CPU kernels read a strided view as it is."""
+    if source is None:
+        if uses_triton(x.device):
+            x = x.to(dtype, memory_format=torch.channels_last)
+        x = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+    return x if x.dtype == dtype else x.to(dtype)
+
+
 def _poison(t: Tensor, tables: StageTables, poison: bool) -> Tensor:
     """Test hook: NaN in every padded row, to prove that no real row reads one."""
     if not poison or tables.num_rows == tables.num_active:

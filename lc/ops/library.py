@@ -14,9 +14,10 @@ c = `src_col` (the op reads a column window of `src`, so branches of a merged 1x
 A table entry outside [0, M) reads a zero row: M is the sentinel of every table we build.
 `gather_linear` is the same without a table (a compressed 1x1 conv), `weight` (Cin, Cout).
 
-Kernels: CPU, torch: one gather and one GEMM per conv (im2col; a GEMM per tap for convs whose
-gathered matrix would exceed `IM2COL_MAX_ELEMENTS`), or the Triton kernels under the interpreter
-when the region backend is "triton" and TRITON_INTERPRET=1; CUDA, the Triton kernels of `lc.ops.triton`.
+Kernels: CPU, torch (`lc.ops.torch_kernels`: one gather and one GEMM per conv, im2col; a GEMM per
+tap for convs whose gathered matrix would exceed `IM2COL_MAX_ELEMENTS`), or the Triton kernels under
+the interpreter when the region backend is "triton" and TRITON_INTERPRET=1; CUDA, the Triton kernels
+of `lc.ops.triton`.
 Fake kernels give shapes for torch.compile; autograd is `register_autograd`, whose backward calls
 the same ops: grad src is `gather_conv` on the transposed table (`transpose_table`, or the
 `table_t` the caller built once) with the transposed weight; grad weight is `gather_weight_grad`.
@@ -36,6 +37,15 @@ import os
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from lc.ops.torch_kernels import (
+    IM2COL_MAX_ELEMENTS,
+    accumulate_dtype,
+    safe_table,
+    torch_conv,
+    torch_linear,
+    torch_weight_grad,
+)
 
 __all__ = ["IM2COL_MAX_ELEMENTS", "gather_conv", "gather_conv_into", "gather_linear", "gather_max",
            "gather_max_into", "gather_weight_grad", "gemm_tiles", "pack_conv_weight", "set_library_backend",
@@ -66,105 +76,6 @@ def _triton():
     return region_gemm
 
 
-# --- CPU (torch) implementations ---------------------------------------------------------------
-def _gemm(rows: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor | None, scale: float,
-          relu: bool, out: Tensor | None = None) -> Tensor:
-    """relu?(residual + scale * (rows @ weight + bias)) in one GEMM and at most one pass after it:
-    the residual (or the bias, without a residual) is the GEMM's C input, a bias after a residual
-    is added together with the ReLU (`_finish`). `out`: write there (no residual)."""
-    if residual is not None:  # (a residual in another dtype is rounded to the GEMM's, as on Triton)
-        gemm = torch.addmm(residual.to(rows.dtype), rows, weight, alpha=scale)
-        return _finish(gemm, bias, scale, relu)
-    if bias is not None:
-        gemm = (torch.addmm(bias, rows, weight, beta=scale, alpha=scale) if out is None else
-                torch.addmm(bias, rows, weight, beta=scale, alpha=scale, out=out))
-    else:
-        gemm = torch.mm(rows, weight) if out is None else torch.mm(rows, weight, out=out)
-        if scale != 1.0:
-            gemm = gemm.mul_(scale)
-    return gemm.relu_() if relu else gemm
-
-
-def _finish(acc: Tensor, bias: Tensor | None, scale: float, relu: bool) -> Tensor:
-    """In place: acc + scale * bias, then ReLU, in one pass."""
-    if bias is None:
-        return acc.relu_() if relu else acc
-    if relu and acc.dtype in (torch.float32, torch.float64):  # aten's fused kernel has no half types
-        return torch.ops.aten._add_relu_.Tensor(acc, bias, alpha=scale)
-    acc = acc.add_(bias, alpha=scale)
-    return acc.relu_() if relu else acc
-
-
-def _padded(src: Tensor, src_col: int, cin: int) -> Tensor:
-    """The source window with the zero row appended at index M."""
-    return torch.cat((src.narrow(1, src_col, cin), src.new_zeros(1, cin)))
-
-
-def _safe(table: Tensor, num_src: int) -> Tensor:
-    """Every entry outside [0, M) becomes M (the zero row): -1 and M + 1 both land on M."""
-    return torch.remainder(table.clamp(-1, num_src), num_src + 1)
-
-
-# One gather + one GEMM per conv (im2col) below this many gathered elements (16 MiB in fp32); above
-# it the conv accumulates one GEMM per tap instead of materialising the (N, K * Cin) matrix. At
-# small active counts the per-tap path paid for its 2K small ops per conv and its short GEMMs
-# (2-thread CPU, paper stage 2 at 256 x 256, interleaved A/B: 15% faster at 3% and 9% active, 3%
-# at 100%; stage 3 5-7% and even).
-IM2COL_MAX_ELEMENTS = 1 << 22
-
-
-def _gather_rows(src: Tensor, table: Tensor, src_col: int, cin: int) -> Tensor:
-    """(T, Cin) rows src[table, c:c+Cin] of a flat (T,) table, zero where an entry is outside [0, M).
-
-    A source larger than the gathered rows (a stage's dense input at a small active fraction) is
-    not copied to append the zero row: its invalid entries are masked after the gather."""
-    num_src = src.shape[0]
-    if num_src > table.numel():
-        valid = (table >= 0) & (table < num_src)
-        rows = src.narrow(1, src_col, cin).index_select(0, torch.where(valid, table, torch.zeros_like(table)))
-        return rows.masked_fill_(~valid.unsqueeze(1), 0)  # masked_fill, not a multiply: 0 * inf is NaN
-    return _padded(src, src_col, cin).index_select(0, _safe(table, num_src))
-
-
-def _tap_reader(src: Tensor, table: Tensor, src_col: int, cin: int):
-    """tap t -> the (N, Cin) rows it reads (the per-tap path of large convs)."""
-    num_src = src.shape[0]
-    if num_src > table.numel():
-        valid = (table >= 0) & (table < num_src)
-        rows = torch.where(valid, table, torch.zeros_like(table)).t().contiguous()
-        drop = (~valid).t().unsqueeze(2)
-        window = src.narrow(1, src_col, cin)
-        return lambda t: F.embedding(rows[t], window).masked_fill_(drop[t], 0)
-    padded = _padded(src, src_col, cin)
-    rows = _safe(table, num_src).t().contiguous()
-    return lambda t: F.embedding(rows[t], padded)
-
-
-def _conv_torch(src, table, weight, bias, residual, scale, relu, src_col, out=None):
-    """out: a (N, Cout) view to write in (no residual), else a new tensor."""
-    taps, cin, cout = weight.shape
-    num_out = table.shape[0]
-    if num_out * taps * cin <= IM2COL_MAX_ELEMENTS:  # shapes only: the same branch on every call
-        cols = _gather_rows(src, table.reshape(-1), src_col, cin).view(num_out, taps * cin)
-        return _gemm(cols, weight.reshape(taps * cin, cout), bias, residual, scale, relu, out)
-    read = _tap_reader(src, table, src_col, cin)
-    acc = _gemm(read(0), weight[0], None, residual, scale, False, out)
-    for t in range(1, taps):
-        acc.addmm_(read(t), weight[t], alpha=scale)
-    return _finish(acc, bias, scale, relu)
-
-
-def _linear_torch(src, weight, bias, residual, scale, relu, src_col):
-    return _gemm(src.narrow(1, src_col, weight.shape[0]), weight, bias, residual, scale, relu)
-
-
-def _unit(t: Tensor | None) -> Tensor | None:
-    """`t` when its last dim is unit-stride (the Triton kernels take one row stride and read
-    channels contiguously), else a contiguous copy: a batch-1 NCHW map read as (H*W, C) rows, an
-    expanded gradient. Metadata only on the planned path, whose tensors already qualify."""
-    return t if t is None or t.stride(-1) == 1 else t.contiguous()
-
-
 def _use_triton(src: Tensor) -> bool:
     return src.is_cuda or (_cpu_backend == "triton" and _INTERPRET)
 
@@ -190,10 +101,10 @@ def gather_conv(src: Tensor, table: Tensor, weight: Tensor, bias: Tensor | None 
     """
     if _use_triton(src):
         taps, cin, cout = weight.shape
-        flat, window = weight.reshape(taps * cin, cout).contiguous(), _unit(src.narrow(1, src_col, cin))
-        return _triton().launch_gather_gemm(window, _unit(table), flat, _unit(bias), _unit(residual), scale,
+        flat = weight.reshape(taps * cin, cout)
+        return _triton().launch_gather_gemm(src.narrow(1, src_col, cin), table, flat, bias, residual, scale,
                                             relu, num_out=table.shape[0], tiles=tiles)
-    return _conv_torch(src, table, weight, bias, residual, scale, relu, src_col)
+    return torch_conv(src, table, weight, bias, residual, scale, relu, src_col)
 
 
 @gather_conv.register_fake
@@ -209,11 +120,10 @@ def gather_conv_into(src: Tensor, table: Tensor, weight: Tensor, bias: Tensor | 
     taps, cin, cout = weight.shape
     target = out.narrow(1, out_col, cout)
     if _use_triton(src):
-        flat, window = weight.reshape(taps * cin, cout).contiguous(), _unit(src.narrow(1, src_col, cin))
-        _triton().launch_gather_gemm(window, _unit(table), flat, _unit(bias), None, 1.0, relu,
-                                     num_out=table.shape[0], out=target, tiles=tiles)
+        _triton().launch_gather_gemm(src.narrow(1, src_col, cin), table, weight.reshape(taps * cin, cout),
+                                     bias, None, 1.0, relu, num_out=table.shape[0], out=target, tiles=tiles)
     else:
-        _conv_torch(src, table, weight, bias, None, 1.0, relu, src_col, out=target)
+        torch_conv(src, table, weight, bias, None, 1.0, relu, src_col, out=target)
 
 
 @gather_conv_into.register_fake
@@ -228,10 +138,9 @@ def gather_linear(src: Tensor, weight: Tensor, bias: Tensor | None = None,
                   src_col: int = 0, tiles: list[int] | None = None) -> Tensor:
     """(N, C) rows, (Cin, Cout) weight -> (N, Cout) = relu?(residual + scale * (rows @ w + bias))."""
     if _use_triton(src):
-        return _triton().launch_gather_gemm(_unit(src.narrow(1, src_col, weight.shape[0])), None,
-                                            weight.contiguous(), _unit(bias), _unit(residual), scale, relu,
-                                            num_out=src.shape[0], tiles=tiles)
-    return _linear_torch(src, weight, bias, residual, scale, relu, src_col)
+        return _triton().launch_gather_gemm(src.narrow(1, src_col, weight.shape[0]), None, weight, bias,
+                                            residual, scale, relu, num_out=src.shape[0], tiles=tiles)
+    return torch_linear(src, weight, bias, residual, scale, relu, src_col)
 
 
 @gather_linear.register_fake
@@ -248,7 +157,7 @@ def transpose_table(table: Tensor, num_src: int) -> Tensor:
     dropped. Deterministic for tables injective per tap; no host sync.
     """
     num_out, taps = table.shape
-    target = _safe(table, num_src).long() * taps + torch.arange(taps, device=table.device)
+    target = safe_table(table, num_src).long() * taps + torch.arange(taps, device=table.device)
     inverse = torch.full(((num_src + 1) * taps,), num_out, dtype=table.dtype, device=table.device)
     values = torch.arange(num_out, dtype=table.dtype, device=table.device)[:, None].expand(num_out, taps)
     inverse.scatter_(0, target.reshape(-1), values.reshape(-1))
@@ -260,11 +169,6 @@ def _(table, num_src):
     return table.new_empty(num_src, table.shape[1])
 
 
-def _accumulate(t: Tensor) -> Tensor:
-    """fp16/bf16 accumulate in fp32; fp32 and fp64 keep their own precision."""
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
-
-
 @torch.library.custom_op("lc::gather_weight_grad", mutates_args=())
 def gather_weight_grad(src: Tensor, table: Tensor, grad: Tensor, src_col: int = 0) -> Tensor:
     """(K, Cin, Cout): dw[t] = src[table[:, t], c:c+Cin].T @ grad, Cin = src.shape[1] - src_col.
@@ -274,12 +178,9 @@ def gather_weight_grad(src: Tensor, table: Tensor, grad: Tensor, src_col: int = 
     taps = table.shape[1]
     cin = src.shape[1] - src_col
     if _use_triton(src):
-        dw = _triton().launch_weight_grad(_unit(src.narrow(1, src_col, cin)), _unit(table), _unit(grad), taps)
+        dw = _triton().launch_weight_grad(src.narrow(1, src_col, cin), table, grad, taps)
         return dw.permute(0, 2, 1).contiguous().to(src.dtype)  # (K, Cout, Cin) -> (K, Cin, Cout)
-    src_p = _accumulate(_padded(src, src_col, cin))
-    rows = _safe(table, src.shape[0]).t()
-    grad_acc = _accumulate(grad)
-    return torch.stack([F.embedding(rows[t], src_p).t() @ grad_acc for t in range(taps)]).to(src.dtype)
+    return torch_weight_grad(src, table, grad, src_col)
 
 
 @gather_weight_grad.register_fake
@@ -399,7 +300,7 @@ def _linear_backward(ctx, grad):
         grad_src = _full_width(gather_linear(grad_conv, weight.t().contiguous()), ctx.src_col, src.shape[1])
     if ctx.needs_input_grad[1]:
         window = src.narrow(1, ctx.src_col, weight.shape[0])
-        grad_weight = (_accumulate(window.t()) @ _accumulate(grad_conv)).to(weight.dtype)
+        grad_weight = (accumulate_dtype(window.t()) @ accumulate_dtype(grad_conv)).to(weight.dtype)
     if ctx.has_bias and ctx.needs_input_grad[2]:
         grad_bias = grad_conv.sum(0)
     return grad_src, grad_weight, grad_bias, grad_residual, None, None, None, None

@@ -81,6 +81,13 @@ def _warps(block_a: int, block_b: int) -> int:
 
 
 # --- launchers --------------------------------------------------------------------------------
+def _unit(t: torch.Tensor | None) -> torch.Tensor | None:
+    """`t` when its last dim is unit-stride (the kernels take one row stride and read channels
+    contiguously), else a contiguous copy: a batch-1 NCHW map read as (H*W, C) rows, an expanded
+    gradient. Metadata only for the planned stages' tensors, which already qualify."""
+    return t if t is None or t.stride(-1) == 1 else t.contiguous()
+
+
 def _gather_gemm(src: torch.Tensor, table: torch.Tensor | None, w_packed: torch.Tensor,
                  bias: torch.Tensor | None, residual: torch.Tensor | None, scale: float,
                  relu: bool, num_out: int, out: torch.Tensor | None = None,
@@ -89,6 +96,8 @@ def _gather_gemm(src: torch.Tensor, table: torch.Tensor | None, w_packed: torch.
 
     out: where to write it (a column slice of a wider buffer: rows strided, channels contiguous).
     tiles: [BLOCK_N, BLOCK_CO, BLOCK_CI] fixed by the caller (a stage plan), else `choose_tiles`."""
+    src, table, bias, residual = _unit(src), _unit(table), _unit(bias), _unit(residual)
+    w_packed = w_packed.contiguous()
     taps = 1 if table is None else table.shape[1]
     cin = src.shape[1]
     cout = w_packed.shape[1]
@@ -116,6 +125,7 @@ def _gather_gemm(src: torch.Tensor, table: torch.Tensor | None, w_packed: torch.
 def _weight_grad(src: torch.Tensor, table: torch.Tensor | None, grad: torch.Tensor,
                  taps: int) -> torch.Tensor:
     """(taps, COUT, CIN) fp32: sum_n grad[n, co] * src[table[n, t], ci]."""
+    src, table, grad = _unit(src), _unit(table), _unit(grad)
     num_rows, cout = grad.shape
     cin = src.shape[1]
     if num_rows == 0:
@@ -137,7 +147,8 @@ def _weight_grad(src: torch.Tensor, table: torch.Tensor | None, grad: torch.Tens
     return partial.sum(0) if splits > 1 else partial[0]
 
 
-# the launchers of the registered ops (lc.ops.library): no checks, no casts, no caches
+# the launchers of the registered ops (lc.ops.library): no checks, no casts, no caches; rows made
+# unit-stride only where they are not
 launch_gather_gemm = _gather_gemm
 launch_weight_grad = _weight_grad
 
