@@ -70,6 +70,24 @@ def test_device_tables_equal_the_active_set_tables(kernel, dilation) -> None:
         assert bool((dense[n:] == mask.numel()).all())
 
 
+def test_source_tables_follow_a_new_source_object() -> None:
+    """A table read from a source set is cached per source object: a new source (which CPython
+    often places at the freed one's address) gets its own table, never the old one's rows."""
+    gen = torch.Generator().manual_seed(5)
+    active_mask = torch.rand(1, 6, 7, generator=gen) < 0.4
+    region = RegionTables(active_mask, int(active_mask.sum()))
+    tables = []
+    for fraction in (0.6, 0.9):
+        source_mask = (torch.rand(1, 6, 7, generator=gen) < fraction) | active_mask
+        source = RegionTables(source_mask, int(source_mask.sum()))
+        got = region.table((3, 3), (1, 1), source=source)
+        want = ActiveSet(active_mask).neighbour_table((3, 3), (1, 1), (1, 1), source=ActiveSet(source_mask))
+        assert torch.equal(got.long(), want)
+        tables.append(got)
+        del source
+    assert not torch.equal(tables[0], tables[1])
+
+
 def test_scatter_drops_padded_rows() -> None:
     mask = torch.rand(1, 5, 6, generator=torch.Generator().manual_seed(3)) < 0.5
     n = int(mask.sum())

@@ -97,8 +97,8 @@ class RegionTables:
         """
         kh, kw = (int(k) for k in kernel_size)
         dh, dw = (int(d) for d in dilation)
-        src_key = source if isinstance(source, str) else ("set", id(source))
-        key = (kh, kw, dh, dw, src_key, pool, source_rows)
+        # the source object itself, not its id(): an id is reused once its object is freed
+        key = (kh, kw, dh, dw, source, pool, source_rows)
         hit = self._tables.get(key)
         if hit is not None:
             return hit
