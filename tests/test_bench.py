@@ -225,6 +225,9 @@ def test_table6_bench_columns() -> None:
     assert list(df["setting"]) == ["single_scale", "multi_scale", "multi_scale_crf"]
     assert list(df["crf"]) == [False, False, True]
     assert df["scales"].iloc[1] == " ".join(f"{s:g}" for s in cfg["evaluate"]["scales"])
+    # the three settings timed in the same rounds: single scale's own paired ratio is exactly 1
+    assert df["time_vs_single_scale"].iloc[0] == 1.0
+    assert (df["time_vs_single_scale"] > 0).all() and (df["runs"] == df["runs"].iloc[0]).all()
 
 
 def test_cli_bench_rho_writes_the_sweep(tmp_path, monkeypatch) -> None:

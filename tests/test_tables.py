@@ -156,6 +156,9 @@ def test_table6_settings(tmp_path, cfg):
     assert list(ours["miou"]) == [62.5, 63.0, 64.0]
     assert list(ours["fps"]) == [83.3, 33.3, 3.3]
     assert list(ours["paper_fps"]) == [14.3, 7.7, 1.0]
+    # cost against single scale: ours from the benchmark's paired ratios, the paper's from its FPS
+    assert list(ours["time_vs_single_scale"]) == [1.0, 2.4, 24.0]
+    assert list(ours["paper_time_vs_single_scale"]) == [1.0, 1.86, 14.3]
     # val beside test: both numbers kept, no difference across splits, the reason in the note
     assert ours.loc[2, "miou"] == 64.0 and ours.loc[2, "paper_miou"] == 80.3
     assert ours["diff_miou"].isna().all()

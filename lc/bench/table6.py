@@ -7,6 +7,9 @@ evaluate.fusion, evaluate.crf): per view resize, LC forward with prescribed rout
 `lc.bench.models`), aligned upsampling, fusion; then the argmax or a dense CRF per image. Images
 are the prepared VOC val images when a trained checkpoint supplies the masks, otherwise smooth
 random images (the CRF's cost depends on the image content, and noise would overstate it).
+The three settings are timed in the same interleaved rounds (`measure_interleaved`), so their
+cost relative to single scale (`time_vs_single_scale`, the median of per-round ratios) is free of
+a shared machine's drift; the paper's FPS give the same ratio (14.3 / 7.7 = 1.86, 14.3 / 1.0).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import torch.nn.functional as F
 
 from lc.bench.masks import RoutingMasks
 from lc.bench.models import BenchSetup, build_network, prescribed_routing
-from lc.bench.timing import measure
+from lc.bench.timing import measure_interleaved, paired_ratio
 from lc.evaluation.inference import Protocol, View, protocol_from_config, resize_image, run_protocol
 from lc.models.cascade import LayerCascade
 
@@ -28,7 +31,7 @@ __all__ = ["TABLE6_COLUMNS", "run_table6_bench", "table6_protocols"]
 log = logging.getLogger(__name__)
 
 TABLE6_COLUMNS = ["setting", "scales", "flip", "fusion", "crf", "ms_median", "ms_p25", "ms_p75", "fps",
-                  "device", "mask_source", "image_size", "runs"]
+                  "time_vs_single_scale", "device", "mask_source", "image_size", "runs"]
 
 
 def _images(setup: BenchSetup) -> torch.Tensor:
@@ -75,16 +78,21 @@ def run_table6_bench(setup: BenchSetup) -> pd.DataFrame:
     masks = {view: setup.mask_sets_for(rho, model, tuple(resize_image(images[:1], view.scale).shape[-2:]),
                                        flip=view.flip)
              for view in all_views}
-    rows = []
     routing = prescribed_routing(masks[all_views[0]])
+    steps = {}
     for name, protocol in settings:
         log.info("bench table6: %s (scales %s, flip %s, fusion %s, crf %s)", name, protocol.scales,
                  protocol.flip, protocol.fusion, protocol.crf is not None)
-        step = _protocol_step(model, routing, rho, protocol, masks, images)
-        warmup = setup.warmup_for(masks[all_views[0]])
-        timing = measure(step, setup.device, warmup, setup.runs).row(setup.batch_size)
+        steps[name] = _protocol_step(model, routing, rho, protocol, masks, images)
+    warmup = setup.warmup_for(masks[all_views[0]])
+    log.info("timing %s in turn: %d warm-up and %d timed rounds", ", ".join(steps), warmup, setup.runs)
+    timings = measure_interleaved(steps, setup.device, warmup, setup.runs)
+    rows = []
+    for name, protocol in settings:
         rows.append({"setting": name, "scales": " ".join(f"{s:g}" for s in protocol.scales),
                      "flip": protocol.flip, "fusion": protocol.describe()["fusion"],
-                     "crf": protocol.crf is not None, **timing, "device": setup.device_name,
-                     "mask_source": setup.mask_source, "image_size": setup.image_size})
+                     "crf": protocol.crf is not None, **timings[name].row(setup.batch_size),
+                     "time_vs_single_scale": paired_ratio(timings[name], timings["single_scale"]),
+                     "device": setup.device_name, "mask_source": setup.mask_source,
+                     "image_size": setup.image_size})
     return pd.DataFrame(rows)[TABLE6_COLUMNS]

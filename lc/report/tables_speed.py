@@ -133,8 +133,11 @@ def build_table6(run: Run, paper_dir: str | Path | None = None) -> pd.DataFrame:
     speed = run.csv(speed_rel)
     lc_speed = None if speed is None else next(
         (r for r in speed.to_dict("records") if r["method"] == "lc"), None)
+    published = paper[paper["method"] == "IRNet-LC"].to_dict("records")
+    paper_single_fps = next((as_number(p["fps"]) for p in published
+                             if p["multi_scale"] != "yes" and p["crf"] != "yes"), None)
     rows = []
-    for pub in paper[paper["method"] == "IRNet-LC"].to_dict("records"):
+    for pub in published:
         multi_scale, crf = pub["multi_scale"] == "yes", pub["crf"] == "yes"
         ev = run.eval("voc", "lc", "val", multi_scale, crf)
         timing = _fps_row(table6, multi_scale, crf)
@@ -165,6 +168,10 @@ def build_table6(run: Run, paper_dir: str | Path | None = None) -> pd.DataFrame:
             "fps": rounded(timing and timing.get("fps")), "paper_fps": as_number(pub["fps"]),
             "miou": rounded(ev and ev.get("miou")), "paper_miou": as_number(pub["miou"]),
             "ms": rounded(timing and timing.get("ms_median")),
+            # cost relative to single scale, measured in interleaved rounds; the paper's from its FPS
+            "time_vs_single_scale": rounded(timing and timing.get("time_vs_single_scale")),
+            "paper_time_vs_single_scale": (rounded(paper_single_fps / as_number(pub["fps"]))
+                                           if paper_single_fps and as_number(pub["fps"]) else None),
         }
         row["diff_params_m"] = difference(row["params_m"], row["paper_params_m"]) if full_size else None
         row["diff_fps"] = difference(row["fps"], row["paper_fps"]) if timing and not mismatch else None
