@@ -87,6 +87,26 @@ def test_full_mask_equals_plain_dense_stage(narrow_irnet):
             invalidate_plans()
 
 
+def test_per_layer_fold_follows_replaced_parameters():
+    """The per-layer path's fold cache matches the very tensors it folded: a parameter replaced
+    twice between calls (the third tensor may take the freed first one's address, both at version
+    0) is folded anew."""
+    torch.manual_seed(0)
+    net = IRNet(width_mult=0.0625, block_counts=(1, 1, 1), output_stride=8).eval()
+    randomise_bn(net, torch.Generator().manual_seed(0))
+    conv = net.conv2d_7b.conv
+    x = torch.randn(1, net.stage_channels[1], 5, 6)
+    active = ActiveSet.from_mask(torch.ones(1, 5, 6, dtype=torch.bool))
+    with torch.no_grad():
+        original = conv.weight.detach().clone()
+        conv.weight = torch.nn.Parameter(original * 3.0)
+        run_stage_compressed(net, 3, x, active, planned=False)  # folds the x3 weight (version 0)
+        conv.weight = torch.nn.Parameter(original * 5.0)
+        conv.weight = torch.nn.Parameter(original * 2.0)
+        got = active.scatter(run_stage_compressed(net, 3, x, active, planned=False))
+        torch.testing.assert_close(got, net.forward_stage(3, x), atol=1e-4, rtol=1e-4)
+
+
 def test_region_execution_refuses_training_bn_and_strided_stages():
     net = IRNet(width_mult=0.0625, block_counts=(1, 1, 1)).train()
     active = ActiveSet.from_mask(torch.ones(1, 4, 4, dtype=torch.bool))

@@ -225,6 +225,33 @@ def test_plan_is_reused_and_rebuilt_on_weight_change() -> None:
     assert stage_plan(net, 2, torch.float64).key[2] == torch.float64
 
 
+def test_plan_follows_replaced_and_converted_parameters() -> None:
+    """A parameter set anew, and `.to()` round trips that keep dtype and device (whose storage is
+    swapped), rebuild the plan: the planned stage follows the dense one."""
+    net = _net()
+    x, active = _inputs(net)
+    conv = net.mixed_6a.branch0.conv
+
+    def check() -> torch.Tensor:
+        with torch.no_grad():
+            planned = run_stage_compressed(net, 2, x, active)
+            torch.testing.assert_close(planned, run_stage_compressed(net, 2, x, active, planned=False),
+                                       atol=1e-4, rtol=1e-4)
+        return planned
+
+    before = check()
+    plan = stage_plan(net, 2, torch.float32)
+    conv.weight = torch.nn.Parameter(conv.weight.detach() * 2.0)
+    assert stage_plan(net, 2, torch.float32) is not plan
+    doubled = check()
+    assert (doubled - before).abs().max() > 1e-2
+    plan = stage_plan(net, 2, torch.float32)
+    net.half().float()  # same dtype and device as before, new storage, rounded values
+    assert stage_plan(net, 2, torch.float32) is not plan
+    rounded = check()
+    assert (rounded - doubled).abs().max() > 1e-4  # what a stale plan would have missed
+
+
 def test_plan_key_holds_dtype_and_both_tf32_flags() -> None:
     net = _net()
     old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)

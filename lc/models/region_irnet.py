@@ -61,19 +61,26 @@ _fold_cache: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDiction
 
 
 # --- parameters ---------------------------------------------------------------------------------
-def _params_version(modules: Sequence[nn.Module]) -> tuple:
-    return tuple((t._version, t.data_ptr(), t.dtype, t.device)
-                 for m in modules for t in (*m.parameters(), *m.buffers()))
+def _params_state(modules: Sequence[nn.Module]) -> tuple[tuple, tuple]:
+    """(the tensors, their in-place versions): an entry matches only the very same tensors, since a
+    replaced parameter can be allocated where a freed one was (same data_ptr, same version 0)."""
+    tensors = tuple(t for m in modules for t in (*m.parameters(), *m.buffers()))
+    return tensors, tuple(t._version for t in tensors)
+
+
+def _same_state(a: tuple[tuple, tuple], b: tuple[tuple, tuple]) -> bool:
+    return (len(a[0]) == len(b[0]) and all(x is y for x, y in zip(a[0], b[0], strict=True))
+            and a[1] == b[1])
 
 
 def _cached(owner: nn.Module, tag: str, modules: Sequence[nn.Module], build: Callable):
     if torch.is_grad_enabled():
         return build()
     entries = _fold_cache.setdefault(owner, {})
-    version = _params_version(modules)
+    state = _params_state(modules)
     hit = entries.get(tag)
-    if hit is None or hit[0] != version:
-        hit = (version, build())
+    if hit is None or not _same_state(hit[0], state):
+        hit = (state, build())  # holds the tensors it was built from until the next rebuild
         entries[tag] = hit
     return hit[1]
 

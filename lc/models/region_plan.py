@@ -6,9 +6,12 @@ that read one input merged into one GEMM (a Block17 or Block8 is then 4 convs pl
 1x1 split in two so that no concat is ever built), epilogues (bias, ReLU, residual scale-add)
 fused into the ops. Geometry is checked when the plan is built, never per call.
 
-Weights change through `load_state_dict`, an optimiser step or `.to()`: the first two bump a
-generation counter through hooks, the third changes the device/dtype in the key, and anything
-else (an in-place edit of a parameter) must call `invalidate_plans()`. Under autograd the fold is
+Weights change through `load_state_dict`, an optimiser step, a parameter set anew
+(`conv.weight = nn.Parameter(...)`) or `.to()`: the first three bump a generation counter through
+hooks; `.to()` swaps the parameters' storage, which the key sees through the stage's first
+parameter (its storage pointer, kept alive by the plan so that no new storage can reuse it), so
+even `.half().float()` rebuilds. Anything else (an in-place edit of a parameter) must call
+`invalidate_plans()`. Under autograd the fold is
 recomputed on each call (the fold is part of the graph), the packing plan and tables are not.
 
 Where the ops run the Triton kernels (CUDA; the interpreter in tests) the plan also fixes the
@@ -57,15 +60,22 @@ def _bump(*_args, **_kwargs) -> None:
 
 
 register_optimizer_step_post_hook(_bump)
+# any parameter registered anywhere (a model built, a parameter replaced): rare outside set-up
+torch.nn.modules.module.register_module_parameter_registration_hook(_bump)
+
+
+def _reference_parameter(irnet: IRNet, stage: int) -> nn.Parameter:
+    return next(irnet.stage_modules(stage)[0][1].parameters())
 
 
 def plan_key(irnet: IRNet, stage: int, dtype: torch.dtype) -> tuple:
-    """What a plan depends on: generation, stage, dtype, device, both TF32 switches and the
-    network's train/eval flag (`.train()` rebuilds, and so rechecks, the plan)."""
-    ref = irnet.stage_modules(stage)[0][1]
-    device = next(ref.parameters()).device
+    """What a plan depends on: generation, stage, dtype, device, both TF32 switches, the
+    network's train/eval flag (`.train()` rebuilds, and so rechecks, the plan) and the storage of
+    the stage's first parameter (`.to()` swaps it)."""
+    ref = _reference_parameter(irnet, stage)
+    device = ref.device
     return (_current[0], stage, dtype, device, torch.backends.cuda.matmul.allow_tf32,
-            torch.backends.cudnn.allow_tf32, irnet.training, uses_triton(device))
+            torch.backends.cudnn.allow_tf32, irnet.training, uses_triton(device), ref.data_ptr())
 
 
 def _check_stage(stage: int) -> None:
@@ -191,8 +201,10 @@ class StagePlan:
                                if isinstance(first, Mixed_6a) else None)
         # Triton tiles: row bucket -> {(Cin, Cout): [BLOCK_N, BLOCK_CO, BLOCK_CI]}; None off Triton
         self.device = key[3]
-        self.tiles: dict[int, dict[tuple[int, int], list[int]]] | None = {} if key[-1] else None
+        self.tiles: dict[int, dict[tuple[int, int], list[int]]] | None = (
+            {} if uses_triton(self.device) else None)
         self.graphs: dict[tuple, object] = {}  # CUDA graphs of this plan (`lc.models.region_graphs`)
+        self.anchor: object | None = None  # the keyed parameter storage, kept alive (`stage_plan`)
 
     def bucket_tiles(self, num_rows: int) -> dict[tuple[int, int], list[int]] | None:
         """The tiles of every GEMM of the stage at `num_rows` rows, fixed on first use (None off Triton)."""
@@ -240,6 +252,8 @@ def stage_plan(irnet: IRNet, stage: int, dtype: torch.dtype) -> StagePlan:
         if plan is not None:
             plan.graphs.clear()  # they replay the old plan's weights
         plan = StagePlan(irnet, stage, dtype, key)
+        # holds the keyed storage: a freed one's pointer could come back in a new storage
+        plan.anchor = _reference_parameter(irnet, stage).untyped_storage()
         entries[(stage, dtype)] = plan
     return plan
 
