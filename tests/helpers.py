@@ -66,7 +66,10 @@ class LoopbackServer:
 
 # --- Snakemake, always on a copy of the repository -------------------------------------------------
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ("Snakefile", "config.yaml", "workflow", "envs", "lc", "results/paper")
+WORKFLOW_FILES = ("Snakefile", "config.yaml", "workflow", "envs", "lc")
+# results/paper/ holds the published tables (its top-level CSVs) and is also the paper preset's
+# results folder (checkpoints, benchmarks): only the CSVs are copied
+PAPER_TABLES_DIR = "results/paper"
 
 
 # archive members for the extraction tests: 512 + 1536 bytes each in a tar
@@ -85,12 +88,16 @@ def tar_bytes(members: dict[str, bytes], mode: str = "w") -> bytes:
 
 
 def copy_repo(dest: Path) -> Path:
-    """The workflow's files (not data/, results/<preset>/ or .snakemake/) copied into `dest`."""
+    """The workflow's files and the published tables (not data/, a preset's runs or .snakemake/)
+    copied into `dest`."""
     for name in WORKFLOW_FILES:
         if (REPO / name).is_dir():
             shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(REPO / name, dest / name)
+    (dest / PAPER_TABLES_DIR).mkdir(parents=True, exist_ok=True)
+    for table in (REPO / PAPER_TABLES_DIR).glob("*.csv"):
+        shutil.copy2(table, dest / PAPER_TABLES_DIR / table.name)
     return dest
 
 

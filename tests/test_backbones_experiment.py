@@ -2,13 +2,13 @@
 synthetic weights through the same loading code, and the workflow target's DAG."""
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import copy_repo
 
 from lc.config import ConfigError, load_config, with_backbone
 from lc.models.backbones import build_backbone, synthetic_imagenet_state
@@ -82,10 +82,7 @@ def test_backbones_table_and_figure(tmp_path, test_cfg):
 
 def _dry_run(work: Path, *args: str) -> str:
     """A dry-run in a copy of the workflow (Snakemake writes the resolved config below results/)."""
-    for name in ("Snakefile", "config.yaml"):
-        shutil.copy2(REPO / name, work / name)
-    for name in ("workflow", "envs", "lc", "results/paper"):
-        shutil.copytree(REPO / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
+    copy_repo(work)
     result = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "backbones", *args], cwd=work,
                             capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -408,8 +408,12 @@ def test_per_rho_sweep_takes_the_dsn_run_for_rho_one_and_names_each_checkpoint(c
 
 
 # --- progress --------------------------------------------------------------------------------
-def test_progress_is_plain_log_lines_when_stderr_is_not_a_terminal(caplog, capsys):
+def test_progress_is_plain_log_lines_when_stderr_is_not_a_terminal(caplog, capsys, monkeypatch):
+    import sys
+
     from lc.evaluation.progress import progress
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)  # also under `pytest -s` at a terminal
 
     with caplog.at_level("INFO", logger="lc.evaluation.progress"):
         assert list(progress(range(5), 5, "evaluate voc val", log_every=2)) == list(range(5))

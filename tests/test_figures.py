@@ -185,10 +185,16 @@ def test_stage_figures_have_a_class_key(drawn, tmp_path, cfg):
     plt.close(fig)
 
 
-def test_fig7b_shows_published_times_beside_ours(tmp_path, cfg):
+def test_fig7b_shows_published_times_beside_ours(tmp_path, cfg, monkeypatch):
+    from lc.report import paper
     from lc.report.figure_common import pyplot
     from lc.report.figures_speed import fig7b_stage_time
 
+    paper_dir = tmp_path / "paper"  # the six tables alone: a user may add the per-stage split
+    paper_dir.mkdir()
+    for name in paper.PAPER_TABLES.values():
+        (paper_dir / name).write_bytes((paper.PAPER_DIR / name).read_bytes())
+    monkeypatch.setattr(paper, "PAPER_DIR", paper_dir)
     results = make_fake_figure_run(tmp_path / "results")
     plt = pyplot()
     fig = fig7b_stage_time(results, cfg, plt)

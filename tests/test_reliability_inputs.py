@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from helpers import TAR_MEMBERS as MEMBERS
-from helpers import tar_bytes
+from helpers import copy_repo, tar_bytes
 
 from lc.data.errors import CorruptFileError, NoSpaceError
 from lc.data.extract import safe_extract
@@ -180,14 +180,7 @@ def _files(root: Path) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def workflow_copy(tmp_path_factory) -> Path:
     """A copy of the workflow (Snakefile, config, rules, package) that Snakemake may run in."""
-    import shutil
-
-    work = tmp_path_factory.mktemp("repo")
-    for name in ("Snakefile", "config.yaml"):
-        shutil.copy2(REPO / name, work / name)
-    for name in ("workflow", "envs", "lc", "results/paper"):
-        shutil.copytree(REPO / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
-    return work
+    return copy_repo(tmp_path_factory.mktemp("repo"))
 
 
 def _snakemake(work: Path, *args: str):

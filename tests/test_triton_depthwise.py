@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import torch
+from helpers import requires_triton
 
 from lc.ops.active_set import ActiveSet
 from lc.ops.depthwise import depthwise_conv, depthwise_gather
@@ -86,6 +87,7 @@ def test_backward_takes_a_half_src_beside_fp32_taps():
     torch.testing.assert_close(grad_taps.double(), want_taps, rtol=3e-2, atol=3e-2)
 
 
+@requires_triton
 def test_triton_kernel_in_the_interpreter_equals_torch_path():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     result = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=300)

@@ -6,6 +6,9 @@ Two kinds of reference:
 - bitwise: state-dict digests of the float32 runs, keyed on everything that decides their bits
   (torch's version, the CPU's ATen capability (default/avx2/avx512), its vendor and model, the MKL
   and oneDNN versions, one thread). Compared only where a recorded key equals this machine's;
+- both apply only to the training data they were made on (`data_digest`: the decoded pixels of the
+  prepared synthetic VOC, which numpy, scipy and Pillow releases may change); elsewhere the test
+  skips and says so;
 - float64 summary: the same runs in float64 (`float64()`), per run the loss of every iteration and
   every tensor's norm, recorded once and compared on every machine within LOSS_RTOL / NORMS_RTOL.
   Measured here: emulating another CPU (ATEN_CPU_CAPABILITY=default, DNNL_MAX_CPU_ISA=AVX2,
@@ -89,6 +92,39 @@ def environment() -> dict:
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": _cpu_model(),
             "mkl": _build_version(r"Math Kernel Library Version (\S+)"),
             "onednn": _build_version(r"(?:MKL-DNN|oneDNN) v(\S+)"), "threads": 1}
+
+
+def data_digest(cfg: dict) -> str:
+    """SHA-256 over the decoded pixels of every VOC sample the prepared lists name (images and labels):
+    the synthetic scenes come from numpy's Generator streams, scipy.ndimage and Pillow's JPEG codec,
+    none of which promises the same pixels across releases; a reference applies only to its data."""
+    import numpy as np
+    from PIL import Image
+
+    from lc.data.io import read_sample_list
+    from lc.data.paths import data_root, prepared_list_files
+
+    root = data_root(cfg)
+    digest = hashlib.sha256()
+    for split, path in sorted(prepared_list_files(cfg, "voc").items()):
+        if not Path(path).exists():
+            continue
+        for row in read_sample_list(path):
+            digest.update(f"{split}|{row[0]}|".encode())
+            for rel in row[1:]:
+                with Image.open(root / rel) as im:
+                    pixels = np.asarray(im)
+                digest.update(f"{pixels.dtype}|{pixels.shape}|".encode() + pixels.tobytes())
+    return digest.hexdigest()
+
+
+def data_versions() -> dict:
+    """The versions of the packages that make the synthetic data, for the skip message."""
+    import numpy
+    import PIL
+    import scipy
+
+    return {"numpy": numpy.__version__, "scipy": scipy.__version__, "Pillow": PIL.__version__}
 
 
 def run_summary(state: dict[str, torch.Tensor], log_file: Path) -> dict:
@@ -249,14 +285,23 @@ if __name__ == "__main__":
     recorded = json.loads(REFERENCE_FILE.read_text()) if REFERENCE_FILE.exists() else {"bitwise": []}
     with tempfile.TemporaryDirectory() as tmp:
         cfg = _prepared_cfg(Path(tmp))
+        data = data_digest(cfg)
+        if sys.argv[1:] == ["data-digest"]:  # only the digest of this machine's synthetic data
+            print(json.dumps({"data_digest": data, **data_versions()}))
+            sys.exit(0)
         digests = reference_digests(cfg, Path(tmp) / "float32")
         summaries = float64_summaries(cfg, Path(tmp) / "float64")
     env = environment()
     print(json.dumps({"environment": env, "digests": digests}, indent=2))
+    if recorded.get("data_digest", data) != data:
+        print("other training data than the recorded ones (numpy, scipy or Pillow made other pixels): "
+              "`record` replaces the whole reference")
+        recorded = {"bitwise": []}
     if "float64_summary" in recorded:
         print("\n".join(summary_mismatches(recorded["float64_summary"]["runs"], summaries))
               or "float64 summary: matches the recorded one")
     if sys.argv[1:] == ["record"]:  # this machine's digests; the float64 summary only where none is recorded
+        recorded["data_digest"] = data
         recorded["bitwise"] = [e for e in recorded["bitwise"] if e["environment"] != env]
         recorded["bitwise"].append({"environment": env, "digests": digests})
         recorded.setdefault("float64_summary", {"environment": env, "runs": summaries})
