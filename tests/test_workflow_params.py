@@ -37,6 +37,9 @@ CHANGES = [
     ("train.iterations.mc", 7, {"train:voc/mc"}),
     ("train.lr", 0.02, TRAIN_ALL),
     ("train.workers", 3, set()),  # execution only: reruns nothing
+    ("train.loss_normalization", "image", {f"train:{run}" for run in (  # the variants with stage losses
+        "voc/dsn", "voc/dsn_budget", "voc/dsn_dropout", "voc/mc", "voc/lc", "cityscapes/dsn",
+        "cityscapes/lc")}),
     ("train.rho", 0.95, {"train:voc/lc", "train:voc/dsn_dropout", "train:voc/mc", "train:cityscapes/lc",
                          "build_table1"}),
     ("train.pretrain_bn", "frozen", {"train:voc/irnet", "train:cityscapes/irnet"}),

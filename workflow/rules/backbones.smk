@@ -79,7 +79,7 @@ rule backbone_train:
         args=lambda wc: bb_args(wc.backbone),
         init=lambda wc, input: f"--init {input.init}" if input.init else "",
         device=device_flag("train"),
-        settings=lambda wc: bb_reads(wc.backbone, "seed", "model", "train"),
+        settings=lambda wc: bb_train_reads(wc.backbone, wc.bb_variant),
         out_dir=lambda wc, output: str(Path(output.checkpoint).parent),
     log:
         log("train", "backbone_{backbone}_{dataset}_{bb_variant}"),

@@ -75,12 +75,11 @@ def train_reads(run):
             *(f"train.{k}" for k in TRAIN_RESULT_KEYS if k in CFG["train"]),
             f"train.iterations.{variant.budget_key}"]
     if variant.stage_losses:
-        keys.append("train.stage_loss_weights")
+        keys += [f"train.{k}" for k in STAGE_LOSS_KEYS if k in CFG["train"]]
     if variant.routed and run_spec(run)[1] is None:
         keys.append("train.rho")
     if variant.init_from == "imagenet":
-        keys += [f"train.{k}" for k in ("pretrain_bn", "allow_scratch", "bn_recalibration_images")
-                 if k in CFG["train"]]
+        keys += [f"train.{k}" for k in PRETRAIN_KEYS if k in CFG["train"]]
     return keys + region_reads(variant.routed and variant.model_kind == "cascade")
 
 
@@ -107,6 +106,10 @@ IMAGENET_KEYS = {"pretrained", "pretrained_sha256", "timm_blocks"}
 # train keys that change what every training run produces
 TRAIN_RESULT_KEYS = ("crop_size", "batch_size", "optimizer", "lr", "head_lr_mult", "momentum", "weight_decay",
                      "poly_power", "scale_range", "amp")
+# train keys of the variants trained with one loss per stage (DSN, LC, ...)
+STAGE_LOSS_KEYS = ("stage_loss_weights", "loss_normalization")
+# train keys of pretraining from ImageNet weights only
+PRETRAIN_KEYS = ("pretrain_bn", "allow_scratch", "bn_recalibration_images")
 
 
 # --- evaluation -------------------------------------------------------------------------------
