@@ -53,14 +53,48 @@ def _environ() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in _PROCESS_OWNED}
 
 
+def _switches() -> dict:
+    """Process-wide switches a test may flip: torch's TF32 flags and default dtype, the region path's
+    options and backends (name -> (value, restore)). (The `lc` logger's level is not one: every
+    `main()` sets it, as the command line does.)"""
+    import torch
+
+    import lc.models.region_irnet as region_irnet
+    import lc.ops.library as library
+    import lc.ops.region_conv as region_conv
+
+    def attr(owner, name):
+        return getattr(owner, name), lambda v: setattr(owner, name, v)
+
+    def restore_options(v):
+        region_irnet._options.clear()
+        region_irnet._options.update(v)
+
+    return {
+        "torch.backends.cuda.matmul.allow_tf32": attr(torch.backends.cuda.matmul, "allow_tf32"),
+        "torch.backends.cudnn.allow_tf32": attr(torch.backends.cudnn, "allow_tf32"),
+        "torch default dtype": (torch.get_default_dtype(), torch.set_default_dtype),
+        "region options (configure_region)": (dict(region_irnet._options), restore_options),
+        "library backend (set_library_backend)": attr(library, "_cpu_backend"),
+        "region backend (set_region_backend)": attr(region_conv, "_backend"),
+    }
+
+
 @pytest.fixture(autouse=True)
 def _global_state():
-    """Fail (after restoring them) a test that leaves torch's thread count, os.environ or the cwd changed."""
+    """Fail (after restoring them) a test that leaves torch's thread count, os.environ, the cwd or one of
+    the process-wide switches (`_switches`) changed."""
     import torch
 
     threads, cwd, env = torch.get_num_threads(), os.getcwd(), _environ()
+    switches = _switches()
     yield
     changed = []
+    for name, (now, _) in _switches().items():
+        before, restore = switches[name]
+        if now != before:
+            changed.append(f"{name} {before!r} -> {now!r}")
+            restore(before)
     if torch.get_num_threads() != threads:
         changed.append(f"torch.get_num_threads() {threads} -> {torch.get_num_threads()}")
         torch.set_num_threads(threads)
