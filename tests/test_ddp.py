@@ -44,11 +44,24 @@ def _worker(rank: int, port: int, cfg: dict, out_dir: str, variant: str, weights
     torch.save(result.model.state_dict(), os.path.join(weights_dir, f"rank{rank}.pt"))
 
 
+def _spawn_on_a_free_port(cfg: dict, tmp_path, variant: str, attempts: int = 3):
+    """Both ranks' training in a fresh run folder; a port taken between `_free_port` and the
+    rendezvous (another process on a busy host) is retried on a new one."""
+    for attempt in range(attempts):
+        out = tmp_path / f"run{attempt}"
+        try:
+            mp.spawn(_worker, args=(_free_port(), cfg, str(out), variant, str(tmp_path)), nprocs=WORLD_SIZE,
+                     join=True)
+            return out
+        except mp.ProcessRaisedException as error:
+            if "address already in use" not in str(error).lower() or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 @pytest.mark.parametrize("variant", ["lc"])
 def test_two_gloo_processes_end_with_identical_weights(prepared_test_cfg, tmp_path, variant):
-    out = tmp_path / "run"
-    mp.spawn(_worker, args=(_free_port(), prepared_test_cfg, str(out), variant, str(tmp_path)),
-             nprocs=WORLD_SIZE, join=True)
+    out = _spawn_on_a_free_port(prepared_test_cfg, tmp_path, variant)
     weights = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD_SIZE)]
     saved = load_checkpoint(out / "checkpoint.pt")
     assert saved["iteration"] == total_iterations(prepared_test_cfg, variant)
