@@ -204,7 +204,8 @@ class StagePlan:
         self.tiles: dict[int, dict[tuple[int, int], list[int]]] | None = (
             {} if uses_triton(self.device) else None)
         self.graphs: dict[tuple, object] = {}  # CUDA graphs of this plan (`lc.models.region_graphs`)
-        self.anchor: object | None = None  # the keyed parameter storage, kept alive (`stage_plan`)
+        # the storage whose pointer is in the key, kept alive: a freed one's pointer could come back
+        self.anchor = _reference_parameter(irnet, stage).untyped_storage()
 
     def bucket_tiles(self, num_rows: int) -> dict[tuple[int, int], list[int]] | None:
         """The tiles of every GEMM of the stage at `num_rows` rows, fixed on first use (None off Triton)."""
@@ -252,8 +253,6 @@ def stage_plan(irnet: IRNet, stage: int, dtype: torch.dtype) -> StagePlan:
         if plan is not None:
             plan.graphs.clear()  # they replay the old plan's weights
         plan = StagePlan(irnet, stage, dtype, key)
-        # holds the keyed storage: a freed one's pointer could come back in a new storage
-        plan.anchor = _reference_parameter(irnet, stage).untyped_storage()
         entries[(stage, dtype)] = plan
     return plan
 

@@ -32,18 +32,9 @@ def bb_reads(backbone, *keys):
 
 
 def bb_train_reads(backbone, bb_variant):
-    """The config keys `lc train --backbone` reads for one variant (as `train_reads` for IRNet's runs:
-    workers, logging and checkpointing intervals rerun nothing)."""
-    variant = get_variant(bb_variant)
-    keys = ["seed", "model", *(f"train.{k}" for k in TRAIN_RESULT_KEYS if k in CFG["train"]),
-            f"train.iterations.{variant.budget_key}"]
-    if variant.stage_losses:
-        keys += [f"train.{k}" for k in STAGE_LOSS_KEYS if k in CFG["train"]]
-    if variant.routed:
-        keys.append("train.rho")
-    if variant.init_from == "imagenet":
-        keys += [f"train.{k}" for k in PRETRAIN_KEYS if k in CFG["train"]]
-    return bb_reads(backbone, *keys)
+    """The config keys `lc train --backbone` reads for one variant (`variant_train_keys`, as IRNet's
+    runs: workers, logging and checkpointing intervals rerun nothing)."""
+    return bb_reads(backbone, "seed", "model", *variant_train_keys(get_variant(bb_variant)))
 
 
 def _bb_init(wc):

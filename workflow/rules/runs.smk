@@ -72,15 +72,24 @@ def train_reads(run):
     variant = get_variant(run_spec(run)[0])
     model_keys = [k for k in CFG["model"] if variant.init_from == "imagenet" or k not in IMAGENET_KEYS]
     keys = ["seed", *(f"model.{k}" for k in model_keys),
-            *(f"train.{k}" for k in TRAIN_RESULT_KEYS if k in CFG["train"]),
-            f"train.iterations.{variant.budget_key}"]
+            *variant_train_keys(variant, reads_rho=run_spec(run)[1] is None)]
+    return keys + region_reads(variant.routed and variant.model_kind == "cascade")
+
+
+def variant_train_keys(variant, reads_rho=True):
+    """The `train.*` keys `lc train` reads for a variant (IRNet's runs and the backbones' alike);
+    reads_rho: False for a run whose rho is given on its command line (`--rho`)."""
+    def present(names):
+        return [f"train.{k}" for k in names if k in CFG["train"]]
+
+    keys = [*present(TRAIN_RESULT_KEYS), f"train.iterations.{variant.budget_key}"]
     if variant.stage_losses:
-        keys += [f"train.{k}" for k in STAGE_LOSS_KEYS if k in CFG["train"]]
-    if variant.routed and run_spec(run)[1] is None:
+        keys += present(STAGE_LOSS_KEYS)
+    if variant.routed and reads_rho:
         keys.append("train.rho")
     if variant.init_from == "imagenet":
-        keys += [f"train.{k}" for k in PRETRAIN_KEYS if k in CFG["train"]]
-    return keys + region_reads(variant.routed and variant.model_kind == "cascade")
+        keys += present(PRETRAIN_KEYS)
+    return keys
 
 
 def region_reads(runs_regions=True):
