@@ -43,8 +43,9 @@ def test_every_command_group_has_its_module():
     commands = set(_subparsers(build_parser()))
     expected = {"config", "weights", "synth", "download", "prepare", "train", "recalibrate-bn", "evaluate",
                 "sweep", "export", "analyze difficulty", "analyze stages", "bench op", "bench models",
-                "bench stages", "bench rho", "bench table6", "bench gpu-check", "bench train",
-                "bench backbone", "model-info", "tables", "figures", "backbones-table", "provenance"}
+                "bench stages", "bench rho", "bench table6", "bench gpu-check", "bench gpu-compile",
+                "bench train", "bench backbone", "model-info", "tables", "figures", "backbones-table",
+                "provenance"}
     assert commands == {f"lc {name}" for name in expected}
     for group in ("data", "train", "evaluate", "bench", "report"):
         assert (REPO / "lc" / "cli" / f"{group}.py").is_file()

@@ -67,6 +67,14 @@ def _cmd_gpu_check(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
+def _cmd_gpu_compile(args: argparse.Namespace) -> None:
+    from lc.bench.gpu_compile import run_gpu_compile
+
+    if not run_gpu_compile(args.out, target=args.target, quick=args.quick):
+        raise SystemExit(1)
+    print(f"wrote {args.out}")
+
+
 def _cmd_bench_train(args: argparse.Namespace) -> None:
     from lc.bench.train_step import TrainBench, run_train_bench
     from lc.device import resolve_device
@@ -136,6 +144,15 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                         "so the check ends near 6 minutes (default 330; 0: no limit)")
     add_device_argument(q, default="cuda")
     q.set_defaults(func=_cmd_gpu_check)
+    q = kinds.add_parser("gpu-compile", parents=[common], help="compile every Triton kernel variant the GPU "
+                         "runs build for a target GPU, here, without one (Triton's compiler and ptxas, "
+                         "nothing launched): registers, spills, shared memory against the limit; CSVs and "
+                         "summary.txt")
+    q.add_argument("--out", required=True, help="folder to write")
+    q.add_argument("--target", default="h100", choices=("h100", "a100"),
+                   help="the GPU to compile for: h100 (sm_90, also H200) or a100 (sm_80) (default h100)")
+    q.add_argument("--quick", action="store_true", help="tiny network and two buckets (CI)")
+    q.set_defaults(func=_cmd_gpu_compile)
     q = kinds.add_parser("train", parents=[common], help="s/iter of a training step (forward, cascade loss, "
                          "backward, SGD) of dsn and lc at the paper's stage shares; AMP on CUDA; the first "
                          "(compiling) iteration apart")

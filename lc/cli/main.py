@@ -2,9 +2,9 @@
 
 One module per command group registers its commands (argument parsing only; each command calls one
 library function): lc.cli.data (config, synth, download, prepare), lc.cli.train (train),
-lc.cli.evaluate (evaluate, sweep, export, analyze), lc.cli.bench (bench op|models|stages|rho|table6,
-model-info), lc.cli.report (tables, figures, provenance). Handlers import the library lazily so
-that `lc --help` stays fast.
+lc.cli.evaluate (evaluate, sweep, export, analyze), lc.cli.bench (bench
+op|models|stages|rho|table6|gpu-check|gpu-compile|train|backbone, model-info), lc.cli.report
+(tables, figures, provenance). Handlers import the library lazily so that `lc --help` stays fast.
 
 A user error (bad config, missing input, corrupt checkpoint...) ends with one `lc <command>: error: ...`
 line and exit code 2; an unusable device (`--device cuda` where CUDA is not usable) the same way

@@ -52,7 +52,9 @@ __all__ = ["IM2COL_MAX_ELEMENTS", "gather_conv", "gather_conv_into", "gather_lin
            "transpose_table", "uses_triton"]
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-_cpu_backend = "torch"  # "triton": CPU tensors through Triton's interpreter (tests only)
+# "triton": CPU tensors through Triton's interpreter (tests only); "aot": CPU tensors through the
+# Triton launchers under `lc.ops.triton.aot.compile_only` (kernels compiled for a GPU, never run)
+_cpu_backend = "torch"
 
 
 def set_library_backend(name: str) -> None:
@@ -77,12 +79,13 @@ def _triton():
 
 
 def _use_triton(src: Tensor) -> bool:
-    return src.is_cuda or (_cpu_backend == "triton" and _INTERPRET)
+    return src.is_cuda or (_cpu_backend == "triton" and _INTERPRET) or _cpu_backend == "aot"
 
 
 def uses_triton(device: torch.device) -> bool:
-    """Whether the ops run the Triton kernels on `device` (CUDA, or the interpreter backend)."""
-    return device.type == "cuda" or (_cpu_backend == "triton" and _INTERPRET)
+    """Whether the ops run the Triton kernels on `device` (CUDA, the interpreter backend, or
+    compile-only under `lc.ops.triton.aot.compile_only`)."""
+    return device.type == "cuda" or (_cpu_backend == "triton" and _INTERPRET) or _cpu_backend == "aot"
 
 
 def gemm_tiles(num_out: int, cin: int, cout: int, dtype: torch.dtype, device: torch.device) -> list[int]:
