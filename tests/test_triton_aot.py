@@ -14,14 +14,17 @@ import pandas as pd
 import pytest
 import torch
 
-triton = pytest.importorskip("triton")
-if os.environ.get("TRITON_INTERPRET") == "1" or "nvidia" not in triton.backends.backends:
-    pytest.skip("needs Triton's compiler with its NVIDIA backend (not the interpreter)",
-                allow_module_level=True)
+import lc.ops.library as library
+from lc.ops.triton.aot import AOT_TARGETS, AotTarget, AotUnavailable, _triton_runtime, compile_only
 
-import lc.ops.library as library  # noqa: E402
+try:  # skips, naming why, where this machine's Triton cannot compile for a GPU
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise AotUnavailable("this process runs Triton's interpreter")
+    _triton_runtime()
+except AotUnavailable as exc:
+    pytest.skip(str(exc), allow_module_level=True)
+
 from lc.ops.triton import kernels, region_gemm  # noqa: E402
-from lc.ops.triton.aot import AOT_TARGETS, AotTarget, compile_only  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -84,10 +87,22 @@ def test_a_variant_over_the_shared_memory_limit_is_an_error():
     assert variants and "shared memory" in variants[0].error and variants[0].shared_bytes > 1024
 
 
-def test_compile_only_refuses_an_unknown_target():
+def test_compile_only_refuses_an_unknown_target_and_the_interpreter(monkeypatch):
     with pytest.raises(ValueError, match="unknown AOT target"), compile_only("v100"):
         pass
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(AotUnavailable, match="unset TRITON_INTERPRET"), compile_only("h100"):
+        pass
     assert library._cpu_backend == "torch"
+
+
+def test_the_command_line_says_so_in_one_line_where_triton_cannot(tmp_path, monkeypatch, capsys):
+    from lc.cli.main import main
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert main(["bench", "gpu-compile", "--quick", "--out", str(tmp_path / "out")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lc ")]
+    assert len(errors) == 1 and errors[0].startswith("lc bench gpu-compile: error:")
+    assert "TRITON_INTERPRET" in errors[0] and not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow

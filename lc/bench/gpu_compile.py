@@ -180,14 +180,14 @@ def run_gpu_compile(out: str | Path, target: str = "h100", quick: bool = False) 
     `out`. True when every scenario compiled and fits."""
     setup = CompileSetup.make(target, quick)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     net = IRNet(width_mult=setup.width, block_counts=setup.blocks).eval()
     for p in net.parameters():
         p.requires_grad_(True)
     started = time.perf_counter()
     spans, scenario_rows = [], []
-    with compile_only(setup.target) as variants:
+    with compile_only(setup.target) as variants:  # raises before anything is written where it cannot
+        out.mkdir(parents=True, exist_ok=True)
         cases = _scenarios(setup, net)
         for name, run in progress(cases, len(cases), "gpu-compile", log_every=1, unit="scenario"):
             before, t0, error = len(variants), time.perf_counter(), ""

@@ -16,6 +16,7 @@ architecture and fits its limits. What it cannot: that the kernels compute the r
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import tempfile
@@ -28,7 +29,12 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["AOT_TARGETS", "AotTarget", "CompiledVariant", "compile_only"]
+__all__ = ["AOT_TARGETS", "AotTarget", "AotUnavailable", "CompiledVariant", "compile_only"]
+
+
+class AotUnavailable(ValueError):
+    """This machine's Triton cannot compile for a GPU here (missing, the interpreter, or a Triton
+    whose runtime no longer has what `compile_only` hooks into: written against Triton 3.8)."""
 
 
 @dataclass(frozen=True)
@@ -171,6 +177,31 @@ class _AotDriver:
         return (int(regs.group(1)) if regs else -1), spill
 
 
+def _triton_runtime():
+    """(knobs, the runtime's driver config), or AotUnavailable naming what is missing."""
+    try:
+        import triton
+        from triton import knobs
+        from triton.runtime.driver import driver
+    except ImportError as exc:
+        raise AotUnavailable(f"compiling for a GPU needs triton with its NVIDIA backend (pip install "
+                             f"triton, Linux x86-64): {exc}") from exc
+    version = getattr(triton, "__version__", "?")
+    missing = [name for name, ok in (
+        ("the NVIDIA backend", "nvidia" in getattr(triton.backends, "backends", {})),
+        ("driver.set_active", hasattr(driver, "set_active") and hasattr(driver, "_active")),
+        ("runtime compile hooks", hasattr(knobs.runtime, "jit_cache_hook")
+         and hasattr(knobs.runtime, "jit_post_compile_hook")),
+        ("cuobjdump knob", hasattr(knobs.nvidia, "cuobjdump")),
+        ("per-device kernel caches", all(hasattr(k, "device_caches") and hasattr(k, "create_binder")
+                                         for k in _kernels())),
+    ) if not ok]
+    if missing:
+        raise AotUnavailable(f"triton {version} lacks what compile_only uses ({', '.join(missing)}); it was "
+                             "written against triton 3.8 (requirements/lock.txt)")
+    return knobs, driver
+
+
 def _kernels() -> list:
     from lc.ops.triton import depthwise, kernels
     return [kernels.gather_gemm_kernel, kernels.gather_weight_grad_kernel, depthwise._depthwise_kernel]
@@ -181,25 +212,21 @@ def compile_only(target: AotTarget | str = "h100") -> Iterator[list[CompiledVari
     """Within: the region ops compile their Triton kernels for `target` on CPU tensors, launch nothing
     and leave their outputs unwritten; yields the list of compiled variants (filled as they compile).
 
-    Needs a real Triton JIT (not TRITON_INTERPRET=1) with its NVIDIA backend. Everything it
+    Needs a real Triton JIT (not TRITON_INTERPRET=1) with its NVIDIA backend (else AotUnavailable,
+    a ValueError: one line on the command line). Everything it
     changes (the active driver, the kernels' per-device caches, Triton's compile hooks, the ops'
     CPU backend, the tile choice's SM count) is restored on exit.
     """
-    import triton
-    from triton import knobs
-    from triton.runtime.driver import driver as triton_driver
-
-    from lc.ops import library
-    from lc.ops.triton import region_gemm
-
     if isinstance(target, str):
         if target not in AOT_TARGETS:
             raise ValueError(f"unknown AOT target {target!r}; one of {sorted(AOT_TARGETS)}")
         target = AOT_TARGETS[target]
-    if region_gemm.INTERPRET:
-        raise RuntimeError("compile_only needs Triton's compiler: unset TRITON_INTERPRET before importing lc")
-    if "nvidia" not in triton.backends.backends:
-        raise RuntimeError("compile_only needs Triton's NVIDIA backend (the Linux x86-64 triton wheel)")
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":  # read as lc.ops.triton reads it
+        raise AotUnavailable("compiling for a GPU needs Triton's compiler, not its interpreter: unset "
+                             "TRITON_INTERPRET before importing lc")
+    knobs, triton_driver = _triton_runtime()
+    from lc.ops import library
+    from lc.ops.triton import region_gemm
     aot = _AotDriver(target)
     kernels = _kernels()
     saved_caches = [k.device_caches for k in kernels]
