@@ -122,3 +122,70 @@ def test_gpu_compile_cli_quick(tmp_path):
     summary = (out / "summary.txt").read_text()
     assert "PASS" in summary and "sm_90" in summary
     assert library._cpu_backend == "torch" and sys.modules["lc.ops.library"] is library
+
+
+# what a registered conv op may dispatch around its Triton launch: views and its output's allocation
+_VIEW_OPS = {"aten::reshape", "aten::view", "aten::narrow", "aten::slice", "aten::as_strided", "aten::select",
+             "aten::t", "aten::transpose", "aten::permute", "aten::expand", "aten::_reshape_alias"}
+_ALLOC_OPS = {"aten::new_empty", "aten::empty", "aten::empty_strided"}
+
+
+def _aten_ops(fn) -> dict[str, int]:
+    from collections import Counter
+
+    from torch.profiler import profile
+    with profile() as prof:
+        fn()
+    return dict(Counter(e.name for e in prof.events() if e.name.startswith("aten::")))
+
+
+def test_the_gpu_path_of_each_conv_op_is_one_launch_and_no_copy():
+    """Deliverable 3 on the Triton path (what runs on CUDA): no per-call contiguous, cast or copy."""
+    src, table, weight, bias = _conv_case(torch.bfloat16)
+    wide = torch.zeros(200, 56, dtype=torch.bfloat16)  # a column window of it: src_col 8
+    out = torch.zeros(150, 56, dtype=torch.bfloat16)
+    calls = {
+        "gather_conv": lambda: torch.ops.lc.gather_conv(src, table, weight, bias, None, 1.0, True, 0, None,
+                                                        [32, 64, 32]),
+        "gather_conv_into": lambda: torch.ops.lc.gather_conv_into(wide, table, weight, bias, True, 8, out, 8,
+                                                                  [32, 64, 32]),
+        "gather_linear": lambda: torch.ops.lc.gather_linear(wide, weight[0], bias, src[:, :40], 0.5, True, 8,
+                                                            [32, 64, 32]),
+    }
+    with compile_only("h100") as variants, torch.inference_mode():
+        for name, call in calls.items():
+            call()  # compiled here
+            launched = sum(v.launches for v in variants)
+            ops = _aten_ops(call)
+            assert sum(v.launches for v in variants) == launched + 1, name
+            assert set(ops) <= _VIEW_OPS | _ALLOC_OPS, (name, ops)
+            assert sum(ops.get(op, 0) for op in _ALLOC_OPS - {"aten::new_empty"}) <= 1, (name, ops)
+
+
+def test_a_planned_stage_launches_one_kernel_per_conv_op():
+    from lc.bench.launches import OpCounter
+    from lc.models.irnet import IRNet
+    from lc.models.region_irnet import planned_tables
+    from lc.models.region_plan import run_planned, stage_rows
+    from lc.ops.active_set import ActiveSet
+
+    torch.manual_seed(0)
+    net = IRNet(width_mult=0.0625, block_counts=(1, 2, 2)).eval()
+    mask = torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(0)) < 0.4
+    active, full = ActiveSet(mask), ActiveSet(torch.ones(1, 8, 8, dtype=torch.bool))
+    rows = active.num_active
+    dense = torch.zeros(1, net.stage_channels[0], 8, 8).contiguous(memory_format=torch.channels_last)
+    inputs = {2: (dense, None), 3: (torch.zeros(64, net.stage_channels[1]), full)}
+    with compile_only("h100") as variants, torch.inference_mode():
+        for stage, (x, source) in inputs.items():
+            def run(stage=stage, x=x, source=source):
+                plan, tables = planned_tables(net, stage, active, torch.float32, source, rows)
+                return run_planned(plan, stage_rows(x, source, torch.float32), tables)
+            run()
+            launched = sum(v.launches for v in variants)
+            with OpCounter() as counter:
+                run()
+            convs = sum(n for op, n in counter.ops.items()
+                        if op.split(".")[1] in ("gather_conv", "gather_conv_into", "gather_linear"))
+            assert convs >= 10 and sum(v.launches for v in variants) - launched == convs
+            assert not counter.syncing()
