@@ -96,3 +96,26 @@ def test_a_failing_or_late_section_costs_only_its_own_figures(tmp_path, monkeypa
     late = gpu_check.run_gpu_check(tmp_path / "late", device="cpu", quick=True, budget_s=0.0)
     assert "skipped" in late["train"].columns
     assert "n/a   train: skipped" in (tmp_path / "late" / "summary.txt").read_text()
+
+
+def test_the_summary_is_written_after_every_section_and_the_grid_stops_at_the_deadline(tmp_path,
+                                                                                      monkeypatch) -> None:
+    """A check killed mid-way (the device's time limit) leaves the summary of what it finished; the
+    stage grid, the longest section, checks the deadline between its cells."""
+    import lc.bench.gpu_check as gpu_check
+
+    seen = []
+    real_grid = gpu_check.stage_grid
+
+    def grid_at_its_deadline(setup):
+        seen.append((tmp_path / "summary.txt").read_text())  # written after the sections before it
+        setup.deadline = 0.0  # spent: no cell starts
+        return real_grid(setup)
+
+    monkeypatch.setattr(gpu_check, "stage_grid", grid_at_its_deadline)
+    tables = gpu_check.run_gpu_check(tmp_path, device="cpu", quick=True, budget_s=None)
+    assert seen and "launch budget" in seen[0] and "stage efficiency" not in seen[0]
+    grid = tables["stage_grid"]
+    assert grid.empty or not grid["complete"].any()
+    summary = (tmp_path / "summary.txt").read_text()
+    assert "no cell measured (cut short by the budget" in summary

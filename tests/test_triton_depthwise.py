@@ -48,6 +48,17 @@ def _errors() -> list[float]:
         got, want = _case(*case, backend="triton"), _case(*case, backend="torch")
         errors += [float((a - b).abs().max() / b.abs().max().clamp(min=1e-6))
                    for a, b in zip(got, want, strict=True)]
+    # entries outside [0, M) read zero on both paths: -1 (out of bounds), M and M + 1; the source is
+    # a view with rows before it, so a read at row -1 would find data, not zeros
+    g = torch.Generator().manual_seed(4)
+    base = torch.randn(12, 6, generator=g)
+    src, taps = base[4:], torch.randn(6, 9, generator=g)
+    table = torch.randint(-1, 10, (7, 9), generator=g)
+    table[0, 0], table[1, 1], table[2, 2] = -1, 8, 9
+    got = depthwise_gather(src, table, taps, None, backend="triton")
+    want = depthwise_gather(src, torch.where((table >= 0) & (table < 8), table, 8), taps, backend="torch")
+    assert torch.equal(depthwise_gather(src, table, taps, backend="torch"), want)
+    errors.append(float((got - want).abs().max() / want.abs().max()))
     return errors
 
 
@@ -93,7 +104,7 @@ def test_triton_kernel_in_the_interpreter_equals_torch_path():
     result = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     errors = json.loads(result.stdout.strip().splitlines()[-1])
-    assert len(errors) == 4 * len(CASES)
+    assert len(errors) == 4 * len(CASES) + 1
     assert max(errors) < 1e-5, errors
 
 

@@ -59,6 +59,10 @@ class CheckSetup:
     warmup: int
     runs: int
     train_batch: int
+    deadline: float | None = None  # time.perf_counter() past which the stage grid stops adding cells
+
+    def past_deadline(self) -> bool:
+        return self.deadline is not None and time.perf_counter() > self.deadline
 
     @classmethod
     def make(cls, device: str, quick: bool) -> CheckSetup:
@@ -200,6 +204,9 @@ def stage_grid(setup: CheckSetup) -> pd.DataFrame:
                                               setup)
                 t_dense = _time(dense_fn, setup)
                 for f in setup.fractions:
+                    if setup.past_deadline():  # the grid's cells each capture and compile: stop in time
+                        print(f"[gpu-check] stage_grid: budget spent after {len(rows)} cells", flush=True)
+                        return pd.DataFrame(rows).assign(complete=False)
                     active = ActiveSet(_mask((batch, s, s), f, gen, setup.device))
 
                     def region(a=active, st=stage, t=x_cl, n=net):  # both sides read channels_last
@@ -208,7 +215,7 @@ def stage_grid(setup: CheckSetup) -> pd.DataFrame:
                     rows.append({"mode": mode, "batch": batch, "stage": stage, "fraction": f,
                                  "dense_ms": t_dense, "region_ms": t_region,
                                  "efficiency": t_dense / t_region * f})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).assign(complete=True)
 
 
 def end_to_end(setup: CheckSetup) -> pd.DataFrame:
@@ -283,6 +290,7 @@ def run_gpu_check(out: str | Path, device: str = "cuda", quick: bool = False,
     torch.backends.cudnn.benchmark = True  # the dense baseline at its best: cuDNN's autotuned algorithms
     tables = {}
     begin = time.perf_counter()
+    setup.deadline = begin + budget_s if budget_s is not None else None
     try:
         sections = {"tests": lambda: gpu_tests(setup, out), "equality": lambda: equality(setup),
                     "launches": lambda: launches(setup), "stage_grid": lambda: stage_grid(setup),
@@ -295,6 +303,7 @@ def run_gpu_check(out: str | Path, device: str = "cuda", quick: bool = False,
                 tables[name] = _run_section(name, section, out)
             write_csv(tables[name], out / f"{name}.csv")
             print(f"[gpu-check] {name}: {time.perf_counter() - start:.1f} s", flush=True)
+            summarise(tables, setup, out, echo=False)  # a run killed later still leaves its summary
     finally:
         backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32, backends.cudnn.benchmark = old
         summarise(tables, setup, out)

@@ -5,7 +5,7 @@ CPU tensors and compiles each launch's variant for the target (Triton's compiler
 ptxas), launching nothing. The scenarios are what the GPU runs launch:
 - the planned stages 2 and 3 of the paper's IRNet (inference), at every row bucket of batch 1 and 8
   at the benchmark's 64 x 64 map, in fp32 (TF32 off and on), bf16 and fp16;
-- their training forward and backward (fp32 and bf16 autocast, batch 1, half and all pixels);
+- their training forward and backward (fp32, bf16 and fp16 autocast, batch 1, half and all pixels);
 - the per-layer path's convs at ResNet-101's region widths and the depthwise kernel at
   ConvNeXt-T's (fp32 and bf16).
 Writes variants.csv (one row per compiled variant: constants, warps, shared memory against the
@@ -135,8 +135,8 @@ def _per_layer(setup: CompileSetup, mode: str) -> None:
 
 def _scenarios(setup: CompileSetup, net: IRNet) -> list[tuple[str, Callable[[], None]]]:
     cases = [(f"inference/{mode}", lambda m=mode: _inference(setup, net, m)) for mode in setup.modes]
-    cases += [(f"training/{mode}", lambda m=mode: _training(setup, net, m))
-              for mode in ("fp32", "bf16") if mode in setup.modes]
+    cases += [(f"training/{mode}", lambda m=mode: _training(setup, net, m))  # fp16: lc train's AMP
+              for mode in ("fp32", "bf16", "fp16") if mode in setup.modes]
     cases += [(f"per_layer/{mode}", lambda m=mode: _per_layer(setup, m))
               for mode in ("fp32", "bf16") if mode in setup.modes]
     return cases

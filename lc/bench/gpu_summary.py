@@ -47,12 +47,18 @@ def _launches(ln: pd.DataFrame) -> list[Line]:
 
 
 def _stage_grid(grid: pd.DataFrame) -> list[Line]:
-    judged = grid[grid["fraction"] >= 0.25]
+    # a grid cut before its first cell has the column and no row
+    complete = "complete" not in grid.columns or (len(grid) > 0 and bool(grid["complete"].all()))
+    cut = "" if complete else " (cut short by the budget: the cells measured)"
+    name = f"stage efficiency >= {TARGETS['stage_efficiency']} (f >= 0.25)"
+    judged = grid[grid["fraction"] >= 0.25] if "fraction" in grid.columns else grid.iloc[:0]
+    if judged.empty:
+        return [(name, None, "no cell measured" + cut)]
     worst = judged.loc[judged["efficiency"].idxmin()]
-    return [(f"stage efficiency >= {TARGETS['stage_efficiency']} (f >= 0.25)",
+    return [(name,
              bool((judged["efficiency"] >= TARGETS["stage_efficiency"]).all()),
              f"min {worst['efficiency']:.2f} ({worst['mode']}, batch {worst['batch']}, "
-             f"stage {worst['stage']}, f={worst['fraction']})")]
+             f"stage {worst['stage']}, f={worst['fraction']}){cut}")]
 
 
 def _end_to_end(e2e: pd.DataFrame) -> list[Line]:
@@ -126,8 +132,8 @@ def _plot(grid: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def summarise(tables: dict[str, pd.DataFrame], setup, out: Path) -> str:
-    """Write summary.txt and stage_efficiency.png under `out`; return the summary text."""
+def summarise(tables: dict[str, pd.DataFrame], setup, out: Path, echo: bool = True) -> str:
+    """Write summary.txt and stage_efficiency.png under `out` (`echo`: and print it); return the text."""
     import torch
 
     device = torch.cuda.get_device_name(setup.device) if setup.device.type == "cuda" else "cpu"
@@ -137,7 +143,9 @@ def summarise(tables: dict[str, pd.DataFrame], setup, out: Path) -> str:
     body = [f"{_verdict(ok)}  {name}{': ' + detail if detail else ''}" for name, ok, detail in _lines(tables)]
     text = "\n".join(head + body) + "\n"
     (out / "summary.txt").write_text(text)
-    if _no_figures(tables.get("stage_grid")) is None:
-        _plot(tables["stage_grid"], out / "stage_efficiency.png")
-    print(text, end="")
+    grid = tables.get("stage_grid")
+    if _no_figures(grid) is None and "efficiency" in grid.columns and len(grid):
+        _plot(grid, out / "stage_efficiency.png")
+    if echo:
+        print(text, end="")
     return text

@@ -210,7 +210,10 @@ def planned_tables(irnet: IRNet, stage: int, active: ActiveSet, dtype: torch.dty
     if num_rows is None:  # buckets serve CUDA graphs; on the CPU padded rows are only extra work
         num_rows = (bucket_for(active.num_active, active.num_pixels)
                     if _options["buckets"] and active.mask.is_cuda else active.num_active)
-    key = ("planned", tuple(plan.geometries), int(num_rows), source)
+    if num_rows < active.num_active:  # host ints: on CUDA the table scatter would assert on the device
+        raise ValueError(f"num_rows {num_rows} is below the {active.num_active} active pixels")
+    # dtype: the tables carry the plan's Triton tiles, which depend on it
+    key = ("planned", tuple(plan.geometries), int(num_rows), source, dtype)
     tables = active._tables.get(key)
     if tables is None:
         src_rows = None
@@ -225,16 +228,23 @@ def planned_tables(irnet: IRNet, stage: int, active: ActiveSet, dtype: torch.dty
 
 
 def _run_graphed(irnet: IRNet, stage: int, x: torch.Tensor, active: ActiveSet, source: ActiveSet | None,
-                 dtype: torch.dtype, num_rows: int | None) -> torch.Tensor:
+                 dtype: torch.dtype, num_rows: int | None, capture_now: bool = True) -> torch.Tensor:
+    """The stage from its CUDA graph; eagerly at the same bucket while its key waits for capture."""
     plan = stage_plan(irnet, stage, dtype)
     if num_rows is None:
         num_rows = bucket_for(active.num_active, active.num_pixels)
+    if num_rows < active.num_active:
+        raise ValueError(f"num_rows {num_rows} is below the {active.num_active} active pixels")
     source_mask = source_rows = None
+    rows = x
     if source is not None:  # the previous stage's rows, padded to its bucket (padded rows unread)
         source_rows = bucket_for(source.num_active, source.num_pixels)
-        x = F.pad(x, (0, 0, 0, source_rows - x.shape[0]))
+        rows = F.pad(x, (0, 0, 0, source_rows - x.shape[0]))
         source_mask = source.mask
-    out = graphed_stage(plan, x, active.mask, int(num_rows), source_mask, source_rows)
+    out = graphed_stage(plan, rows, active.mask, int(num_rows), source_mask, source_rows, capture_now)
+    if out is None:
+        plan, tables = planned_tables(irnet, stage, active, dtype, source, num_rows)
+        return run_planned(plan, stage_rows(x, source, dtype), tables)[: active.num_active]
     return out[: active.num_active].clone()  # the graph's output buffer is reused by its next replay
 
 
@@ -247,15 +257,16 @@ def run_stage_compressed(irnet: IRNet, stage: int, x: torch.Tensor, active: Acti
     previous stage on the pixels of `source` (a superset of `active`; zero elsewhere).
     planned: the planned path (default: `configure_region`); num_rows: its padded row count
     (default: on CUDA the active count's bucket, on the CPU the count itself); graphs: CUDA-graph
-    replay per (stage, bucket) on CUDA without autograd (default: `configure_region`). Without the
-    plan, the per-layer path below.
+    replay per (stage, bucket) on CUDA without autograd (default: `configure_region`; a key is
+    captured at its second use, `graphs=True` captures at the first). Without the plan, the
+    per-layer path below.
     """
     active.check_stage_input(x, source)
     if _options["planned"] if planned is None else planned:  # checked when the plan is built
         dtype = _compute_dtype(x)
         use_graphs = _options["cuda_graphs"] if graphs is None else graphs
-        if use_graphs and x.is_cuda and not torch.is_grad_enabled():
-            return _run_graphed(irnet, stage, x, active, source, dtype, num_rows)
+        if use_graphs and x.is_cuda and not torch.is_grad_enabled():  # graphs=True: captured at first use
+            return _run_graphed(irnet, stage, x, active, source, dtype, num_rows, capture_now=graphs is True)
         plan, tables = planned_tables(irnet, stage, active, dtype, source, num_rows)
         out = run_planned(plan, stage_rows(x, source, dtype), tables)
         return out if tables.num_rows == active.num_active else out[: active.num_active]

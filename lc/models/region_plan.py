@@ -35,6 +35,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import lc.ops.library  # noqa: F401  (registers torch.ops.lc.*)
 from lc.models.backbone import check_region_modules
+from lc.models.graph_cache import GraphCache
 from lc.models.irnet import Block8, Block17, ConvBN, IRNet, Mixed_6a, Mixed_7a
 from lc.ops.library import gemm_tiles, uses_triton
 from lc.ops.region_tables import RegionTables
@@ -203,7 +204,7 @@ class StagePlan:
         self.device = key[3]
         self.tiles: dict[int, dict[tuple[int, int], list[int]]] | None = (
             {} if uses_triton(self.device) else None)
-        self.graphs: dict[tuple, object] = {}  # CUDA graphs of this plan (`lc.models.region_graphs`)
+        self.graphs = GraphCache()  # CUDA graphs of this plan (`lc.models.region_graphs`)
         # the storage whose pointer is in the key, kept alive: a freed one's pointer could come back
         self.anchor = _reference_parameter(irnet, stage).untyped_storage()
 

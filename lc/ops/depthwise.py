@@ -2,11 +2,11 @@
 active pixels only, through the same neighbour tables as `lc.ops.region_conv.gather_conv`.
 
 `depthwise_gather(src, table, weight, bias)`: out[i, c] = sum_t src[table[i, t], c] * weight[c, t]
-+ bias[c], for src (M, C), table (N, T) (entry M reads zero), weight (C, 1, kh, kw) or (C, T). The
-torch path gathers the (N, T, C) taps and reduces them; CUDA tensors (or Triton's interpreter) take
-the Triton kernel of `lc.ops.triton.depthwise`. `depthwise_conv(feat, active, weight, bias, padding,
-dilation, source)` is the size-preserving conv on a stage's rows, as `compressed_conv` /
-`dense_input_conv` are for dense convs.
++ bias[c], for src (M, C), table (N, T) (an entry outside [0, M), M itself, reads zero), weight
+(C, 1, kh, kw) or (C, T). The torch path gathers the (N, T, C) taps and reduces them; CUDA
+tensors (or Triton's interpreter) take the Triton kernel of `lc.ops.triton.depthwise`.
+`depthwise_conv(feat, active, weight, bias, padding, dilation, source)` is the size-preserving conv
+on a stage's rows, as `compressed_conv` / `dense_input_conv` are for dense convs.
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ def _taps(weight: torch.Tensor) -> torch.Tensor:
 def _depthwise_torch(src: torch.Tensor, table: torch.Tensor, taps: torch.Tensor,
                      bias: torch.Tensor | None) -> torch.Tensor:
     padded = torch.cat((src, src.new_zeros(1, src.shape[1])))
-    out = torch.einsum("ntc,ct->nc", padded[table], taps)
+    num_src = src.shape[0]
+    rows = torch.where((table >= 0) & (table < num_src), table, num_src)  # outside [0, M): the zero row
+    out = torch.einsum("ntc,ct->nc", padded[rows], taps)
     return out if bias is None else out + bias
 
 

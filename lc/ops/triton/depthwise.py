@@ -29,7 +29,7 @@ def _depthwise_kernel(src_ptr, table_ptr, w_ptr, bias_ptr, out_ptr, n_rows, m_ro
     acc = tl.zeros((block_n, block_c), dtype=tl.float32)
     for t in range(taps):
         idx = tl.load(table_ptr + rows * taps + t, mask=row_ok, other=m_rows)
-        read = (idx < m_rows)[:, None] & chan_ok[None, :] & row_ok[:, None]
+        read = ((idx >= 0) & (idx < m_rows))[:, None] & chan_ok[None, :] & row_ok[:, None]  # else zero
         vals = tl.load(src_ptr + idx[:, None] * channels + chans[None, :], mask=read, other=0.0)
         w = tl.load(w_ptr + chans * taps + t, mask=chan_ok, other=0.0)
         acc += vals.to(tl.float32) * w.to(tl.float32)[None, :]
@@ -83,5 +83,5 @@ class _DepthwiseGather(torch.autograd.Function):
 
 def depthwise_gather(src: torch.Tensor, table: torch.Tensor, taps: torch.Tensor,
                      bias: torch.Tensor | None = None) -> torch.Tensor:
-    """out[i, c] = sum_t src[table[i, t], c] * taps[c, t] + bias[c] (entry M of the table reads zero)."""
+    """out[i, c] = sum_t src[table[i, t], c] * taps[c, t] + bias[c] (an entry outside [0, M) reads zero)."""
     return _DepthwiseGather.apply(src, table, taps, bias)
