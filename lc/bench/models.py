@@ -31,6 +31,7 @@ from lc.device import device_name, resolve_device
 from lc.evaluation.progress import progress
 from lc.models.cascade import LayerCascade
 from lc.models.complexity import count_parameters, network_costs, predicted_cost, stage_costs
+from lc.models.graph_cache import CAPTURE_AT_USE
 from lc.models.irnet import fold_batchnorm
 
 __all__ = ["MODEL_COLUMNS", "BenchSetup", "build_network", "lc_step", "network_flops", "prescribed_routing",
@@ -112,9 +113,10 @@ class BenchSetup:
                    threads=threads, fast_masks=fast_masks, rho_masks=rho_masks)
 
     def warmup_for(self, mask_sets: Sequence[RoutingMasks]) -> int:
-        """Warm-up runs for LC: at least one per mask set, since every set brings new GEMM shapes
-        (CPU libraries and the Triton launcher prepare each shape on first use)."""
-        return max(self.warmup, len(mask_sets))
+        """Warm-up runs for LC: each mask set `CAPTURE_AT_USE` (2) times, since every set brings new
+        GEMM shapes (CPU libraries and the Triton launcher prepare each shape on first use) and, on
+        CUDA, new graph keys, captured at their second use."""
+        return max(self.warmup, CAPTURE_AT_USE * len(mask_sets))
 
     @property
     def mask_source(self) -> str:
