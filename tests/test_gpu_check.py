@@ -119,3 +119,27 @@ def test_the_summary_is_written_after_every_section_and_the_grid_stops_at_the_de
     assert grid.empty or not grid["complete"].any()
     summary = (tmp_path / "summary.txt").read_text()
     assert "no cell measured (cut short by the budget" in summary
+
+
+def test_after_a_section_loses_the_cuda_context_the_rest_are_skipped_naming_it(tmp_path,
+                                                                               monkeypatch) -> None:
+    """A sticky CUDA error (device-side assert) makes every later CUDA call fail: the remaining
+    sections say why instead of reporting errors of their own."""
+    import lc.bench.gpu_check as gpu_check
+
+    def broken(setup):
+        raise RuntimeError("CUDA error: device-side assert triggered (simulated)")
+
+    monkeypatch.setattr(gpu_check, "launches", broken)
+    monkeypatch.setattr(gpu_check, "device_lost", lambda device: "device-side assert triggered")
+    tables = gpu_check.run_gpu_check(tmp_path, device="cpu", quick=True, budget_s=None)
+    assert "error" in tables["launches"].columns and not tables["equality"].empty
+    for name in ("stage_grid", "end_to_end", "train"):
+        assert "the CUDA context was lost in launches" in tables[name]["skipped"].iloc[0]
+    summary = (tmp_path / "summary.txt").read_text()
+    assert "n/a   train: skipped: the CUDA context was lost in launches" in summary
+
+
+def test_the_cpu_is_never_lost() -> None:
+    from lc.bench.gpu_check import device_lost
+    assert device_lost(torch.device("cpu")) is None

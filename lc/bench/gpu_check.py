@@ -264,6 +264,19 @@ def train_steps(setup: CheckSetup, iterations: int = 6) -> pd.DataFrame:
     return train_step_times(bench)
 
 
+def device_lost(device: torch.device) -> str | None:
+    """Why `device` can run nothing more (a device-side assert or an illegal address is sticky: every
+    later CUDA call fails with it), or None. The CPU is never lost."""
+    if device.type != "cuda":
+        return None
+    try:
+        torch.cuda.synchronize(device)
+        torch.zeros(1, device=device).add_(1).item()
+    except RuntimeError as exc:
+        return str(exc).splitlines()[0][:200]
+    return None
+
+
 def _run_section(name: str, section, out: Path) -> pd.DataFrame:
     """The section's table, or a one-row table naming its error (the traceback in NAME.error.txt):
     one failing section (an out-of-memory, a compile error) must not cost the others their figures."""
@@ -295,12 +308,17 @@ def run_gpu_check(out: str | Path, device: str = "cuda", quick: bool = False,
         sections = {"tests": lambda: gpu_tests(setup, out), "equality": lambda: equality(setup),
                     "launches": lambda: launches(setup), "stage_grid": lambda: stage_grid(setup),
                     "end_to_end": lambda: end_to_end(setup), "train": lambda: train_steps(setup)}
+        lost = None  # why the device can no longer run anything
         for name, section in sections.items():
             start = time.perf_counter()
-            if budget_s is not None and start - begin > budget_s:
+            if lost is not None:
+                tables[name] = pd.DataFrame([{"skipped": lost}])
+            elif budget_s is not None and start - begin > budget_s:
                 tables[name] = pd.DataFrame([{"skipped": f"the {budget_s:.0f} s budget was spent"}])
             else:
                 tables[name] = _run_section(name, section, out)
+                if "error" in tables[name].columns and (why := device_lost(setup.device)) is not None:
+                    lost = f"the CUDA context was lost in {name} ({why})"
             write_csv(tables[name], out / f"{name}.csv")
             print(f"[gpu-check] {name}: {time.perf_counter() - start:.1f} s", flush=True)
             summarise(tables, setup, out, echo=False)  # a run killed later still leaves its summary
