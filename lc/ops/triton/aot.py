@@ -39,7 +39,8 @@ class AotUnavailable(ValueError):
 
 @dataclass(frozen=True)
 class AotTarget:
-    """A GPU by what Triton's runtime asks of it (CUDA C Programming Guide, Table 21 and 24)."""
+    """A GPU by what Triton's runtime asks of it: compute capability and shared memory per block from
+    the CUDA C Programming Guide's compute-capability tables, SM count from the part's datasheet."""
 
     name: str
     arch: int              # compute capability x 10
@@ -49,7 +50,7 @@ class AotTarget:
 
 
 AOT_TARGETS = {
-    "h100": AotTarget("h100", 90, 132, 232448),  # H100 SXM and H200: sm_90, 227 KiB
+    "h100": AotTarget("h100", 90, 132, 232448),  # H100 SXM and H200: sm_90, 227 KiB (H100 PCIe: 114 SMs)
     "a100": AotTarget("a100", 80, 108, 166912),  # A100: sm_80, 163 KiB
 }
 
