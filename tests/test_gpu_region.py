@@ -186,6 +186,7 @@ def test_gpu_one_graph_serves_every_mask_of_its_bucket(tf32_off) -> None:
         run_stage_compressed(net, 2, x, first, graphs=True)  # captured on the first mask
         plan2 = stage_plan(net, 2, torch.float32)
         captured = len(plan2.graphs)
+        assert captured == 1
         replayed = run_stage_compressed(net, 2, x, second, graphs=True)
         eager = run_stage_compressed(net, 2, x, second, graphs=False)
         assert len(plan2.graphs) == captured  # the same key: replayed, not captured again

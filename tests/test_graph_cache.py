@@ -11,6 +11,7 @@ from lc.models.graph_cache import CAPTURE_AT_USE, GraphCache
 from lc.models.irnet import IRNet
 from lc.models.region_irnet import planned_tables, run_stage_compressed
 from lc.ops.active_set import ActiveSet
+from lc.ops.region_tables import bucket_for
 
 
 class _Capture:
@@ -90,9 +91,11 @@ def test_a_stage_runs_eagerly_until_its_key_is_captured_and_gives_the_same_numbe
     x, active = _stage_input(net)
     keep = torch.rand(active.mask.shape, generator=torch.Generator().manual_seed(4)) < 0.6
     active3 = ActiveSet(active.mask & keep)
+    rows2 = bucket_for(active.num_active, active.num_pixels)  # the graphs' row counts
+    rows3 = bucket_for(active3.num_active, active3.num_pixels)
     with torch.no_grad():
-        eager2 = run_stage_compressed(net, 2, x, active, graphs=False)
-        eager3 = run_stage_compressed(net, 3, eager2, active3, source=active, graphs=False)
+        eager2 = run_stage_compressed(net, 2, x, active, graphs=False, num_rows=rows2)
+        eager3 = run_stage_compressed(net, 3, eager2, active3, source=active, graphs=False, num_rows=rows3)
         for call in range(1, 4):  # the config's default: eager at the first use, captured at the second
             out2 = _run_graphed(net, 2, x, active, None, torch.float32, None, capture_now=False)
             out3 = _run_graphed(net, 3, out2, active3, active, torch.float32, None, capture_now=False)
@@ -100,6 +103,22 @@ def test_a_stage_runs_eagerly_until_its_key_is_captured_and_gives_the_same_numbe
             torch.testing.assert_close(out2, eager2, rtol=0, atol=0)
             torch.testing.assert_close(out3, eager3, rtol=0, atol=0)
     graphs.clear_graphs()
+
+
+def test_a_capture_that_fails_is_raised_once_then_its_key_runs_eagerly():
+    cache = GraphCache(limit=4)
+
+    def broken():
+        raise RuntimeError("operation not permitted when stream is capturing (simulated)")
+
+    with pytest.raises(RuntimeError, match="stream is capturing"):
+        cache.lookup("a", broken, now=True)
+    for now in (False, True, False):  # no second attempt, with its warm-up runs
+        assert cache.lookup("a", broken, now=now) is None
+    assert cache.lookup("b", _Capture(), now=True) == "graph 1"  # other keys still capture
+    cache.clear()
+    with pytest.raises(RuntimeError):  # a cleared cache (new weights) tries again
+        cache.lookup("a", broken, now=True)
 
 
 def test_too_few_rows_for_the_active_pixels_is_refused_on_the_host():

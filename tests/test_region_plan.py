@@ -333,24 +333,24 @@ def test_graphs_are_kept_per_plan_and_dropped_with_it(monkeypatch) -> None:
     net = _net()
     x, active = _inputs(net)
     with torch.no_grad():
-        feat2 = _run_graphed(net, 2, x, active, None, torch.float32, None)
+        feat2 = _run_graphed(net, 2, x, active, None, torch.float32, None, True)
         keep = torch.rand(active.mask.shape, generator=torch.Generator().manual_seed(4)) < 0.6
         active3 = ActiveSet(active.mask & keep)
         for _ in range(3):  # stage 2 then 3, as a forward does: each captured once, not per call
-            feat2 = _run_graphed(net, 2, x, active, None, torch.float32, None)
-            feat3 = _run_graphed(net, 3, feat2, active3, active, torch.float32, None)
+            feat2 = _run_graphed(net, 2, x, active, None, torch.float32, None, True)
+            feat3 = _run_graphed(net, 3, feat2, active3, active, torch.float32, None, True)
         assert _EagerCall.captures == 2
         torch.testing.assert_close(feat2, run_stage_compressed(net, 2, x, active, graphs=False))
         torch.testing.assert_close(feat3, run_stage_compressed(net, 3, feat2, active3, active, graphs=False))
         plan2 = stage_plan(net, 2, torch.float32)
         assert len(plan2.graphs) == 1
         with torch.inference_mode():  # statics made under inference mode are a graph of their own
-            _run_graphed(net, 2, x, active, None, torch.float32, None)
+            _run_graphed(net, 2, x, active, None, torch.float32, None, True)
         assert len(plan2.graphs) == 2 and _EagerCall.captures == 3
         invalidate_plans()  # new weights: the old plan's graphs go with it, the new plan starts empty
         plan2_new = stage_plan(net, 2, torch.float32)
         assert plan2_new is not plan2 and not plan2.graphs and not plan2_new.graphs
-        _run_graphed(net, 2, x, active, None, torch.float32, None)
+        _run_graphed(net, 2, x, active, None, torch.float32, None, True)
         assert _EagerCall.captures == 4
     graphs.clear_graphs()
     assert not plan2_new.graphs

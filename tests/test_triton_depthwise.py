@@ -98,6 +98,30 @@ def test_backward_takes_a_half_src_beside_fp32_taps():
     torch.testing.assert_close(grad_taps.double(), want_taps, rtol=3e-2, atol=3e-2)
 
 
+def test_backward_reads_entries_outside_the_source_as_the_zero_row():
+    """-1, M and M + 1 read zero in the forward: their gradient goes nowhere (no out-of-bounds
+    index_add, which is a device-side assert on CUDA)."""
+    from types import SimpleNamespace
+
+    pytest.importorskip("triton")
+    from lc.ops.depthwise import _depthwise_torch
+    from lc.ops.triton.depthwise import _DepthwiseGather
+
+    g = torch.Generator().manual_seed(5)
+    src, taps = torch.randn(7, 4, generator=g), torch.randn(4, 9, generator=g)
+    grad = torch.randn(6, 4, generator=g)
+    table = torch.randint(-1, 9, (6, 9), generator=g)  # -1 .. 8 = M + 1
+    ctx = SimpleNamespace(saved_tensors=(src, table, taps), needs_input_grad=(True, False, True, False),
+                          has_bias=False)
+    grad_src, _, grad_taps, _ = _DepthwiseGather.backward(ctx, grad)
+    src64, taps64 = src.double().requires_grad_(), taps.double().requires_grad_()
+    clean = torch.where((table >= 0) & (table < 7), table, 7)
+    want_src, want_taps = torch.autograd.grad(_depthwise_torch(src64, clean, taps64, None), [src64, taps64],
+                                              grad.double())
+    torch.testing.assert_close(grad_src.double(), want_src, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad_taps.double(), want_taps, rtol=1e-5, atol=1e-5)
+
+
 @requires_triton
 def test_triton_kernel_in_the_interpreter_equals_torch_path():
     env = {**os.environ, "TRITON_INTERPRET": "1"}

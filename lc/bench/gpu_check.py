@@ -321,7 +321,10 @@ def run_gpu_check(out: str | Path, device: str = "cuda", quick: bool = False,
                     lost = f"the CUDA context was lost in {name} ({why})"
             write_csv(tables[name], out / f"{name}.csv")
             print(f"[gpu-check] {name}: {time.perf_counter() - start:.1f} s", flush=True)
-            summarise(tables, setup, out, echo=False)  # a run killed later still leaves its summary
+            try:  # a run killed later still leaves its summary
+                summarise(tables, setup, out, echo=False)
+            except Exception as exc:  # noqa: BLE001 (the final summary in `finally` tries again)
+                print(f"[gpu-check] summary after {name} failed: {type(exc).__name__}: {exc}", flush=True)
     finally:
         backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32, backends.cudnn.benchmark = old
         summarise(tables, setup, out)

@@ -20,6 +20,7 @@ class GraphCache:
         self.limit = limit
         self._graphs: OrderedDict[tuple, object] = OrderedDict()
         self._uses: OrderedDict[tuple, int] = OrderedDict()
+        self._failed: set[tuple] = set()  # keys whose capture raised
 
     def __len__(self) -> int:
         return len(self._graphs)
@@ -30,10 +31,12 @@ class GraphCache:
     def clear(self) -> None:
         self._graphs.clear()
         self._uses.clear()
+        self._failed.clear()
 
     def lookup(self, key: tuple, capture: Callable[[], object], now: bool = False):
         """The graph of `key` (a hit becomes the most recent), captured by `capture()` at the key's
-        `CAPTURE_AT_USE`-th use (at once with `now`); None while the key should run eagerly."""
+        `CAPTURE_AT_USE`-th use (at once with `now`); None while the key should run eagerly, and for
+        good once its capture raised (the error propagates that once)."""
         graph = self._graphs.get(key)
         if graph is not None:
             self._graphs.move_to_end(key)
@@ -44,7 +47,13 @@ class GraphCache:
             while len(self._uses) > 4 * self.limit:
                 self._uses.popitem(last=False)
             return None
+        if key in self._failed:
+            return None
         while len(self._graphs) >= self.limit:
             self._graphs.popitem(last=False)
-        graph = self._graphs[key] = capture()
+        try:
+            graph = self._graphs[key] = capture()
+        except Exception:
+            self._failed.add(key)  # raised once; the key runs eagerly from then on
+            raise
         return graph

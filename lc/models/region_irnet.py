@@ -228,7 +228,7 @@ def planned_tables(irnet: IRNet, stage: int, active: ActiveSet, dtype: torch.dty
 
 
 def _run_graphed(irnet: IRNet, stage: int, x: torch.Tensor, active: ActiveSet, source: ActiveSet | None,
-                 dtype: torch.dtype, num_rows: int | None, capture_now: bool = True) -> torch.Tensor:
+                 dtype: torch.dtype, num_rows: int | None, capture_now: bool = False) -> torch.Tensor:
     """The stage from its CUDA graph; eagerly at the same bucket while its key waits for capture."""
     plan = stage_plan(irnet, stage, dtype)
     if num_rows is None:

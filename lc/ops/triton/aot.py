@@ -123,6 +123,7 @@ class _AotDriver:
         # Triton loads a kernel whose module is None again at each launch: the variant is found
         # by its hash after the first time
         variant = self._pending if self._pending is not None else self._by_hash.get(metadata.hash)
+        self._pending = None  # used once: a variant that fails its load must not be credited later
         self._by_hash[metadata.hash] = self._loading = variant
         if variant is not None:
             variant.shared_bytes = metadata.shared
@@ -154,7 +155,7 @@ class _AotDriver:
         self.variants.append(self._pending)
 
     def on_load(self, cubin: bytes) -> tuple[int, int]:
-        variant, self._pending, self._loading = self._loading, None, None
+        variant, self._loading = self._loading, None
         if variant is None or variant.registers < 0:
             registers, spills = self.resources(cubin)
             if variant is not None:
@@ -197,6 +198,12 @@ def _triton_runtime():
         ("per-device kernel caches", all(hasattr(k, "device_caches") and hasattr(k, "create_binder")
                                          for k in _kernels())),
     ) if not ok]
+    if not missing:
+        try:
+            subprocess.run([knobs.nvidia.ptxas.path, "--version"], check=True, capture_output=True,
+                           timeout=60)
+        except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
+            missing.append(f"a ptxas that runs ({type(exc).__name__}: {exc})")
     if missing:
         raise AotUnavailable(f"triton {version} lacks what compile_only uses ({', '.join(missing)}); it was "
                              "written against triton 3.8 (requirements/lock.txt)")
@@ -204,8 +211,21 @@ def _triton_runtime():
 
 
 def _kernels() -> list:
-    from lc.ops.triton import depthwise, kernels
-    return [kernels.gather_gemm_kernel, kernels.gather_weight_grad_kernel, depthwise._depthwise_kernel]
+    """Every Triton JIT function of lc.ops.triton (each gets fresh per-device caches)."""
+    import importlib
+    import pkgutil
+
+    import triton
+
+    import lc.ops.triton as package
+    found = []
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name == "aot":
+            continue
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        found += [v for v in vars(module).values()
+                  if isinstance(v, triton.runtime.JITFunction) and v.fn.__module__ == module.__name__]
+    return found
 
 
 @contextmanager
@@ -214,7 +234,9 @@ def compile_only(target: AotTarget | str = "h100") -> Iterator[list[CompiledVari
     and leave their outputs unwritten; yields the list of compiled variants (filled as they compile).
 
     Needs a real Triton JIT (not TRITON_INTERPRET=1) with its NVIDIA backend (else AotUnavailable,
-    a ValueError: one line on the command line). Everything it
+    a ValueError: one line on the command line). Stage plans and tables keep the Triton tiles of the
+    target they were first built under (tiles depend on the SM count): use a fresh network, or
+    `lc.models.region_plan.invalidate_plans()` and fresh ActiveSets, per target. Everything it
     changes (the active driver, the kernels' per-device caches, Triton's compile hooks, the ops'
     CPU backend, the tile choice's SM count) is restored on exit.
     """

@@ -65,6 +65,8 @@ class _DepthwiseGather(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         src, table, taps = ctx.saved_tensors
+        num_src = src.shape[0]
+        table = torch.where((table >= 0) & (table < num_src), table, num_src)  # as the forward: zero row
         padded = torch.cat((src, src.new_zeros(1, src.shape[1])))
         grad_src = grad_taps = grad_bias = None
         if ctx.needs_input_grad[0]:
