@@ -34,6 +34,22 @@ def randomise_bn(model: torch.nn.Module, generator: torch.Generator | None = Non
             m.bias.data.copy_(torch.rand(c, generator=generator) * 0.2 - 0.1)
 
 
+class EagerCall:
+    """Stands in for `lc.models.region_graphs.GraphedCall` off CUDA: runs fn on the statics at
+    "capture" and per call; `captures` counts the captures (reset it in the test)."""
+
+    captures = 0
+
+    def __init__(self, fn, static):
+        type(self).captures += 1
+        self.fn, self.static = fn, static
+
+    def __call__(self, *inputs):
+        for buffer, value in zip(self.static, inputs, strict=True):
+            buffer.copy_(value)
+        return self.fn(*self.static)
+
+
 class LoopbackServer:
     """An HTTP server on 127.0.0.1 (a free port) serving `handler` from a thread; `url` is its base URL.
 

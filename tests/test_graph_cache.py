@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import randomise_bn
+from helpers import EagerCall, randomise_bn
 
 from lc.models.graph_cache import CAPTURE_AT_USE, GraphCache
 from lc.models.irnet import IRNet
@@ -66,27 +66,12 @@ def _stage_input(net: IRNet, seed: int = 1):
     return x, ActiveSet(torch.rand(2, 9, 8, generator=gen) < 0.5)
 
 
-class _EagerCall:
-    """Stands in for `GraphedCall` off CUDA: runs fn on the statics at "capture" and per call."""
-
-    captures = 0
-
-    def __init__(self, fn, static):
-        type(self).captures += 1
-        self.fn, self.static = fn, static
-
-    def __call__(self, *inputs):
-        for buffer, value in zip(self.static, inputs, strict=True):
-            buffer.copy_(value)
-        return self.fn(*self.static)
-
-
 def test_a_stage_runs_eagerly_until_its_key_is_captured_and_gives_the_same_numbers(monkeypatch):
     import lc.models.region_graphs as graphs
     from lc.models.region_irnet import _run_graphed
 
-    monkeypatch.setattr(graphs, "GraphedCall", _EagerCall)
-    _EagerCall.captures = 0
+    monkeypatch.setattr(graphs, "GraphedCall", EagerCall)
+    EagerCall.captures = 0
     net = _net()
     x, active = _stage_input(net)
     keep = torch.rand(active.mask.shape, generator=torch.Generator().manual_seed(4)) < 0.6
@@ -99,7 +84,7 @@ def test_a_stage_runs_eagerly_until_its_key_is_captured_and_gives_the_same_numbe
         for call in range(1, 4):  # the config's default: eager at the first use, captured at the second
             out2 = _run_graphed(net, 2, x, active, None, torch.float32, None, capture_now=False)
             out3 = _run_graphed(net, 3, out2, active3, active, torch.float32, None, capture_now=False)
-            assert _EagerCall.captures == (0 if call == 1 else 2)
+            assert EagerCall.captures == (0 if call == 1 else 2)
             torch.testing.assert_close(out2, eager2, rtol=0, atol=0)
             torch.testing.assert_close(out3, eager3, rtol=0, atol=0)
     graphs.clear_graphs()

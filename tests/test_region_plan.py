@@ -13,7 +13,7 @@ import sys
 
 import pytest
 import torch
-from helpers import randomise_bn
+from helpers import EagerCall, randomise_bn
 
 from lc.models.irnet import IRNet
 from lc.models.region_irnet import planned_tables, run_stage_compressed, stage_rows
@@ -309,27 +309,12 @@ def test_planned_path_follows_the_new_weights_after_a_step() -> None:
 
 
 # --- the CUDA-graph cache, its bookkeeping proven on the CPU (capture stood in by an eager call) ---
-class _EagerCall:
-    """Stands in for `GraphedCall` off CUDA: runs fn on the statics at "capture" and per call."""
-
-    captures = 0
-
-    def __init__(self, fn, static):
-        type(self).captures += 1
-        self.fn, self.static = fn, static
-
-    def __call__(self, *inputs):
-        for buffer, value in zip(self.static, inputs, strict=True):
-            buffer.copy_(value)
-        return self.fn(*self.static)
-
-
 def test_graphs_are_kept_per_plan_and_dropped_with_it(monkeypatch) -> None:
     import lc.models.region_graphs as graphs
     from lc.models.region_irnet import _run_graphed
 
-    monkeypatch.setattr(graphs, "GraphedCall", _EagerCall)
-    _EagerCall.captures = 0
+    monkeypatch.setattr(graphs, "GraphedCall", EagerCall)
+    EagerCall.captures = 0
     net = _net()
     x, active = _inputs(net)
     with torch.no_grad():
@@ -339,19 +324,19 @@ def test_graphs_are_kept_per_plan_and_dropped_with_it(monkeypatch) -> None:
         for _ in range(3):  # stage 2 then 3, as a forward does: each captured once, not per call
             feat2 = _run_graphed(net, 2, x, active, None, torch.float32, None, True)
             feat3 = _run_graphed(net, 3, feat2, active3, active, torch.float32, None, True)
-        assert _EagerCall.captures == 2
+        assert EagerCall.captures == 2
         torch.testing.assert_close(feat2, run_stage_compressed(net, 2, x, active, graphs=False))
         torch.testing.assert_close(feat3, run_stage_compressed(net, 3, feat2, active3, active, graphs=False))
         plan2 = stage_plan(net, 2, torch.float32)
         assert len(plan2.graphs) == 1
         with torch.inference_mode():  # statics made under inference mode are a graph of their own
             _run_graphed(net, 2, x, active, None, torch.float32, None, True)
-        assert len(plan2.graphs) == 2 and _EagerCall.captures == 3
+        assert len(plan2.graphs) == 2 and EagerCall.captures == 3
         invalidate_plans()  # new weights: the old plan's graphs go with it, the new plan starts empty
         plan2_new = stage_plan(net, 2, torch.float32)
         assert plan2_new is not plan2 and not plan2.graphs and not plan2_new.graphs
         _run_graphed(net, 2, x, active, None, torch.float32, None, True)
-        assert _EagerCall.captures == 4
+        assert EagerCall.captures == 4
     graphs.clear_graphs()
     assert not plan2_new.graphs
 

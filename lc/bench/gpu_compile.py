@@ -182,8 +182,6 @@ def run_gpu_compile(out: str | Path, target: str = "h100", quick: bool = False) 
     out = Path(out)
     torch.manual_seed(0)
     net = IRNet(width_mult=setup.width, block_counts=setup.blocks).eval()
-    for p in net.parameters():
-        p.requires_grad_(True)
     started = time.perf_counter()
     spans, scenario_rows = [], []
     with compile_only(setup.target) as variants:  # raises before anything is written where it cannot

@@ -203,6 +203,11 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
+def _check_rows(num_rows: int, active: ActiveSet) -> None:
+    if num_rows < active.num_active:  # host ints: on CUDA the table scatter would assert on the device
+        raise ValueError(f"num_rows {num_rows} is below the {active.num_active} active pixels")
+
+
 def planned_tables(irnet: IRNet, stage: int, active: ActiveSet, dtype: torch.dtype,
                    source: ActiveSet | None = None, num_rows: int | None = None):
     """(plan, tables) of a stage on `active`, both cached (tables on the ActiveSet, per bucket)."""
@@ -210,8 +215,7 @@ def planned_tables(irnet: IRNet, stage: int, active: ActiveSet, dtype: torch.dty
     if num_rows is None:  # buckets serve CUDA graphs; on the CPU padded rows are only extra work
         num_rows = (bucket_for(active.num_active, active.num_pixels)
                     if _options["buckets"] and active.mask.is_cuda else active.num_active)
-    if num_rows < active.num_active:  # host ints: on CUDA the table scatter would assert on the device
-        raise ValueError(f"num_rows {num_rows} is below the {active.num_active} active pixels")
+    _check_rows(num_rows, active)
     # dtype: the tables carry the plan's Triton tiles, which depend on it
     key = ("planned", tuple(plan.geometries), int(num_rows), source, dtype)
     tables = active._tables.get(key)
@@ -227,14 +231,21 @@ def planned_tables(irnet: IRNet, stage: int, active: ActiveSet, dtype: torch.dty
     return plan, tables
 
 
+def _run_eager(irnet: IRNet, stage: int, x: torch.Tensor, active: ActiveSet, source: ActiveSet | None,
+               dtype: torch.dtype, num_rows: int | None) -> torch.Tensor:
+    """The planned stage run op by op -> (N_active, C_out)."""
+    plan, tables = planned_tables(irnet, stage, active, dtype, source, num_rows)
+    out = run_planned(plan, stage_rows(x, source, dtype), tables)
+    return out if tables.num_rows == active.num_active else out[: active.num_active]
+
+
 def _run_graphed(irnet: IRNet, stage: int, x: torch.Tensor, active: ActiveSet, source: ActiveSet | None,
                  dtype: torch.dtype, num_rows: int | None, capture_now: bool = False) -> torch.Tensor:
     """The stage from its CUDA graph; eagerly at the same bucket while its key waits for capture."""
     plan = stage_plan(irnet, stage, dtype)
     if num_rows is None:
         num_rows = bucket_for(active.num_active, active.num_pixels)
-    if num_rows < active.num_active:
-        raise ValueError(f"num_rows {num_rows} is below the {active.num_active} active pixels")
+    _check_rows(num_rows, active)
     source_mask = source_rows = None
     rows = x
     if source is not None:  # the previous stage's rows, padded to its bucket (padded rows unread)
@@ -243,8 +254,7 @@ def _run_graphed(irnet: IRNet, stage: int, x: torch.Tensor, active: ActiveSet, s
         source_mask = source.mask
     out = graphed_stage(plan, rows, active.mask, int(num_rows), source_mask, source_rows, capture_now)
     if out is None:
-        plan, tables = planned_tables(irnet, stage, active, dtype, source, num_rows)
-        return run_planned(plan, stage_rows(x, source, dtype), tables)[: active.num_active]
+        return _run_eager(irnet, stage, x, active, source, dtype, num_rows)
     return out[: active.num_active].clone()  # the graph's output buffer is reused by its next replay
 
 
@@ -267,9 +277,7 @@ def run_stage_compressed(irnet: IRNet, stage: int, x: torch.Tensor, active: Acti
         use_graphs = _options["cuda_graphs"] if graphs is None else graphs
         if use_graphs and x.is_cuda and not torch.is_grad_enabled():  # graphs=True: captured at first use
             return _run_graphed(irnet, stage, x, active, source, dtype, num_rows, capture_now=graphs is True)
-        plan, tables = planned_tables(irnet, stage, active, dtype, source, num_rows)
-        out = run_planned(plan, stage_rows(x, source, dtype), tables)
-        return out if tables.num_rows == active.num_active else out[: active.num_active]
+        return _run_eager(irnet, stage, x, active, source, dtype, num_rows)
     check_region_ready(irnet, stage)
     state: torch.Tensor | _StageInput = _StageInput(x, active, source)
     for name, module in irnet.stage_modules(stage):

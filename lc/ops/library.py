@@ -78,14 +78,18 @@ def _triton():
     return region_gemm
 
 
+def _cpu_takes_triton() -> bool:
+    return (_cpu_backend == "triton" and _INTERPRET) or _cpu_backend == "aot"
+
+
 def _use_triton(src: Tensor) -> bool:
-    return src.is_cuda or (_cpu_backend == "triton" and _INTERPRET) or _cpu_backend == "aot"
+    return src.is_cuda or _cpu_takes_triton()
 
 
 def uses_triton(device: torch.device) -> bool:
     """Whether the ops run the Triton kernels on `device` (CUDA, the interpreter backend, or
     compile-only under `lc.ops.triton.aot.compile_only`)."""
-    return device.type == "cuda" or (_cpu_backend == "triton" and _INTERPRET) or _cpu_backend == "aot"
+    return device.type == "cuda" or _cpu_takes_triton()
 
 
 def gemm_tiles(num_out: int, cin: int, cout: int, dtype: torch.dtype, device: torch.device) -> list[int]:

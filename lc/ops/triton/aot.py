@@ -16,6 +16,7 @@ architecture and fits its limits. What it cannot: that the kernels compute the r
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -179,8 +180,19 @@ class _AotDriver:
         return (int(regs.group(1)) if regs else -1), spill
 
 
+@functools.cache
+def _ptxas_error(path: str) -> str | None:
+    """Why the ptxas at `path` does not run, or None (asked once per process)."""
+    try:
+        subprocess.run([path, "--version"], check=True, capture_output=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 def _triton_runtime():
-    """(knobs, the runtime's driver config), or AotUnavailable naming what is missing."""
+    """(knobs, the runtime's driver config, lc's JIT kernels), or AotUnavailable naming what is
+    missing."""
     try:
         import triton
         from triton import knobs
@@ -189,6 +201,7 @@ def _triton_runtime():
         raise AotUnavailable(f"compiling for a GPU needs triton with its NVIDIA backend (pip install "
                              f"triton, Linux x86-64): {exc}") from exc
     version = getattr(triton, "__version__", "?")
+    kernels = _kernels()
     missing = [name for name, ok in (
         ("the NVIDIA backend", "nvidia" in getattr(triton.backends, "backends", {})),
         ("driver.set_active", hasattr(driver, "set_active") and hasattr(driver, "_active")),
@@ -196,18 +209,19 @@ def _triton_runtime():
          and hasattr(knobs.runtime, "jit_post_compile_hook")),
         ("cuobjdump knob", hasattr(knobs.nvidia, "cuobjdump")),
         ("per-device kernel caches", all(hasattr(k, "device_caches") and hasattr(k, "create_binder")
-                                         for k in _kernels())),
+                                         for k in kernels)),
     ) if not ok]
     if not missing:
         try:
-            subprocess.run([knobs.nvidia.ptxas.path, "--version"], check=True, capture_output=True,
-                           timeout=60)
-        except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
-            missing.append(f"a ptxas that runs ({type(exc).__name__}: {exc})")
+            why = _ptxas_error(knobs.nvidia.ptxas.path)
+        except RuntimeError as exc:  # the knob finds no ptxas
+            why = f"{type(exc).__name__}: {exc}"
+        if why is not None:
+            missing.append(f"a ptxas that runs ({why})")
     if missing:
         raise AotUnavailable(f"triton {version} lacks what compile_only uses ({', '.join(missing)}); it was "
                              "written against triton 3.8 (requirements/lock.txt)")
-    return knobs, driver
+    return knobs, driver, kernels
 
 
 def _kernels() -> list:
@@ -247,15 +261,14 @@ def compile_only(target: AotTarget | str = "h100") -> Iterator[list[CompiledVari
     if os.environ.get("TRITON_INTERPRET", "0") == "1":  # read as lc.ops.triton reads it
         raise AotUnavailable("compiling for a GPU needs Triton's compiler, not its interpreter: unset "
                              "TRITON_INTERPRET before importing lc")
-    knobs, triton_driver = _triton_runtime()
+    knobs, triton_driver, kernels = _triton_runtime()
     from lc.ops import library
     from lc.ops.triton import region_gemm
     aot = _AotDriver(target)
-    kernels = _kernels()
     saved_caches = [k.device_caches for k in kernels]
     cpu = torch.device("cpu")
     saved = (triton_driver._active, knobs.runtime.jit_cache_hook, knobs.runtime.jit_post_compile_hook,
-             library._cpu_backend, region_gemm._sm_count.get(cpu), region_gemm._compile_only[0])
+             library._cpu_backend, region_gemm._sm_count.get(cpu))
     try:
         triton_driver.set_active(aot)
         for k in kernels:  # fresh per-device caches, filled for this target only
@@ -263,14 +276,12 @@ def compile_only(target: AotTarget | str = "h100") -> Iterator[list[CompiledVari
         knobs.runtime.jit_cache_hook = aot.before_compile
         knobs.runtime.jit_post_compile_hook = aot.after_compile
         library._cpu_backend = "aot"
-        region_gemm._compile_only[0] = True
         region_gemm._sm_count[cpu] = target.sm_count
         yield aot.variants
     finally:
         triton_driver._active = saved[0]
         knobs.runtime.jit_cache_hook, knobs.runtime.jit_post_compile_hook = saved[1], saved[2]
         library._cpu_backend = saved[3]
-        region_gemm._compile_only[0] = saved[5]
         if saved[4] is None:
             region_gemm._sm_count.pop(cpu, None)
         else:

@@ -55,8 +55,6 @@ def _precision(dtype: torch.dtype) -> str:
 
 
 _sm_count: dict[torch.device, int] = {}
-# set by `lc.ops.triton.aot.compile_only`: CPU tensors take the launchers, which compile and never run
-_compile_only = [False]
 
 
 def _block_n(num_out: int, co_tiles: int, device: torch.device) -> int:
@@ -259,7 +257,7 @@ def _compute_dtype(src: torch.Tensor) -> torch.dtype:
 
 def _check(src: torch.Tensor, table: torch.Tensor | None, weight: torch.Tensor,
            bias: torch.Tensor | None, residual: torch.Tensor | None) -> None:
-    if not (src.is_cuda or INTERPRET or _compile_only[0]):
+    if not (src.is_cuda or INTERPRET):
         raise ValueError("lc.ops.triton needs CUDA tensors (or TRITON_INTERPRET=1 set before importing "
                          "triton, for the CPU interpreter); on CPU use lc.ops.region_conv.gather_conv")
     if src.dim() != 2 or weight.dim() != 4:
