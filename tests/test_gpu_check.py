@@ -29,6 +29,9 @@ def test_gpu_check_quick_on_cpu_writes_every_output(tmp_path) -> None:
     assert "not GPU measurements" in summary
     assert "PASS  planned vs per-layer equal" in summary  # the planned path agrees with the per-layer one
     assert "PASS  launch budget" in summary and "PASS  no syncing op" in summary
+    # the CPU's torch path compiles no Triton kernel; on a GPU this line says what the cache saved
+    assert "n/a   Triton kernels (this process): 0 compiled" in summary
+    assert pd.read_csv(tmp_path / "triton_cache.csv")[["compiled", "cache_hits"]].values.tolist() == [[0, 0]]
     grid = pd.read_csv(tmp_path / "stage_grid.csv")
     assert set(grid["stage"]) == {2, 3} and (grid["region_ms"] > 0).all()
 

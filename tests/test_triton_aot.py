@@ -79,6 +79,35 @@ def test_everything_is_restored_and_the_cpu_path_computes_again():
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
+def test_a_second_compile_loads_every_variant_from_the_cache_the_first_filled(monkeypatch):
+    """What lets `lc bench gpu-compile` pre-fill the cache a GPU run reads: the same launches under a
+    fresh runtime state find each variant under the key the first compile stored it at; the
+    compile listener already installed still hears every event and is put back."""
+    from triton import knobs
+    heard = []
+
+    def installed(**event):
+        heard.append(event["cache_hit"])
+    monkeypatch.setattr(knobs.compilation, "listener", installed)
+    src, table, weight, bias = _conv_case()
+    runs = []
+    for _ in range(2):
+        with compile_only("h100") as variants:  # fresh per-device caches: only the disk cache is shared
+            torch.ops.lc.gather_conv(src, table, weight, bias, None, 1.0, True, 0, None, None)
+            torch.ops.lc.gather_linear(src.bfloat16(), weight[0].bfloat16(), None, None, 1.0, False, 0, None)
+        runs.append([(v.kernel, v.constants, v.signature, v.cache_hit) for v in variants])
+    first, second = runs
+    assert [hit for *_, hit in first] == [False, False] and [hit for *_, hit in second] == [True, True]
+    assert [v[:3] for v in first] == [v[:3] for v in second]
+    assert heard == [False, False, True, True]
+    assert knobs.compilation.listener is installed
+
+
+def test_h100_pcie_is_its_own_target():
+    assert AOT_TARGETS["h100-pcie"].arch == AOT_TARGETS["h100"].arch == 90
+    assert AOT_TARGETS["h100-pcie"].sm_count == 114 != AOT_TARGETS["h100"].sm_count
+
+
 def test_a_variant_over_the_shared_memory_limit_is_an_error():
     tiny = AotTarget("tiny", 90, 132, max_shared_mem=1024)
     src, table, weight, bias = _conv_case()
@@ -119,8 +148,10 @@ def test_gpu_compile_cli_quick(tmp_path):
     assert {"gather_gemm_kernel", "gather_weight_grad_kernel", "_depthwise_kernel"} <= set(variants["kernel"])
     assert variants["ok"].all() and (variants["registers"] > 0).all() and (variants["launches"] > 0).all()
     assert (variants["shared_bytes"] <= variants["shared_limit"]).all()
+    assert not variants["cache_hit"].any()  # a fresh cache (the fixture's): every variant built here
     summary = (out / "summary.txt").read_text()
     assert "PASS" in summary and "sm_90" in summary
+    assert "compiled into it, 0 already there" in summary and "triton-cache" in summary
     assert library._cpu_backend == "torch" and sys.modules["lc.ops.library"] is library
 
 

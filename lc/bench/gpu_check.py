@@ -10,7 +10,10 @@ Sections, each a CSV in the output folder (the summary and plot: `lc.bench.gpu_s
 - end_to_end.csv: backbone stages 1-3 of dense IRNet vs LC and LC fast at the paper's stage shares
   (eager and graphed), with the time-predicted speedup T_dense / (T1 + f2*T2 + f3*T3);
 - train.csv: s/iter of a LayerCascade training step (forward, cascade loss, backward, SGD), dsn
-  vs lc at the paper's stage shares, AMP, the first (compiling) iteration reported apart.
+  vs lc at the paper's stage shares, AMP, the first (compiling) iteration reported apart;
+- triton_cache.csv: the Triton variants this process compiled and those it loaded from
+  TRITON_CACHE_DIR (`lc bench gpu-compile` fills that cache without a GPU; the GPU tests'
+  subprocess is not counted).
 `--device cpu --quick` runs the same code on a tiny network and map (what CI proves).
 """
 
@@ -35,6 +38,7 @@ from lc.models.irnet import IRNet, fold_batchnorm
 from lc.models.region_graphs import GraphedCall
 from lc.models.region_irnet import run_stage_compressed
 from lc.ops.active_set import ActiveSet
+from lc.ops.triton.compile_log import log_compiles
 
 __all__ = ["CheckSetup", "run_gpu_check"]
 
@@ -305,26 +309,29 @@ def run_gpu_check(out: str | Path, device: str = "cuda", quick: bool = False,
     begin = time.perf_counter()
     setup.deadline = begin + budget_s if budget_s is not None else None
     try:
-        sections = {"tests": lambda: gpu_tests(setup, out), "equality": lambda: equality(setup),
-                    "launches": lambda: launches(setup), "stage_grid": lambda: stage_grid(setup),
-                    "end_to_end": lambda: end_to_end(setup), "train": lambda: train_steps(setup)}
-        lost = None  # why the device can no longer run anything
-        for name, section in sections.items():
-            start = time.perf_counter()
-            if lost is not None:
-                tables[name] = pd.DataFrame([{"skipped": lost}])
-            elif budget_s is not None and start - begin > budget_s:
-                tables[name] = pd.DataFrame([{"skipped": f"the {budget_s:.0f} s budget was spent"}])
-            else:
-                tables[name] = _run_section(name, section, out)
-                if "error" in tables[name].columns and (why := device_lost(setup.device)) is not None:
-                    lost = f"the CUDA context was lost in {name} ({why})"
-            write_csv(tables[name], out / f"{name}.csv")
-            print(f"[gpu-check] {name}: {time.perf_counter() - start:.1f} s", flush=True)
-            try:  # a run killed later still leaves its summary
-                summarise(tables, setup, out, echo=False)
-            except Exception as exc:  # noqa: BLE001 (the final summary in `finally` tries again)
-                print(f"[gpu-check] summary after {name} failed: {type(exc).__name__}: {exc}", flush=True)
+        with log_compiles() as compiles:  # the Triton variants this process built or loaded
+            sections = {"tests": lambda: gpu_tests(setup, out), "equality": lambda: equality(setup),
+                        "launches": lambda: launches(setup), "stage_grid": lambda: stage_grid(setup),
+                        "end_to_end": lambda: end_to_end(setup), "train": lambda: train_steps(setup)}
+            lost = None  # why the device can no longer run anything
+            for name, section in sections.items():
+                start = time.perf_counter()
+                if lost is not None:
+                    tables[name] = pd.DataFrame([{"skipped": lost}])
+                elif budget_s is not None and start - begin > budget_s:
+                    tables[name] = pd.DataFrame([{"skipped": f"the {budget_s:.0f} s budget was spent"}])
+                else:
+                    tables[name] = _run_section(name, section, out)
+                    if "error" in tables[name].columns and (why := device_lost(setup.device)) is not None:
+                        lost = f"the CUDA context was lost in {name} ({why})"
+                write_csv(tables[name], out / f"{name}.csv")
+                tables["triton_cache"] = pd.DataFrame([compiles.as_row()])
+                write_csv(tables["triton_cache"], out / "triton_cache.csv")
+                print(f"[gpu-check] {name}: {time.perf_counter() - start:.1f} s", flush=True)
+                try:  # a run killed later still leaves its summary
+                    summarise(tables, setup, out, echo=False)
+                except Exception as exc:  # noqa: BLE001 (the final summary in `finally` tries again)
+                    print(f"[gpu-check] summary after {name} failed: {type(exc).__name__}: {exc}", flush=True)
     finally:
         backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32, backends.cudnn.benchmark = old
         summarise(tables, setup, out)

@@ -9,8 +9,16 @@ ptxas), launching nothing. The scenarios are what the GPU runs launch:
 - the per-layer path's convs at ResNet-101's region widths and the depthwise kernel at
   ConvNeXt-T's (fp32 and bf16).
 Writes variants.csv (one row per compiled variant: constants, warps, shared memory against the
-target's limit, registers, spilled bytes, launches, compile seconds), scenarios.csv and
-summary.txt. A scenario fails when a variant does not compile or does not fit the target.
+target's limit, registers, spilled bytes, launches, compile seconds, whether Triton's cache had it),
+scenarios.csv and summary.txt. A scenario fails when a variant does not compile or does not fit the
+target.
+
+The variants land in Triton's on-disk cache (TRITON_CACHE_DIR, default ~/.triton/cache), keyed as a
+GPU run keys them: run this where the GPU job will find that cache (a shared file system, or the
+folder handed to the device machine) and the job loads them instead of compiling; `lc bench
+gpu-check` reports how many it loaded (`lc.ops.triton.compile_log`). The key includes the Triton
+wheel, the lc source and the SM count (pick h100 or h100-pcie to match the card): any difference
+costs only the compile.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from lc.models.region_plan import run_planned, stage_rows
 from lc.ops.active_set import ActiveSet
 from lc.ops.region_tables import bucket_sizes
 from lc.ops.triton.aot import AOT_TARGETS, AotTarget, CompiledVariant, compile_only
+from lc.ops.triton.compile_log import cache_dir
 
 __all__ = ["CompileSetup", "run_gpu_compile"]
 
@@ -149,7 +158,7 @@ def _variant_row(v: CompiledVariant, target: AotTarget, scenario: str) -> dict:
             "divisible_by_16": " ".join(v.aligned), "num_warps": v.num_warps, "num_stages": v.num_stages,
             "shared_bytes": v.shared_bytes,
             "shared_limit": target.max_shared_mem, "registers": v.registers, "spill_bytes": v.spill_bytes,
-            "launches": v.launches, "compile_s": round(v.compile_s, 3),
+            "launches": v.launches, "compile_s": round(v.compile_s, 3), "cache_hit": v.cache_hit,
             "ok": fits and not v.error, "error": v.error or ("" if fits else "shared memory over the limit")}
 
 
@@ -161,6 +170,10 @@ def _summary(setup: CompileSetup, variants: pd.DataFrame, scenarios: pd.DataFram
              f"network: IRNet width {setup.width}, blocks {setup.blocks}, map {setup.map_size}, "
              f"batches {setup.batches}, modes {setup.modes}",
              f"{len(variants)} variants in {len(scenarios)} scenarios, {seconds:.0f} s"]
+    if len(variants):
+        hits = int(variants["cache_hit"].sum())
+        lines.append(f"Triton cache {cache_dir()}: {len(variants) - hits} variants compiled into it, {hits} "
+                     "already there")
     if len(variants):
         spilled = variants[variants["spill_bytes"] > 0]
         spills = "; ".join(f"{r.kernel} {r.dtype} {r.constants}: {r.spill_bytes} B"
@@ -206,8 +219,8 @@ def run_gpu_compile(out: str | Path, target: str = "h100", quick: bool = False) 
             row["error"] = f"{len(bad)} variant(s) do not fit: {bad[0]['error']}"
         row["ok"] = not row["error"]
     columns = ["scenario", "kernel", "dtype", "constants", "divisible_by_16", "num_warps", "num_stages",
-               "shared_bytes", "shared_limit", "registers", "spill_bytes", "launches", "compile_s", "ok",
-               "error"]
+               "shared_bytes", "shared_limit", "registers", "spill_bytes", "launches", "compile_s",
+               "cache_hit", "ok", "error"]
     table = pd.DataFrame(variant_rows, columns=columns)
     scenarios = pd.DataFrame(scenario_rows)
     write_csv(table, out / "variants.csv")

@@ -86,8 +86,15 @@ def _train(t: pd.DataFrame) -> list[Line]:
              f"iteration {tr.loc['dsn', 'first_iter_s']:.1f} / {tr.loc['lc', 'first_iter_s']:.1f} s")]
 
 
+def _triton_cache(t: pd.DataFrame) -> list[Line]:
+    row = t.iloc[0]
+    return [("Triton kernels (this process)", None,
+             f"{row['compiled']} compiled ({row['compile_s']:.1f} s), {row['cache_hits']} loaded from "
+             f"the cache {row['cache_dir']}")]
+
+
 SECTION_LINES = {"tests": _tests, "equality": _equality, "launches": _launches, "stage_grid": _stage_grid,
-                 "end_to_end": _end_to_end, "train": _train}
+                 "end_to_end": _end_to_end, "train": _train, "triton_cache": _triton_cache}
 
 
 def _no_figures(table: pd.DataFrame | None) -> str | None:

@@ -147,10 +147,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     q = kinds.add_parser("gpu-compile", parents=[common], help="compile every Triton kernel variant the GPU "
                          "runs build for a target GPU, here, without one (Triton's compiler and ptxas, "
                          "nothing launched): registers, spills, shared memory against the limit; CSVs and "
-                         "summary.txt")
+                         "summary.txt. The variants land in Triton's cache (TRITON_CACHE_DIR): a GPU run "
+                         "with the same cache, Triton and lc loads them instead of compiling")
     q.add_argument("--out", required=True, help="folder to write")
-    q.add_argument("--target", default="h100", choices=("h100", "a100"),
-                   help="the GPU to compile for: h100 (sm_90, also H200) or a100 (sm_80) (default h100)")
+    q.add_argument("--target", default="h100", choices=("h100", "h100-pcie", "a100"),
+                   help="the GPU to compile for: h100 (sm_90, 132 SMs: H100 SXM, H200), h100-pcie (114 "
+                        "SMs; tiles depend on the SM count) or a100 (sm_80) (default h100)")
     q.add_argument("--quick", action="store_true", help="tiny network and two buckets (CI)")
     q.set_defaults(func=_cmd_gpu_compile)
     q = kinds.add_parser("train", parents=[common], help="s/iter of a training step (forward, cascade loss, "

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from lc.ops.triton.compile_log import CompileLog, log_compiles
+
 __all__ = ["AOT_TARGETS", "AotTarget", "AotUnavailable", "CompiledVariant", "compile_only"]
 
 
@@ -51,7 +53,8 @@ class AotTarget:
 
 
 AOT_TARGETS = {
-    "h100": AotTarget("h100", 90, 132, 232448),  # H100 SXM and H200: sm_90, 227 KiB (H100 PCIe: 114 SMs)
+    "h100": AotTarget("h100", 90, 132, 232448),  # H100 SXM and H200: sm_90, 227 KiB
+    "h100-pcie": AotTarget("h100-pcie", 90, 114, 232448),  # the SM count picks tiles: compile for the card
     "a100": AotTarget("a100", 80, 108, 166912),  # A100: sm_80, 163 KiB
 }
 
@@ -72,6 +75,7 @@ class CompiledVariant:
     spill_bytes: int = -1  # local memory per thread (register spills and stack arrays)
     error: str = ""
     launches: int = 0
+    cache_hit: bool = False  # loaded from Triton's on-disk cache (TRITON_CACHE_DIR), not built here
 
 
 class _Utils:
@@ -95,9 +99,10 @@ class _Utils:
 class _AotDriver:
     """What Triton's runtime reads of the active driver, for a target GPU that is not present."""
 
-    def __init__(self, target: AotTarget):
+    def __init__(self, target: AotTarget, compiles: CompileLog):
         from triton.backends.compiler import GPUTarget
         self.target = target
+        self.compiles = compiles  # says whether the variant just compiled came from the cache
         self.gpu_target = GPUTarget("cuda", target.arch, 32)
         self.utils = _Utils(self)
         self.variants: list[CompiledVariant] = []
@@ -152,7 +157,7 @@ class _AotDriver:
             signature={k: v for k, v in compile["signature"].items() if v != "constexpr"},
             aligned=[names[k[0]] for k, attrs in compile["configs"][0].items()
                      if any(a[0] == "tt.divisibility" for a in attrs)],
-            compile_s=time.perf_counter() - self._started)
+            compile_s=time.perf_counter() - self._started, cache_hit=bool(self.compiles.last_hit))
         self.variants.append(self._pending)
 
     def on_load(self, cubin: bytes) -> tuple[int, int]:
@@ -208,6 +213,7 @@ def _triton_runtime():
         ("runtime compile hooks", hasattr(knobs.runtime, "jit_cache_hook")
          and hasattr(knobs.runtime, "jit_post_compile_hook")),
         ("cuobjdump knob", hasattr(knobs.nvidia, "cuobjdump")),
+        ("compile listener", hasattr(knobs.compilation, "listener")),
         ("per-device kernel caches", all(hasattr(k, "device_caches") and hasattr(k, "create_binder")
                                          for k in kernels)),
     ) if not ok]
@@ -264,29 +270,30 @@ def compile_only(target: AotTarget | str = "h100") -> Iterator[list[CompiledVari
     knobs, triton_driver, kernels = _triton_runtime()
     from lc.ops import library
     from lc.ops.triton import region_gemm
-    aot = _AotDriver(target)
-    saved_caches = [k.device_caches for k in kernels]
-    cpu = torch.device("cpu")
-    saved = (triton_driver._active, knobs.runtime.jit_cache_hook, knobs.runtime.jit_post_compile_hook,
-             library._cpu_backend, region_gemm._sm_count.get(cpu))
-    try:
-        triton_driver.set_active(aot)
-        for k in kernels:  # fresh per-device caches, filled for this target only
-            k.device_caches = defaultdict(k.create_binder)
-        knobs.runtime.jit_cache_hook = aot.before_compile
-        knobs.runtime.jit_post_compile_hook = aot.after_compile
-        library._cpu_backend = "aot"
-        region_gemm._sm_count[cpu] = target.sm_count
-        yield aot.variants
-    finally:
-        triton_driver._active = saved[0]
-        knobs.runtime.jit_cache_hook, knobs.runtime.jit_post_compile_hook = saved[1], saved[2]
-        library._cpu_backend = saved[3]
-        if saved[4] is None:
-            region_gemm._sm_count.pop(cpu, None)
-        else:
-            region_gemm._sm_count[cpu] = saved[4]
-        for k, caches in zip(kernels, saved_caches, strict=True):
-            k.device_caches = caches
-        aot._tmp.cleanup()
+    with log_compiles() as compiles:
+        aot = _AotDriver(target, compiles)
+        saved_caches = [k.device_caches for k in kernels]
+        cpu = torch.device("cpu")
+        saved = (triton_driver._active, knobs.runtime.jit_cache_hook, knobs.runtime.jit_post_compile_hook,
+                 library._cpu_backend, region_gemm._sm_count.get(cpu))
+        try:
+            triton_driver.set_active(aot)
+            for k in kernels:  # fresh per-device caches, filled for this target only
+                k.device_caches = defaultdict(k.create_binder)
+            knobs.runtime.jit_cache_hook = aot.before_compile
+            knobs.runtime.jit_post_compile_hook = aot.after_compile
+            library._cpu_backend = "aot"
+            region_gemm._sm_count[cpu] = target.sm_count
+            yield aot.variants
+        finally:
+            triton_driver._active = saved[0]
+            knobs.runtime.jit_cache_hook, knobs.runtime.jit_post_compile_hook = saved[1], saved[2]
+            library._cpu_backend = saved[3]
+            if saved[4] is None:
+                region_gemm._sm_count.pop(cpu, None)
+            else:
+                region_gemm._sm_count[cpu] = saved[4]
+            for k, caches in zip(kernels, saved_caches, strict=True):
+                k.device_caches = caches
+            aot._tmp.cleanup()
 
