@@ -121,3 +121,39 @@ def test_cpu_env_runs_lc_from_the_workflow_folder(tmp_path):
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines()[0].startswith(str(REPO)), run.stdout
     assert "train" in run.stdout and "evaluate" in run.stdout
+
+
+def _gpu_wheel_names() -> list[str]:
+    text = (REPO / "requirements" / "gpu_wheels.sh").read_text()
+    block = text.split("names=(", 1)[1].split(")", 1)[0]
+    return [canonicalize_name(n) for n in block.split()]
+
+
+def test_the_gpu_machine_wheels_are_pinned_by_the_lock():
+    """requirements/gpu_wheels.sh downloads the lock's pins: each of its names must be there."""
+    pinned = _parse(LOCK.read_text().splitlines(), "lock.txt")
+    names = _gpu_wheel_names()
+    assert {"cityscapesscripts", "jsonschema"} <= set(names)
+    assert not [n for n in names if n not in pinned], "gpu_wheels.sh names a package the lock does not pin"
+
+
+def test_the_bench_commands_import_without_what_a_pytorch_image_lacks_beyond_those_wheels():
+    """On a GPU machine with a PyTorch image plus the wheels of gpu_wheels.sh, snakemake and pydensecrf
+    are absent: the bench commands, the GPU check and the config schema must not import them."""
+    code = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('snakemake', 'pydensecrf', 'snakemake_executor_plugin_slurm'):\n"
+        "            raise ImportError(f'{name} is not on a PyTorch image')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from lc.cli.main import main\n"
+        "import lc.bench.gpu_check, lc.bench.models, lc.bench.train_step\n"
+        "from lc.config import load_config\n"
+        "load_config(sys.argv[1], 'paper')\n"
+        "raise SystemExit(main(['bench', 'gpu-check', '--help']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(REPO / "config.yaml")], capture_output=True,
+                          text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "--budget-s" in proc.stdout
