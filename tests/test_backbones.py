@@ -159,3 +159,56 @@ def test_cascade_on_every_backbone_compressed_equals_masked_dense(cfg):
     assert torch.equal(a.decided_at_stage, b.decided_at_stage)
     member = LayerCascade(3, "irnet", {**cfg, "head_channels": 4}, depth=2)
     assert not any(k.startswith(("layer4", "mixed_7a")) for k in member.state_dict())
+
+
+@pytest.mark.parametrize("kind", ["empty", "sparse", "full"])
+def test_resnet_planned_inference_equals_masked_dense_and_the_per_layer_path(kind):
+    """Without autograd ResNet's region stages run the cached plan (folded, packed, epilogues fused)."""
+    from lc.models.region_irnet import configure_region
+    net = _tiny(TINY_RESNET)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, net.stage_channels[0], 7, 9, generator=g, dtype=torch.float64)
+    mask2 = torch.full((2, 7, 9), kind == "full")
+    if kind == "sparse":
+        mask2 = torch.rand(2, 7, 9, generator=g) < 0.5
+    mask3 = mask2 & (torch.rand(2, 7, 9, generator=g) < 0.6)
+    active2, active3 = ActiveSet.from_mask(mask2), ActiveSet.from_mask(mask3)
+    with torch.no_grad():
+        feat2 = net.run_stage_region(2, x, active2)
+        feat3 = net.run_stage_region(3, feat2, active3, source=active2)
+        ref2 = net.run_stage_masked_dense(2, x, mask2)
+        torch.testing.assert_close(active2.scatter(feat2), ref2, **TOL)
+        torch.testing.assert_close(active3.scatter(feat3), net.run_stage_masked_dense(3, ref2, mask3), **TOL)
+        configure_region(planned=False)
+        try:
+            per_layer = net.run_stage_region(3, net.run_stage_region(2, x, active2), active3, source=active2)
+        finally:
+            configure_region(planned=True)
+        torch.testing.assert_close(feat3, per_layer, **TOL)
+
+
+def test_resnet_plan_is_built_once_rebuilt_after_a_weight_change_and_is_three_ops_a_block():
+    from lc.bench.launches import OpCounter
+    net = _tiny(TINY_RESNET)
+    mask = torch.rand(1, 6, 6, generator=torch.Generator().manual_seed(3)) < 0.5
+    active = ActiveSet.from_mask(mask)
+    x = torch.randn(1, net.stage_channels[0], 6, 6, dtype=torch.float64)
+    with torch.no_grad():
+        net.run_stage_region(2, x, active)
+        plan = net.stage_plan(2, torch.float64)
+        assert net.stage_plan(2, torch.float64) is plan
+        with OpCounter() as counter:
+            net.run_stage_region(2, x, active)
+        blocks = net._blocks(2)
+        projections = sum(block.downsample is not None for _, block in blocks)
+        registered = sum(n for op, n in counter.ops.items() if op.startswith("lc."))
+        assert registered == 3 * len(blocks) + projections
+        assert not counter.syncing()
+        aten = [op for op in counter.ops if not op.startswith("lc.")]  # the input gather's index arithmetic
+        compute = ("mm", "relu", "clamp", "conv", "add", "linear")
+        assert not [op for op in aten if any(k in op for k in compute)], aten
+        before = net.run_stage_region(2, x, active)
+        state = {k: v * 2 if k.endswith("conv1.weight") else v for k, v in net.state_dict().items()}
+        net.load_state_dict(state)
+        assert net.stage_plan(2, torch.float64) is not plan
+        assert not torch.allclose(net.run_stage_region(2, x, active), before)

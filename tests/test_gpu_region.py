@@ -197,3 +197,27 @@ def test_gpu_one_graph_serves_every_mask_of_its_bucket(tf32_off) -> None:
             graphed3 = run_stage_compressed(net, 3, feat, active3, source=source, graphs=True)
             eager3 = run_stage_compressed(net, 3, feat, active3, source=source, graphs=False)
             assert torch.equal(graphed3, eager3)
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_resnet_planned_stages_equal_masked_dense(tf32: bool) -> None:
+    """ResNet's planned inference (packed bottlenecks, fused epilogues) on the Triton kernels."""
+    from lc.models.backbone_resnet import ResNetBackbone
+    torch.manual_seed(0)
+    net = ResNetBackbone("resnet101", layers=(1, 2, 2, 2), channels=(16, 16, 32, 64), stem_width=16,
+                         stage2_blocks=1).eval()
+    randomise_bn(net, torch.Generator().manual_seed(0))
+    net = net.cuda()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, net.stage_channels[0], 16, 16, generator=gen).relu().cuda()
+    mask2 = (torch.rand(2, 16, 16, generator=gen) < 0.4).cuda()
+    mask3 = mask2 & (torch.rand(2, 16, 16, generator=gen) < 0.5).cuda()
+    active2, active3 = ActiveSet(mask2), ActiveSet(mask3)
+    with torch.no_grad():
+        feat2 = net.run_stage_region(2, x, active2)
+        feat3 = net.run_stage_region(3, feat2, active3, source=active2)
+        want2 = net.run_stage_masked_dense(2, x, mask2)
+        want3 = net.run_stage_masked_dense(3, want2, mask3)
+    assert _rel(feat2, active2.gather(want2)) <= (1e-2 if tf32 else 1e-4)
+    assert _rel(feat3, active3.gather(want3)) <= (1e-2 if tf32 else 1e-4)

@@ -14,12 +14,17 @@ with one bottleneck per layer and narrow channels.
 Region plan of a `Bottleneck` (every block input is read only by 1x1 convs, so no block reads its
 input's neighbours): conv1 1x1 GEMM, BN folded, ReLU; conv2 3x3 (dilated) gathered through the stage's
 neighbour table, BN folded, ReLU; conv3 1x1 GEMM, BN folded; shortcut (1x1 projection GEMM with BN
-folded, or identity); add, ReLU.
+folded, or identity); add, ReLU. In inference the folded weights are packed once per stage (a plan
+cached like IRNet's, `lc.models.region_plan.cached_for_stage`: rebuilt when weights, dtype, device
+or the TF32 switches change) and each block is 3 registered-op calls (4 with the projection), bias,
+ReLU and the residual add fused into them; under autograd the fold is recomputed per call (it is
+part of the graph) and the block runs op by op (`bottleneck_region`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -27,7 +32,10 @@ import torch.nn.functional as F
 from timm.models.resnet import Bottleneck
 
 from lc.models.backbone import Backbone, check_region_stage, conv_output_size, load_matching
+from lc.models.region_irnet import region_options
+from lc.models.region_plan import cached_for_stage, conv_geometry
 from lc.ops.active_set import ActiveSet
+from lc.ops.library import pack_conv_weight
 from lc.ops.region_conv import compressed_conv, linear_rows
 
 __all__ = ["ResNetBackbone", "fold_conv_bn"]
@@ -69,6 +77,55 @@ def bottleneck_region(block: Bottleneck, rows: torch.Tensor, active: ActiveSet) 
     else:
         shortcut = rows
     return F.relu(out + shortcut)
+
+
+@dataclass
+class _PlannedBottleneck:
+    """One block's folded weights in the ops' layout ((Cin, Cout) GEMMs, (9, Cin, Cout) conv2)."""
+
+    w1: torch.Tensor
+    b1: torch.Tensor
+    w2: torch.Tensor
+    b2: torch.Tensor
+    geometry: tuple  # conv2's (kernel, dilation, padding)
+    w3: torch.Tensor
+    b3: torch.Tensor
+    wd: torch.Tensor | None
+    bd: torch.Tensor | None
+
+
+def _packed(conv: nn.Conv2d, bn: nn.BatchNorm2d, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    weight, bias = fold_conv_bn(conv, bn)
+    packed = pack_conv_weight(weight).to(dtype)
+    return (packed[0] if packed.shape[0] == 1 else packed), bias.to(dtype)
+
+
+def _plan_block(block: Bottleneck, dtype: torch.dtype, name: str) -> _PlannedBottleneck:
+    kernel, dilation = conv_geometry(block.conv2, f"{name}.conv2")
+    for conv in (block.conv1, block.conv3):
+        if conv.stride != (1, 1):
+            raise ValueError(f"{name}: region execution needs stride-1 convs (output_stride 8)")
+    proj = (None, None)
+    if block.downsample is not None:
+        proj = _packed(block.downsample[0], block.downsample[1], dtype)
+    geometry = (kernel, dilation, block.conv2.padding)
+    c1 = _packed(block.conv1, block.bn1, dtype)
+    c2 = _packed(block.conv2, block.bn2, dtype)
+    c3 = _packed(block.conv3, block.bn3, dtype)
+    return _PlannedBottleneck(*c1, *c2, geometry, *c3, *proj)
+
+
+def bottleneck_planned(p: _PlannedBottleneck, rows: torch.Tensor, active: ActiveSet) -> torch.Tensor:
+    """One planned block (inference): relu(conv3(relu(conv2(relu(conv1 rows)))) + shortcut), epilogues
+    fused into the registered ops."""
+    h = torch.ops.lc.gather_linear(rows, p.w1, p.b1, None, 1.0, True, 0, None)
+    kernel, dilation, padding = p.geometry
+    table = active.neighbour_table(kernel, dilation, padding, source="active")
+    h = torch.ops.lc.gather_conv(h, table, p.w2, p.b2, None, 1.0, True, 0, None, None)
+    shortcut = rows
+    if p.wd is not None:
+        shortcut = torch.ops.lc.gather_linear(rows, p.wd, p.bd, None, 1.0, False, 0, None)
+    return torch.ops.lc.gather_linear(h, p.w3, p.b3, shortcut, 1.0, True, 0, None)
 
 
 def bottleneck_masked(block: Bottleneck, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -141,11 +198,26 @@ class ResNetBackbone(Backbone):
             _check_plain(block, name)
         return blocks
 
+    def stage_plan(self, stage: int, dtype: torch.dtype) -> list[_PlannedBottleneck]:
+        """The packed blocks of stage 2 or 3 in `dtype`, built once (checked then) and cached."""
+        def build(_key) -> list[_PlannedBottleneck]:
+            self.check_region_ready(stage)
+            with torch.no_grad():
+                return [_plan_block(block, dtype, name) for name, block in self._blocks(stage)]
+        return cached_for_stage(self, stage, dtype, build)
+
     def run_stage_region(self, stage: int, x: torch.Tensor, active: ActiveSet,
                          source: ActiveSet | None = None) -> torch.Tensor:
-        self.check_region_ready(stage)
         active.check_stage_input(x, source)
         rows = active.gather(x) if source is None else x.index_select(0, active.rows_in(source))
+        if region_options()["planned"] and not torch.is_grad_enabled():
+            dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) \
+                else x.dtype
+            rows = rows.to(dtype)
+            for block in self.stage_plan(stage, dtype):
+                rows = bottleneck_planned(block, rows, active)
+            return rows
+        self.check_region_ready(stage)
         for _, block in self._blocks(stage):
             rows = bottleneck_region(block, rows, active)
         return rows

@@ -35,7 +35,7 @@ from lc.ops.active_set import ActiveSet
 from lc.ops.region_conv import compressed_conv, dense_input_conv, linear_rows, region_max_pool
 from lc.ops.region_tables import RegionTables, bucket_for
 
-__all__ = ["REGION_STAGES", "apply_region_config", "check_region_ready", "configure_region",
+__all__ = ["REGION_STAGES", "apply_region_config", "check_region_ready", "configure_region", "region_options",
            "run_stage_compressed", "run_stage_masked_dense"]
 
 # the planned path (registered ops, packed weights, device tables) and its row buckets; config
@@ -49,6 +49,11 @@ def configure_region(planned: bool | None = None, buckets: bool | None = None,
     for name, value in (("planned", planned), ("buckets", buckets), ("cuda_graphs", cuda_graphs)):
         if value is not None:
             _options[name] = bool(value)
+
+
+def region_options() -> dict[str, bool]:
+    """The switches `configure_region` set (planned, buckets, cuda_graphs), for every backbone."""
+    return dict(_options)
 
 
 def apply_region_config(cfg: dict) -> None:

@@ -13,6 +13,7 @@ parameter (its storage pointer, kept alive by the plan so that no new storage ca
 even `.half().float()` rebuilds. Anything else (an in-place edit of a parameter) must call
 `invalidate_plans()`. Under autograd the fold is
 recomputed on each call (the fold is part of the graph), the packing plan and tables are not.
+`cached_for_stage` is that cache for any backbone's plan (ResNet's packed bottlenecks use it too).
 
 Where the ops run the Triton kernels (CUDA; the interpreter in tests) the plan also fixes the
 kernel's tiles: per row bucket and GEMM shape, chosen once (`lc.ops.library.gemm_tiles`) and
@@ -26,7 +27,9 @@ from __future__ import annotations
 
 import itertools
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.nn as nn
@@ -42,8 +45,10 @@ from lc.ops.region_tables import RegionTables
 
 REGION_STAGES = (2, 3)  # the stages that can run on a region; stage 1 always sees every pixel
 
-__all__ = ["REGION_STAGES", "StagePlan", "StageTables", "check_region_ready", "invalidate_plans", "plan_key",
-           "stage_plan", "stage_rows", "stage_tables"]
+__all__ = ["REGION_STAGES", "StagePlan", "StageTables", "cached_for_stage", "check_region_ready",
+           "conv_geometry", "invalidate_plans", "plan_key", "stage_plan", "stage_rows", "stage_tables"]
+
+T = TypeVar("T")
 
 _generation = itertools.count()
 _current = [next(_generation)]
@@ -65,18 +70,18 @@ register_optimizer_step_post_hook(_bump)
 torch.nn.modules.module.register_module_parameter_registration_hook(_bump)
 
 
-def _reference_parameter(irnet: IRNet, stage: int) -> nn.Parameter:
-    return next(irnet.stage_modules(stage)[0][1].parameters())
+def _reference_parameter(owner: nn.Module, stage: int) -> nn.Parameter:
+    return next(owner.stage_modules(stage)[0][1].parameters())
 
 
-def plan_key(irnet: IRNet, stage: int, dtype: torch.dtype) -> tuple:
+def plan_key(owner: nn.Module, stage: int, dtype: torch.dtype) -> tuple:
     """What a plan depends on: generation, stage, dtype, device, both TF32 switches, the
     network's train/eval flag (`.train()` rebuilds, and so rechecks, the plan) and the storage of
     the stage's first parameter (`.to()` swaps it)."""
-    ref = _reference_parameter(irnet, stage)
+    ref = _reference_parameter(owner, stage)
     device = ref.device
     return (_current[0], stage, dtype, device, torch.backends.cuda.matmul.allow_tf32,
-            torch.backends.cudnn.allow_tf32, irnet.training, uses_triton(device), ref.data_ptr())
+            torch.backends.cudnn.allow_tf32, owner.training, uses_triton(device), ref.data_ptr())
 
 
 def _check_stage(stage: int) -> None:
@@ -98,7 +103,7 @@ def _pack(weight: Tensor, dtype: torch.dtype) -> Tensor:
     return weight.permute(2, 3, 1, 0).reshape(kh * kw, cin, cout).to(dtype).contiguous()
 
 
-def _check_same_size(conv: nn.Conv2d, name: str) -> tuple[tuple[int, int], tuple[int, int]]:
+def conv_geometry(conv: nn.Conv2d, name: str) -> tuple[tuple[int, int], tuple[int, int]]:
     kh, kw = conv.kernel_size
     dh, dw = conv.dilation
     if conv.stride != (1, 1) or conv.groups != 1 or conv.padding != (dh * (kh - 1) // 2, dw * (kw - 1) // 2) \
@@ -127,7 +132,7 @@ class _Conv:
 
 
 def _conv(cbr: ConvBN, dtype: torch.dtype, name: str) -> _Conv:
-    return _Conv(*_fold(cbr, dtype), _check_same_size(cbr.conv, name))
+    return _Conv(*_fold(cbr, dtype), conv_geometry(cbr.conv, name))
 
 
 def _reduction_a(m: Mixed_6a, dtype: torch.dtype, name: str) -> dict:
@@ -205,8 +210,6 @@ class StagePlan:
         self.tiles: dict[int, dict[tuple[int, int], list[int]]] | None = (
             {} if uses_triton(self.device) else None)
         self.graphs = GraphCache()  # CUDA graphs of this plan (`lc.models.region_graphs`)
-        # the storage whose pointer is in the key, kept alive: a freed one's pointer could come back
-        self.anchor = _reference_parameter(irnet, stage).untyped_storage()
 
     def bucket_tiles(self, num_rows: int) -> dict[tuple[int, int], list[int]] | None:
         """The tiles of every GEMM of the stage at `num_rows` rows, fixed on first use (None off Triton)."""
@@ -244,18 +247,26 @@ def _gemm_weights(obj):
 
 def stage_plan(irnet: IRNet, stage: int, dtype: torch.dtype) -> StagePlan:
     """The cached plan of `stage`, rebuilt when its key changes."""
-    if irnet not in _hooked:
-        irnet.register_load_state_dict_post_hook(_bump)
-        _hooked.add(irnet)
-    key = plan_key(irnet, stage, dtype)
-    entries = _plans.setdefault(irnet, {})
-    plan = entries.get((stage, dtype))
-    if plan is None or plan.key != key:
-        if plan is not None:
-            plan.graphs.clear()  # they replay the old plan's weights
-        plan = StagePlan(irnet, stage, dtype, key)
-        entries[(stage, dtype)] = plan
-    return plan
+    return cached_for_stage(irnet, stage, dtype, lambda key: StagePlan(irnet, stage, dtype, key))
+
+
+def cached_for_stage(owner: nn.Module, stage: int, dtype: torch.dtype, build: Callable[[tuple], T]) -> T:
+    """`build(key)` for (owner, stage, dtype), kept while `plan_key` stays the same (weights, dtype,
+    device, TF32 switches, train flag): any backbone's stage plan. A replaced plan's CUDA graphs
+    are dropped (they replay its weights)."""
+    if owner not in _hooked:
+        owner.register_load_state_dict_post_hook(_bump)
+        _hooked.add(owner)
+    key = plan_key(owner, stage, dtype)
+    entries = _plans.setdefault(owner, {})
+    entry = entries.get((stage, dtype))
+    if entry is None or entry[0] != key:
+        if entry is not None and isinstance(getattr(entry[1], "graphs", None), GraphCache):
+            entry[1].graphs.clear()
+        # the storage whose pointer is in the key, kept alive: a freed one's pointer could come back
+        anchor = _reference_parameter(owner, stage).untyped_storage()
+        entry = entries[(stage, dtype)] = (key, build(key), anchor)
+    return entry[1]
 
 
 # --- tables -------------------------------------------------------------------------------------
