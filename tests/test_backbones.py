@@ -212,3 +212,25 @@ def test_resnet_plan_is_built_once_rebuilt_after_a_weight_change_and_is_three_op
         net.load_state_dict(state)
         assert net.stage_plan(2, torch.float64) is not plan
         assert not torch.allclose(net.run_stage_region(2, x, active), before)
+
+
+def test_resnet_fold_batchnorm_keeps_its_outputs_dense_and_on_a_region():
+    """The benchmarks' dense ResNet at its best (BN folded, torch's fuse_conv_bn_eval): same stages,
+    and its region stages (planned and op by op) still equal masked dense."""
+    net = _tiny(TINY_RESNET)
+    g = torch.Generator().manual_seed(4)
+    image = torch.randn(1, 3, 48, 40, generator=g, dtype=torch.float64)
+    mask = torch.rand(1, 6, 5, generator=g) < 0.5
+    with torch.no_grad():
+        want = net.forward_stages(image)
+        net.fold_batchnorm()
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+        got = net.forward_stages(image)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, **TOL)
+        active = ActiveSet.from_mask(mask)
+        planned = net.run_stage_region(2, want[0], active)
+        masked = net.run_stage_masked_dense(2, want[0], mask)
+        torch.testing.assert_close(active.scatter(planned), masked, **TOL)
+    per_layer = net.run_stage_region(2, want[0], active)  # under autograd: op by op
+    torch.testing.assert_close(per_layer.detach(), planned, **TOL)

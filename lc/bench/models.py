@@ -157,8 +157,9 @@ class BenchSetup:
 def build_network(method: str, model_cfg: dict, device: torch.device, rho: float = 1.0) -> nn.Module:
     """A Table 3 network in eval mode with random weights: deeplab_v2, segnet, irnet, lc, lc_fast.
 
-    At its best for inference: channels_last (`BenchSetup.images` too), and IRNet's BatchNorms
-    folded into their convs (`fold_batchnorm`) in dense IRNet and in LC alike."""
+    At its best for inference: channels_last (`BenchSetup.images` too), and the BatchNorms folded
+    into their convs (`fold_batchnorm`; a backbone's own, `Backbone.fold_batchnorm`) in the dense
+    network and in LC alike."""
     if method == "deeplab_v2":
         from lc.models.deeplab_v2 import deeplab_v2
         model = deeplab_v2(NUM_CLASSES)
@@ -173,6 +174,8 @@ def build_network(method: str, model_cfg: dict, device: torch.device, rho: float
     model = model.eval().to(device)
     if device.type != "meta":
         fold_batchnorm(model)
+        if isinstance(model, LayerCascade):  # a ResNet backbone folds its own (timm) BatchNorms
+            model.backbone.fold_batchnorm()
     return model.to(memory_format=torch.channels_last)
 
 

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 import torch
 import torch.nn as nn
 
+from lc.models.irnet import fold_batchnorm as fold_convbn
 from lc.models.irnet import freeze_batchnorm  # noqa: F401 - the one definition, re-exported
 from lc.models.timm_weights import load_checked
 from lc.ops.active_set import ActiveSet
@@ -154,6 +155,11 @@ class Backbone(nn.Module, ABC):
     @abstractmethod
     def run_stage_masked_dense(self, stage: int, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Stage 2 or 3 run densely with every conv and block output multiplied by `mask` (B, H, W)."""
+
+    def fold_batchnorm(self) -> Backbone:
+        """Fold the BatchNorms into their convs in place, for inference at its best (the benchmarks);
+        the default folds IRNet-style `ConvBN` modules and leaves a backbone without them as it is."""
+        return fold_convbn(self)
 
     # --- weights ------------------------------------------------------------------------------
     @abstractmethod

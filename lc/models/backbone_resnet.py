@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.resnet import Bottleneck
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from lc.models.backbone import Backbone, check_region_stage, conv_output_size, load_matching
 from lc.models.region_irnet import region_options
@@ -43,8 +44,12 @@ __all__ = ["ResNetBackbone", "fold_conv_bn"]
 _STEM = ("conv1", "bn1", "act1", "maxpool")
 
 
-def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """conv weight and bias with an eval-mode BatchNorm folded in (differentiable)."""
+def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d | nn.Identity) -> tuple[torch.Tensor, torch.Tensor]:
+    """conv weight and bias with an eval-mode BatchNorm folded in (differentiable); after
+    `ResNetBackbone.fold_batchnorm` (BN an Identity, the conv biased) the conv's own."""
+    if isinstance(bn, nn.Identity):
+        bias = conv.bias if conv.bias is not None else conv.weight.new_zeros(conv.out_channels)
+        return conv.weight, bias
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     weight = conv.weight * scale.view(-1, 1, 1, 1)
     bias = bn.bias - bn.running_mean * scale
@@ -197,6 +202,21 @@ class ResNetBackbone(Backbone):
                 raise TypeError(f"no region execution for {name} ({type(block).__name__})")
             _check_plain(block, name)
         return blocks
+
+    def fold_batchnorm(self) -> ResNetBackbone:
+        """Fold every BatchNorm into its conv in place (inference: the benchmarks' dense network at
+        its best, `torch.nn.utils.fusion.fuse_conv_bn_eval`); the BNs become Identity."""
+        pairs = [(self, "conv1", "bn1")]
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in layer:
+                pairs += [(block, f"conv{i}", f"bn{i}") for i in (1, 2, 3)]
+                if block.downsample is not None:
+                    pairs.append((block.downsample, "0", "1"))
+        for owner, conv, bn in pairs:
+            if isinstance(getattr(owner, bn), nn.modules.batchnorm._BatchNorm):
+                setattr(owner, conv, fuse_conv_bn_eval(getattr(owner, conv), getattr(owner, bn)))
+                setattr(owner, bn, nn.Identity())
+        return self
 
     def stage_plan(self, stage: int, dtype: torch.dtype) -> list[_PlannedBottleneck]:
         """The packed blocks of stage 2 or 3 in `dtype`, built once (checked then) and cached."""
