@@ -144,7 +144,7 @@ def test_gpu_compile_cli_quick(tmp_path):
     variants = pd.read_csv(out / "variants.csv")
     assert scenarios["ok"].all() and (scenarios["new_variants"] > 0).all()
     assert set(scenarios["scenario"]) >= {"inference/fp32", "inference/bf16", "training/bf16",
-                                          "per_layer/bf16"}
+                                          "backbones/bf16"}
     assert {"gather_gemm_kernel", "gather_weight_grad_kernel", "_depthwise_kernel"} <= set(variants["kernel"])
     assert variants["ok"].all() and (variants["registers"] > 0).all() and (variants["launches"] > 0).all()
     assert (variants["shared_bytes"] <= variants["shared_limit"]).all()

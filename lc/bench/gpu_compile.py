@@ -6,8 +6,8 @@ ptxas), launching nothing. The scenarios are what the GPU runs launch:
 - the planned stages 2 and 3 of the paper's IRNet (inference), at every row bucket of batch 1 and 8
   at the benchmark's 64 x 64 map, in fp32 (TF32 off and on), bf16 and fp16;
 - their training forward and backward (fp32, bf16 and fp16 autocast, batch 1, half and all pixels);
-- the per-layer path's convs at ResNet-101's region widths and the depthwise kernel at
-  ConvNeXt-T's (fp32 and bf16).
+- ResNet-101's planned region stages 2 and 3 (its bottlenecks' registered ops, a quarter and all of
+  the map) and the depthwise kernel at ConvNeXt-T's widths (fp32 and bf16).
 Writes variants.csv (one row per compiled variant: constants, warps, shared memory against the
 target's limit, registers, spilled bytes, launches, compile seconds, whether Triton's cache had it),
 scenarios.csv and summary.txt. A scenario fails when a variant does not compile or does not fit the
@@ -48,8 +48,7 @@ __all__ = ["CompileSetup", "run_gpu_compile"]
 
 MODES = {"fp32": (torch.float32, False), "tf32": (torch.float32, True),
          "bf16": (torch.bfloat16, False), "fp16": (torch.float16, False)}
-# ResNet-101 layer3 / layer4 bottleneck convs (Cin, Cout, taps) and ConvNeXt-T stage 3 / 4 widths
-RESNET_CONVS = ((1024, 256, 1), (256, 256, 9), (256, 1024, 1), (2048, 512, 1), (512, 512, 9), (512, 2048, 1))
+# ConvNeXt-T stage 3 / 4 depthwise widths (channels, taps)
 CONVNEXT_DEPTHWISE = ((384, 49), (768, 49))
 
 
@@ -122,19 +121,27 @@ def _training(setup: CompileSetup, net: IRNet, mode: str) -> None:
             feat3.float().sum().backward()
 
 
-def _per_layer(setup: CompileSetup, mode: str) -> None:
-    """The registered conv at ResNet-101's widths and the depthwise kernel at ConvNeXt-T's."""
+def _backbones(setup: CompileSetup, mode: str) -> None:
+    """ResNet-101's planned region stages (the registered ops at its widths, its int64 neighbour
+    tables) and the depthwise kernel at ConvNeXt-T's widths."""
+    from lc.models.backbone_resnet import ResNetBackbone
     from lc.ops.triton.depthwise import depthwise_gather
-    scale = setup.width
-    rows = 4096 if setup.map_size >= 64 else 64
+    scale, size = setup.width, setup.map_size
+    if setup.width < 1:  # quick: a narrow ResNet
+        resnet = ResNetBackbone("resnet101", layers=(1, 1, 2, 1), channels=(16, 16, 32, 64), stem_width=16,
+                                stage2_blocks=1)
+    else:
+        resnet = ResNetBackbone("resnet101")
+    resnet = resnet.eval().fold_batchnorm()
+    gen = torch.Generator().manual_seed(2)
     with _precision(mode) as dtype, torch.inference_mode():
-        for cin, cout, taps in RESNET_CONVS:
-            cin, cout = max(16, int(cin * scale)), max(16, int(cout * scale))
-            src = torch.zeros(rows, cin, dtype=dtype)
-            table = torch.zeros(rows, taps, dtype=torch.int32)
-            weight = torch.zeros(taps, cin, cout, dtype=dtype)
-            torch.ops.lc.gather_conv(src, table, weight, torch.zeros(cout, dtype=dtype), None, 1.0, True, 0,
-                                     None, None)
+        resnet.to(dtype)
+        x = torch.zeros(1, resnet.stage_channels[0], size, size, dtype=dtype)
+        for fraction in (0.25, 1.0):
+            active = ActiveSet(fraction_mask((1, size, size), fraction, gen, "cpu"))
+            feat2 = resnet.run_stage_region(2, x, active)
+            resnet.run_stage_region(3, feat2, active, source=active)
+        rows = 4096 if size >= 64 else 64
         for channels, taps in CONVNEXT_DEPTHWISE:
             channels = max(16, int(channels * scale))
             table = torch.zeros(rows, taps, dtype=torch.int32)
@@ -146,7 +153,7 @@ def _scenarios(setup: CompileSetup, net: IRNet) -> list[tuple[str, Callable[[], 
     cases = [(f"inference/{mode}", lambda m=mode: _inference(setup, net, m)) for mode in setup.modes]
     cases += [(f"training/{mode}", lambda m=mode: _training(setup, net, m))  # fp16: lc train's AMP
               for mode in ("fp32", "bf16", "fp16") if mode in setup.modes]
-    cases += [(f"per_layer/{mode}", lambda m=mode: _per_layer(setup, m))
+    cases += [(f"backbones/{mode}", lambda m=mode: _backbones(setup, m))
               for mode in ("fp32", "bf16") if mode in setup.modes]
     return cases
 
