@@ -99,7 +99,7 @@ class _PlannedBottleneck:
     bd: torch.Tensor | None
 
 
-def _packed(conv: nn.Conv2d, bn: nn.BatchNorm2d, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def _packed(conv: nn.Conv2d, bn: nn.Module, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     weight, bias = fold_conv_bn(conv, bn)
     packed = pack_conv_weight(weight).to(dtype)
     return (packed[0] if packed.shape[0] == 1 else packed), bias.to(dtype)
