@@ -5,8 +5,8 @@ import torch
 from helpers import randomise_bn
 
 from lc.models.irnet import IRNet
+from lc.models.plan_cache import invalidate_plans
 from lc.models.region_irnet import run_stage_compressed, run_stage_masked_dense
-from lc.models.region_plan import invalidate_plans
 from lc.ops.active_set import ActiveSet
 
 TOL = dict(atol=1e-4, rtol=1e-4)

@@ -16,8 +16,9 @@ import torch
 from helpers import EagerCall, randomise_bn
 
 from lc.models.irnet import IRNet
+from lc.models.plan_cache import invalidate_plans
 from lc.models.region_irnet import planned_tables, run_stage_compressed, stage_rows
-from lc.models.region_plan import invalidate_plans, run_planned, stage_plan
+from lc.models.region_plan import run_planned, stage_plan
 from lc.ops.active_set import ActiveSet
 from lc.ops.region_tables import MAX_BUCKETS, RegionTables, bucket_for, bucket_sizes, mean_padding
 

@@ -14,11 +14,11 @@ scenarios.csv and summary.txt. A scenario fails when a variant does not compile 
 target.
 
 The variants land in Triton's on-disk cache (TRITON_CACHE_DIR, default ~/.triton/cache), keyed as a
-GPU run keys them: run this where the GPU job will find that cache (a shared file system, or the
-folder handed to the device machine) and the job loads them instead of compiling; `lc bench
-gpu-check` reports how many it loaded (`lc.ops.triton.compile_log`). The key includes the Triton
-wheel, the lc source and the SM count (pick h100 or h100-pcie to match the card): any difference
-costs only the compile.
+GPU run keys them: run this where the GPU job will find that cache (a shared file system) and the
+job loads them instead of compiling; `lc bench gpu-check` reports how many it loaded
+(`lc.ops.triton.compile_log`). The key hashes Triton's own library and the kernels' source, so only
+the same venv and checkout find them, and the tiles follow the SM count (pick h100 or h100-pcie to
+match the card): any difference costs only the compile.
 """
 
 from __future__ import annotations

@@ -173,9 +173,11 @@ def build_network(method: str, model_cfg: dict, device: torch.device, rho: float
                          "irnet, lc, lc_fast")
     model = model.eval().to(device)
     if device.type != "meta":
-        fold_batchnorm(model)
-        if isinstance(model, LayerCascade):  # a ResNet backbone folds its own (timm) BatchNorms
+        # a backbone folds its own BatchNorms (IRNet's ConvBN, ResNet's timm modules); heads have none
+        if isinstance(model, LayerCascade):
             model.backbone.fold_batchnorm()
+        else:
+            fold_batchnorm(model)
     return model.to(memory_format=torch.channels_last)
 
 

@@ -15,7 +15,7 @@ Region plan of a `Bottleneck` (every block input is read only by 1x1 convs, so n
 input's neighbours): conv1 1x1 GEMM, BN folded, ReLU; conv2 3x3 (dilated) gathered through the stage's
 neighbour table, BN folded, ReLU; conv3 1x1 GEMM, BN folded; shortcut (1x1 projection GEMM with BN
 folded, or identity); add, ReLU. In inference the folded weights are packed once per stage (a plan
-cached like IRNet's, `lc.models.region_plan.cached_for_stage`: rebuilt when weights, dtype, device
+cached like IRNet's, `lc.models.plan_cache.cached_for_stage`: rebuilt when weights, dtype, device
 or the TF32 switches change) and each block is 3 registered-op calls (4 with the projection), bias,
 ReLU and the residual add fused into them; under autograd the fold is recomputed per call (it is
 part of the graph) and the block runs op by op (`bottleneck_region`).
@@ -33,8 +33,9 @@ from timm.models.resnet import Bottleneck
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from lc.models.backbone import Backbone, check_region_stage, conv_output_size, load_matching
+from lc.models.plan_cache import cached_for_stage, compute_dtype
 from lc.models.region_irnet import region_options
-from lc.models.region_plan import cached_for_stage, conv_geometry
+from lc.models.region_plan import conv_geometry
 from lc.ops.active_set import ActiveSet
 from lc.ops.library import pack_conv_weight
 from lc.ops.region_conv import compressed_conv, linear_rows
@@ -106,10 +107,7 @@ def _packed(conv: nn.Conv2d, bn: nn.Module, dtype: torch.dtype) -> tuple[torch.T
 
 
 def _plan_block(block: Bottleneck, dtype: torch.dtype, name: str) -> _PlannedBottleneck:
-    kernel, dilation = conv_geometry(block.conv2, f"{name}.conv2")
-    for conv in (block.conv1, block.conv3):
-        if conv.stride != (1, 1):
-            raise ValueError(f"{name}: region execution needs stride-1 convs (output_stride 8)")
+    kernel, dilation = conv_geometry(block.conv2, f"{name}.conv2")  # the other convs: check_region_ready
     proj = (None, None)
     if block.downsample is not None:
         proj = _packed(block.downsample[0], block.downsample[1], dtype)
@@ -231,8 +229,7 @@ class ResNetBackbone(Backbone):
         active.check_stage_input(x, source)
         rows = active.gather(x) if source is None else x.index_select(0, active.rows_in(source))
         if region_options()["planned"] and not torch.is_grad_enabled():
-            dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) \
-                else x.dtype
+            dtype = compute_dtype(x)
             rows = rows.to(dtype)
             for block in self.stage_plan(stage, dtype):
                 rows = bottleneck_planned(block, rows, active)

@@ -20,17 +20,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lc.models.backbone import REGION_STAGES, check_region_stage
 from lc.models.irnet import Block8, Block17, ConvBN, IRNet, Mixed_6a, Mixed_7a
+from lc.models.plan_cache import compute_dtype
 from lc.models.region_graphs import graphed_stage
-from lc.models.region_plan import (
-    REGION_STAGES,
-    _check_stage,
-    check_region_ready,
-    run_planned,
-    stage_plan,
-    stage_rows,
-    stage_tables,
-)
+from lc.models.region_plan import check_region_ready, run_planned, stage_plan, stage_rows, stage_tables
 from lc.ops.active_set import ActiveSet
 from lc.ops.region_conv import compressed_conv, dense_input_conv, linear_rows, region_max_pool
 from lc.ops.region_tables import RegionTables, bucket_for
@@ -202,12 +196,6 @@ def _module_compressed(name: str, module: nn.Module, state: torch.Tensor | _Stag
     raise TypeError(f"no compressed execution for {name} ({type(module).__name__})")
 
 
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    if torch.is_autocast_enabled(x.device.type):
-        return torch.get_autocast_dtype(x.device.type)
-    return x.dtype
-
-
 def _check_rows(num_rows: int, active: ActiveSet) -> None:
     if num_rows < active.num_active:  # host ints: on CUDA the table scatter would assert on the device
         raise ValueError(f"num_rows {num_rows} is below the {active.num_active} active pixels")
@@ -278,7 +266,7 @@ def run_stage_compressed(irnet: IRNet, stage: int, x: torch.Tensor, active: Acti
     """
     active.check_stage_input(x, source)
     if _options["planned"] if planned is None else planned:  # checked when the plan is built
-        dtype = _compute_dtype(x)
+        dtype = compute_dtype(x)
         use_graphs = _options["cuda_graphs"] if graphs is None else graphs
         if use_graphs and x.is_cuda and not torch.is_grad_enabled():  # graphs=True: captured at first use
             return _run_graphed(irnet, stage, x, active, source, dtype, num_rows, capture_now=graphs is True)
@@ -322,7 +310,7 @@ def _module_masked(module: nn.Module, x: torch.Tensor, m: torch.Tensor) -> torch
 
 def run_stage_masked_dense(irnet: IRNet, stage: int, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Stage 2 or 3 run densely with every conv and block output multiplied by `mask` (B, H, W)."""
-    _check_stage(stage)
+    check_region_stage(stage)
     m = mask.detach().reshape(mask.shape[0], 1, *mask.shape[-2:]).to(x.dtype)
     for _, module in irnet.stage_modules(stage):
         x = _module_masked(module, x, m)

@@ -6,14 +6,9 @@ that read one input merged into one GEMM (a Block17 or Block8 is then 4 convs pl
 1x1 split in two so that no concat is ever built), epilogues (bias, ReLU, residual scale-add)
 fused into the ops. Geometry is checked when the plan is built, never per call.
 
-Weights change through `load_state_dict`, an optimiser step, a parameter set anew
-(`conv.weight = nn.Parameter(...)`) or `.to()`: the first three bump a generation counter through
-hooks; `.to()` swaps the parameters' storage, which the key sees through the stage's first
-parameter (its storage pointer, kept alive by the plan so that no new storage can reuse it), so
-even `.half().float()` rebuilds. Anything else (an in-place edit of a parameter) must call
-`invalidate_plans()`. Under autograd the fold is
-recomputed on each call (the fold is part of the graph), the packing plan and tables are not.
-`cached_for_stage` is that cache for any backbone's plan (ResNet's packed bottlenecks use it too).
+Plans are cached and rebuilt on any weight, dtype, device, TF32 or train-flag change by
+`lc.models.plan_cache`. Under autograd the fold is recomputed on each call (the fold is part of
+the graph), the packing plan and tables are not.
 
 Where the ops run the Triton kernels (CUDA; the interpreter in tests) the plan also fixes the
 kernel's tiles: per row bucket and GEMM shape, chosen once (`lc.ops.library.gemm_tiles`) and
@@ -25,76 +20,29 @@ passed to every launch (`plan.tiles`), so no launch picks its tiles by shape.
 
 from __future__ import annotations
 
-import itertools
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
 import torch
 import torch.nn as nn
 from torch import Tensor
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import lc.ops.library  # noqa: F401  (registers torch.ops.lc.*)
-from lc.models.backbone import check_region_modules
+from lc.models.backbone import check_region_modules, check_region_stage
 from lc.models.graph_cache import GraphCache
 from lc.models.irnet import Block8, Block17, ConvBN, IRNet, Mixed_6a, Mixed_7a
+from lc.models.plan_cache import cached_for_stage
 from lc.ops.library import gemm_tiles, uses_triton
 from lc.ops.region_tables import RegionTables
 
-REGION_STAGES = (2, 3)  # the stages that can run on a region; stage 1 always sees every pixel
-
-__all__ = ["REGION_STAGES", "StagePlan", "StageTables", "cached_for_stage", "check_region_ready",
-           "conv_geometry", "invalidate_plans", "plan_key", "stage_plan", "stage_rows", "stage_tables"]
-
-T = TypeVar("T")
-
-_generation = itertools.count()
-_current = [next(_generation)]
-_plans: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
-_hooked: weakref.WeakSet[nn.Module] = weakref.WeakSet()
-
-
-def invalidate_plans() -> None:
-    """Mark every stage plan stale (call after editing weights in place outside an optimiser)."""
-    _current[0] = next(_generation)
-
-
-def _bump(*_args, **_kwargs) -> None:
-    invalidate_plans()
-
-
-register_optimizer_step_post_hook(_bump)
-# any parameter registered anywhere (a model built, a parameter replaced): rare outside set-up
-torch.nn.modules.module.register_module_parameter_registration_hook(_bump)
-
-
-def _reference_parameter(owner: nn.Module, stage: int) -> nn.Parameter:
-    return next(owner.stage_modules(stage)[0][1].parameters())
-
-
-def plan_key(owner: nn.Module, stage: int, dtype: torch.dtype) -> tuple:
-    """What a plan depends on: generation, stage, dtype, device, both TF32 switches, the
-    network's train/eval flag (`.train()` rebuilds, and so rechecks, the plan) and the storage of
-    the stage's first parameter (`.to()` swaps it)."""
-    ref = _reference_parameter(owner, stage)
-    device = ref.device
-    return (_current[0], stage, dtype, device, torch.backends.cuda.matmul.allow_tf32,
-            torch.backends.cudnn.allow_tf32, owner.training, uses_triton(device), ref.data_ptr())
-
-
-def _check_stage(stage: int) -> None:
-    if stage not in REGION_STAGES:
-        raise ValueError(f"region execution covers stages 2 and 3, got stage {stage}; "
-                         "stage 1 always sees every pixel")
+__all__ = ["StagePlan", "StageTables", "check_region_ready", "conv_geometry", "stage_plan", "stage_rows",
+           "stage_tables"]
 
 
 def check_region_ready(irnet: IRNet, stage: int) -> None:
     """Raise unless `stage` (2 or 3) can run on a region: eval-mode BN, stride-1 layers."""
-    _check_stage(stage)
+    check_region_stage(stage)
     check_region_modules(irnet.stage_modules(stage), "output_stride 8 (stride-1 reductions)")
-
 
 
 # --- weights ------------------------------------------------------------------------------------
@@ -247,26 +195,8 @@ def _gemm_weights(obj):
 
 def stage_plan(irnet: IRNet, stage: int, dtype: torch.dtype) -> StagePlan:
     """The cached plan of `stage`, rebuilt when its key changes."""
-    return cached_for_stage(irnet, stage, dtype, lambda key: StagePlan(irnet, stage, dtype, key))
-
-
-def cached_for_stage(owner: nn.Module, stage: int, dtype: torch.dtype, build: Callable[[tuple], T]) -> T:
-    """`build(key)` for (owner, stage, dtype), kept while `plan_key` stays the same (weights, dtype,
-    device, TF32 switches, train flag): any backbone's stage plan. A replaced plan's CUDA graphs
-    are dropped (they replay its weights)."""
-    if owner not in _hooked:
-        owner.register_load_state_dict_post_hook(_bump)
-        _hooked.add(owner)
-    key = plan_key(owner, stage, dtype)
-    entries = _plans.setdefault(owner, {})
-    entry = entries.get((stage, dtype))
-    if entry is None or entry[0] != key:
-        if entry is not None and isinstance(getattr(entry[1], "graphs", None), GraphCache):
-            entry[1].graphs.clear()
-        # the storage whose pointer is in the key, kept alive: a freed one's pointer could come back
-        anchor = _reference_parameter(owner, stage).untyped_storage()
-        entry = entries[(stage, dtype)] = (key, build(key), anchor)
-    return entry[1]
+    return cached_for_stage(irnet, stage, dtype, lambda key: StagePlan(irnet, stage, dtype, key),
+                            release=lambda old: old.graphs.clear())
 
 
 # --- tables -------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ import torch.nn as nn
 
 from lc.data import NUM_CLASSES, build_dataset
 from lc.data.paths import canonical_split
-from lc.models.region_plan import invalidate_plans
+from lc.models.plan_cache import invalidate_plans
 from lc.models.variants import VARIANTS
 from lc.training.checkpoint import build_model_from_spec, make_model_spec, save_checkpoint
 from lc.training.distributed import SeededSamples

@@ -256,7 +256,7 @@ def compile_only(target: AotTarget | str = "h100") -> Iterator[list[CompiledVari
     Needs a real Triton JIT (not TRITON_INTERPRET=1) with its NVIDIA backend (else AotUnavailable,
     a ValueError: one line on the command line). Stage plans and tables keep the Triton tiles of the
     target they were first built under (tiles depend on the SM count): use a fresh network, or
-    `lc.models.region_plan.invalidate_plans()` and fresh ActiveSets, per target. Everything it
+    `lc.models.plan_cache.invalidate_plans()` and fresh ActiveSets, per target. Everything it
     changes (the active driver, the kernels' per-device caches, Triton's compile hooks, the ops'
     CPU backend, the tile choice's SM count) is restored on exit.
     """
