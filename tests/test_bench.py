@@ -25,7 +25,7 @@ from lc.bench.models import (
     run_models_bench,
 )
 from lc.bench.rho import RHO_COLUMNS, run_rho_bench
-from lc.bench.stages import STAGE_COLUMNS, run_stages_bench
+from lc.bench.stages import STAGE_COLUMNS, bound_lines, run_stages_bench
 from lc.bench.table6 import TABLE6_COLUMNS, run_table6_bench
 from lc.bench.timing import Timing, measure, measure_interleaved, paired_ratio, set_threads, write_csv
 from lc.config import load_config
@@ -215,6 +215,19 @@ def test_stages_bench_columns() -> None:
     routed = set(zip(floor["method"], floor["stage"], strict=True))
     assert routed == {("lc", 2), ("lc", 3), ("lc_fast", 2), ("lc_fast", 3)}
     assert (floor["gemm_floor_ms"] > 0).all()
+    # dense_rate_ms: a region stage at dense IRNet's time per pixel; stage 1 is dense in both
+    ms = df.set_index(["method", "stage"])
+    for method in ("lc", "lc_fast"):
+        assert ms.loc[(method, 1), "dense_rate_ms"] == ms.loc[(method, 1), "ms_median"]
+        for stage in (2, 3):
+            expected = ms.loc[(method, stage), "active_pct"] / 100 * ms.loc[("irnet", stage), "ms_median"]
+            assert ms.loc[(method, stage), "dense_rate_ms"] == pytest.approx(expected)
+    predicted = df.groupby("method")["predicted_speedup_vs_irnet"].agg(["min", "max"])
+    assert (predicted["min"] == predicted["max"]).all() and predicted.loc["irnet", "min"] == 1
+    assert predicted.loc["lc_fast", "min"] > predicted.loc["lc", "min"] > 1
+    lines = bound_lines(df)
+    assert [line.split()[0] for line in lines] == ["lc", "lc_fast"]
+    assert all(line.count(" x") == 5 for line in lines)  # FLOP-predicted and the four ways
 
 
 @pytest.mark.slow

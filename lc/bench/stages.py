@@ -5,7 +5,14 @@ active pixels (dense when all are active), its head and the routing decision. Ma
 as in `lc.bench.models`; all nine (method, stage) steps are timed in the same interleaved rounds.
 With them, for LC's region stages, their GEMM floor (`gemm_floor_ms`: the planned stage's GEMMs
 alone at the same mask sets, `lc.bench.gemm_floor`; the head not included): what the stage would
-cost if BLAS were its only cost.
+cost if BLAS were its only cost; and `dense_rate_ms`, what it would cost at dense IRNet's own time per
+pixel (stage k of dense IRNet x the active fraction; stage 1 is dense in both, so its own time).
+
+`bound_lines` turns the table into LC's speedup over dense IRNet four ways against the FLOP-predicted
+one (`predicted_speedup_vs_irnet`, as in `lc.bench.models`): the stage times as measured; the region
+stages at dense IRNet's rate (no overhead at all); the region stages as their GEMMs alone; and the
+time-predicted speedup `T_dense / (T1 + f2*T2 + f3*T3)` from dense IRNet's stages. The second is what
+LC would reach with region convolution free of every cost dense convolution does not have.
 """
 
 from __future__ import annotations
@@ -19,17 +26,18 @@ import torch
 
 from lc.bench.gemm_floor import stage_floor
 from lc.bench.masks import RoutingMasks, mask_shares
-from lc.bench.models import BenchSetup, build_network
+from lc.bench.models import BenchSetup, build_network, network_flops
 from lc.bench.timing import measure_interleaved
 from lc.evaluation.progress import progress
 from lc.models.cascade import LayerCascade, undecided_mask
+from lc.models.complexity import predicted_cost
 from lc.models.region_irnet import run_stage_compressed
 from lc.ops.active_set import ActiveSet
 
-__all__ = ["STAGE_COLUMNS", "run_stages_bench"]
+__all__ = ["STAGE_COLUMNS", "bound_lines", "run_stages_bench"]
 
-STAGE_COLUMNS = ["method", "rho", "stage", "ms_median", "gemm_floor_ms", "active_pct", "device",
-                 "mask_source"]
+STAGE_COLUMNS = ["method", "rho", "stage", "ms_median", "gemm_floor_ms", "dense_rate_ms", "active_pct",
+                 "predicted_speedup_vs_irnet", "device", "mask_source"]
 
 
 def _lc_stage_steps(model: LayerCascade, images: torch.Tensor, mask_sets: Sequence[RoutingMasks],
@@ -124,10 +132,45 @@ def run_stages_bench(setup: BenchSetup) -> pd.DataFrame:
             meta[(method, stage)] = {"method": method, "rho": rho, "stage": stage,
                                      "active_pct": active[stage - 1], "mask_source": source}
     timings = measure_interleaved(steps, setup.device, warmup, setup.runs)
-    rows = [{**meta[key], "ms_median": timing.median, "device": setup.device_name,
-             "gemm_floor_ms": timings[(*key, "gemm_floor")].median if (*key, "gemm_floor") in timings
-             else math.nan}
-            for key, timing in timings.items() if key in meta]
+    stage_flops = network_flops("lc", setup.model_cfg, setup.image_size)
+    irnet_flops = sum(network_flops("irnet", setup.model_cfg, setup.image_size))
+    rows = []
+    for key, timing in timings.items():
+        if key not in meta:
+            continue
+        row = {**meta[key], "ms_median": timing.median, "device": setup.device_name,
+               "gemm_floor_ms": timings[(*key, "gemm_floor")].median if (*key, "gemm_floor") in timings
+               else math.nan}
+        method, stage = key
+        fractions = [meta[(method, s)]["active_pct"] / 100 for s in (1, 2, 3)]
+        row["dense_rate_ms"] = (timing.median if stage == 1
+                                else fractions[stage - 1] * timings[("irnet", stage)].median)
+        row["predicted_speedup_vs_irnet"] = (1.0 if method == "irnet" else
+                                             irnet_flops / predicted_cost(stage_flops, fractions)["flops"])
+        rows.append(row)
     steps.clear()
     gc.collect()
     return pd.DataFrame(rows)[STAGE_COLUMNS]
+
+
+def bound_lines(table: pd.DataFrame) -> list[str]:
+    """LC's speedup over dense IRNet from the stage times, four ways, each also as a share of the
+    FLOP-predicted speedup (the CPU target asks >= 0.9 of it at 256 px), one line per LC method."""
+    by_method = {m: rows.set_index("stage") for m, rows in table.groupby("method", sort=False)}
+    dense = by_method["irnet"]["ms_median"]
+    lines = []
+    for method, rows in by_method.items():
+        if method == "irnet":
+            continue
+        predicted = float(rows["predicted_speedup_vs_irnet"].iloc[0])
+        f = rows["active_pct"] / 100
+        floors = rows["gemm_floor_ms"].where(rows["gemm_floor_ms"].notna(), rows["ms_median"])
+        ways = {"measured": rows["ms_median"].sum(),
+                "region stages at dense IRNet's time per pixel": rows["dense_rate_ms"].sum(),
+                "region stages as their GEMMs alone": rows["ms_median"][1] + floors[2] + floors[3],
+                "time-predicted": dense[1] + f[2] * dense[2] + f[3] * dense[3]}
+        total = dense.sum()
+        parts = [f"{name} x{total / ms:.2f} ({total / ms / predicted:.2f})" for name, ms in ways.items()]
+        lines.append(f"{method:>8} rho={rows['rho'].iloc[0]:<6g} speedup over dense IRNet from stage times "
+                     f"(share of FLOP-predicted x{predicted:.2f}): " + "; ".join(parts))
+    return lines

@@ -55,6 +55,10 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     _print_table(table)
     if args.kind == "models":
         print("\n".join(speedup_lines(table)))
+    if args.kind == "stages":
+        from lc.bench.stages import bound_lines
+
+        print("\n".join(bound_lines(table)))
     print(f"wrote {args.out}")
 
 
