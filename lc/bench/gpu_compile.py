@@ -181,7 +181,6 @@ def _summary(setup: CompileSetup, variants: pd.DataFrame, scenarios: pd.DataFram
         hits = int(variants["cache_hit"].sum())
         lines.append(f"Triton cache {cache_dir()}: {len(variants) - hits} variants compiled into it, {hits} "
                      "already there")
-    if len(variants):
         spilled = variants[variants["spill_bytes"] > 0]
         spills = "; ".join(f"{r.kernel} {r.dtype} {r.constants}: {r.spill_bytes} B"
                            for r in spilled.itertuples())

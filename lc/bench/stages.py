@@ -134,20 +134,18 @@ def run_stages_bench(setup: BenchSetup) -> pd.DataFrame:
     timings = measure_interleaved(steps, setup.device, warmup, setup.runs)
     stage_flops = network_flops("lc", setup.model_cfg, setup.image_size)
     irnet_flops = sum(network_flops("irnet", setup.model_cfg, setup.image_size))
+    fractions = {method: [meta[(method, s)]["active_pct"] / 100 for s in (1, 2, 3)] for method, _ in meta}
+    predicted = {method: 1.0 if method == "irnet" else irnet_flops / predicted_cost(stage_flops, f)["flops"]
+                 for method, f in fractions.items()}
     rows = []
-    for key, timing in timings.items():
-        if key not in meta:
-            continue
-        row = {**meta[key], "ms_median": timing.median, "device": setup.device_name,
-               "gemm_floor_ms": timings[(*key, "gemm_floor")].median if (*key, "gemm_floor") in timings
-               else math.nan}
-        method, stage = key
-        fractions = [meta[(method, s)]["active_pct"] / 100 for s in (1, 2, 3)]
-        row["dense_rate_ms"] = (timing.median if stage == 1
-                                else fractions[stage - 1] * timings[("irnet", stage)].median)
-        row["predicted_speedup_vs_irnet"] = (1.0 if method == "irnet" else
-                                             irnet_flops / predicted_cost(stage_flops, fractions)["flops"])
-        rows.append(row)
+    for (method, stage), row in meta.items():
+        ms = timings[(method, stage)].median
+        floor = timings.get((method, stage, "gemm_floor"))
+        rows.append({**row, "ms_median": ms, "device": setup.device_name,
+                     "gemm_floor_ms": floor.median if floor is not None else math.nan,
+                     "dense_rate_ms": ms if stage == 1
+                     else fractions[method][stage - 1] * timings[("irnet", stage)].median,
+                     "predicted_speedup_vs_irnet": predicted[method]})
     steps.clear()
     gc.collect()
     return pd.DataFrame(rows)[STAGE_COLUMNS]
@@ -163,12 +161,11 @@ def bound_lines(table: pd.DataFrame) -> list[str]:
         if method == "irnet":
             continue
         predicted = float(rows["predicted_speedup_vs_irnet"].iloc[0])
-        f = rows["active_pct"] / 100
-        floors = rows["gemm_floor_ms"].where(rows["gemm_floor_ms"].notna(), rows["ms_median"])
+        floors = rows["gemm_floor_ms"].fillna(rows["ms_median"])  # stage 1, and a dense or empty stage
         ways = {"measured": rows["ms_median"].sum(),
                 "region stages at dense IRNet's time per pixel": rows["dense_rate_ms"].sum(),
                 "region stages as their GEMMs alone": rows["ms_median"][1] + floors[2] + floors[3],
-                "time-predicted": dense[1] + f[2] * dense[2] + f[3] * dense[3]}
+                "time-predicted": predicted_cost(dense, rows["active_pct"] / 100)["flops"]}
         total = dense.sum()
         parts = [f"{name} x{total / ms:.2f} ({total / ms / predicted:.2f})" for name, ms in ways.items()]
         lines.append(f"{method:>8} rho={rows['rho'].iloc[0]:<6g} speedup over dense IRNet from stage times "

@@ -55,7 +55,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     _print_table(table)
     if args.kind == "models":
         print("\n".join(speedup_lines(table)))
-    if args.kind == "stages":
+    elif args.kind == "stages":
         from lc.bench.stages import bound_lines
 
         print("\n".join(bound_lines(table)))
